@@ -1,0 +1,358 @@
+"""
+The upstream connection pool: idle connections kept per upstream and reused
+last-in first-out, opened on demand or ahead of demand (warm-up), capped per
+upstream with a bounded wait queue, and expired on the injected clock.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
+from twisted.internet.protocol import ClientFactory
+from twisted.internet.error import ConnectError
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from balancebeam.config import UpstreamSpec
+from balancebeam.errors import QueueTimeout, UpstreamDown
+from balancebeam.registry import UpstreamState
+from balancebeam.upstream import UpstreamConnection
+
+Connector = Callable[[UpstreamSpec], IStreamClientEndpoint]
+
+#: A request that must not be replayed only reuses a connection idle for less than this.
+SAFE_REUSE_AGE = 2.0
+
+
+class _Waiter:
+    """
+    A request queued for a connection slot to a capped upstream.
+    """
+
+    __slots__ = ("deferred", "deadline")
+
+    def __init__(self, deferred: Deferred[UpstreamConnection], deadline: float) -> None:
+        self.deferred = deferred
+        self.deadline = deadline
+
+
+class UpstreamPool:
+    """
+    Owns every connection to every upstream.
+
+    Callers L{checkout} a connection for one request and L{checkin} it when
+    the response is complete; the pool keeps it only if it is clean and
+    reusable, else closes it.
+
+    @ivar opened: connections opened so far (for stats and tests).
+    @ivar reused: checkouts answered with an idle connection.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        connect: Connector,
+        *,
+        max_idle_per_upstream: int = 32,
+        idle_timeout: float = 30.0,
+        max_requests_per_connection: int = 0,
+        max_connections_per_upstream: int = 0,
+        queue_timeout: float = 10.0,
+        max_queue_per_upstream: int = 1024,
+        warm: int = 0,
+        is_alive: Callable[[UpstreamState], bool] = lambda upstream: upstream.alive,
+        on_connect_failed: Callable[[UpstreamState, Failure], None] | None = None,
+    ) -> None:
+        self._clock = clock
+        self._connect = connect
+        self._max_idle = max_idle_per_upstream
+        self._idle_timeout = idle_timeout
+        self._max_requests = max_requests_per_connection
+        self._max_connections = max_connections_per_upstream
+        self._queue_timeout = queue_timeout
+        self._max_queue = max_queue_per_upstream
+        self._warm = warm
+        self._is_alive = is_alive
+        self._on_connect_failed = on_connect_failed
+        self._idle: dict[UpstreamState, list[UpstreamConnection]] = {}
+        self._open: dict[UpstreamState, int] = {}
+        self._warming: dict[UpstreamState, int] = {}
+        self._waiters: dict[UpstreamState, deque[_Waiter]] = {}
+        self._connections: set[UpstreamConnection] = set()
+        self._pending: set[Deferred[UpstreamConnection]] = set()
+        self._closing: list[Deferred[None]] | None = None
+        self._sweeper = LoopingCall(self._sweep)
+        self._sweeper.clock = clock
+        self.opened = 0
+        self.reused = 0
+
+    # Lifecycle
+
+    def start(self, upstreams: tuple[UpstreamState, ...]) -> None:
+        """
+        Start expiring idle connections and warm every live upstream.
+        """
+        interval = max(0.05, min(1.0, self._idle_timeout / 4)) if self._idle_timeout else 1.0
+        self._sweeper.start(interval, now=False)
+        for upstream in upstreams:
+            self._top_up(upstream)
+
+    def close(self) -> Deferred[None]:
+        """
+        Close every connection and fail every waiter.
+
+        @return: fires once every connection has gone.
+        """
+        if self._sweeper.running:
+            self._sweeper.stop()
+        self._warm = 0
+        for waiters in self._waiters.values():
+            while waiters:
+                waiters.popleft().deferred.errback(UpstreamDown("the balancer is shutting down"))
+        for pending in list(self._pending):
+            pending.cancel()
+        waiting: list[Deferred[None]] = []
+        self._closing = waiting
+        for connection in list(self._connections):
+            gone: Deferred[None] = Deferred()
+            waiting.append(gone)
+            connection.close()
+        if not self._connections:
+            return succeed(None)
+        return DeferredList(waiting).addCallback(lambda _: None)
+
+    # Checkout and checkin
+
+    def checkout(
+        self, upstream: UpstreamState, max_idle_age: float | None = None
+    ) -> UpstreamConnection | Deferred[UpstreamConnection]:
+        """
+        A connection to C{upstream} for one request.
+
+        @param max_idle_age: reuse only a connection idle for less than this
+            many seconds (for requests that must not be replayed).
+        @return: an idle connection at once, or a L{Deferred} firing with a new
+            one; it fails with C{ConnectError}/C{TimeoutError} when connecting
+            fails, or L{QueueTimeout} when the upstream stays at its cap.
+        """
+        idle = self._idle.get(upstream)
+        if idle:
+            connection = idle.pop()
+            if max_idle_age is None or self._clock.seconds() - connection.idle_since < max_idle_age:
+                self.reused += 1
+                if self._warm:
+                    self._top_up(upstream)
+                return connection
+            connection.close()
+        if self._max_connections and self._open.get(upstream, 0) >= self._max_connections:
+            return self._enqueue(upstream)
+        return self._open_connection(upstream)
+
+    def checkin(self, connection: UpstreamConnection) -> None:
+        """
+        Take back a connection whose response is complete: keep it idle if it
+        is clean and reusable, else close it.
+        """
+        connection.release()
+        upstream = connection.upstream
+        if (
+            not connection.reusable
+            or self._closing is not None
+            or (self._max_requests and connection.requests >= self._max_requests)
+            or not self._is_alive(upstream)
+        ):
+            connection.close()
+            return
+        waiters = self._waiters.get(upstream)
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.deferred.called:
+                waiter.deferred.callback(connection)
+                return
+        idle = self._idle.setdefault(upstream, [])
+        if len(idle) >= self._max_idle:
+            connection.close()
+            return
+        connection.idle_since = self._clock.seconds()
+        idle.append(connection)
+
+    def discard(self, connection: UpstreamConnection) -> None:
+        """
+        Close a connection that is not clean.
+        """
+        connection.close()
+
+    def idle_count(self, upstream: UpstreamState) -> int:
+        """
+        How many idle connections to C{upstream} the pool holds.
+        """
+        return len(self._idle.get(upstream, ()))
+
+    def open_count(self, upstream: UpstreamState) -> int:
+        """
+        How many connections to C{upstream} are open or being opened.
+        """
+        return self._open.get(upstream, 0)
+
+    # Events
+
+    def upstream_changed(self, upstream: UpstreamState) -> None:
+        """
+        Registry observer: close idle connections to an upstream that went
+        down and fail its waiters; warm one that came back.
+        """
+        if upstream.alive:
+            self._top_up(upstream)
+            return
+        for connection in self._idle.pop(upstream, []):
+            connection.close()
+        waiters = self._waiters.pop(upstream, deque())
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.deferred.called:
+                waiter.deferred.errback(UpstreamDown(f"upstream {upstream.name} went down"))
+
+    def connection_closed(self, connection: UpstreamConnection) -> None:
+        """
+        L{UpstreamConnection} listener: forget a connection that has gone.
+        """
+        if connection not in self._connections:
+            return
+        self._connections.discard(connection)
+        upstream = connection.upstream
+        self._open[upstream] -= 1
+        idle = self._idle.get(upstream)
+        if idle and connection in idle:
+            idle.remove(connection)
+        if self._closing is not None:
+            if not self._connections:
+                for gone in self._closing:
+                    if not gone.called:
+                        gone.callback(None)
+            return
+        self._serve_waiters(upstream)
+        self._top_up(upstream)
+
+    # Internals
+
+    def _open_connection(self, upstream: UpstreamState) -> Deferred[UpstreamConnection]:
+        self._open[upstream] = self._open.get(upstream, 0) + 1
+        self.opened += 1
+        connection = UpstreamConnection(upstream, self)
+        endpoint = self._connect(upstream.spec)
+        attempt = endpoint.connect(_OneConnectionFactory(connection))
+        self._pending.add(attempt)
+        result: Deferred[UpstreamConnection] = Deferred(lambda _: attempt.cancel())
+
+        def connected(_: object) -> None:
+            self._pending.discard(attempt)
+            self._connections.add(connection)
+            if result.called:
+                connection.close()
+            else:
+                result.callback(connection)
+
+        def failed(reason: Failure) -> None:
+            self._pending.discard(attempt)
+            self._open[upstream] -= 1
+            self._serve_waiters(upstream)
+            if not result.called:
+                result.errback(reason)
+
+        attempt.addCallbacks(connected, failed)
+        return result
+
+    def _enqueue(self, upstream: UpstreamState) -> Deferred[UpstreamConnection]:
+        waiters = self._waiters.setdefault(upstream, deque())
+        if len(waiters) >= self._max_queue:
+            return fail(QueueTimeout(f"queue for upstream {upstream.name} is full"))
+        deferred: Deferred[UpstreamConnection] = Deferred()
+        waiters.append(_Waiter(deferred, self._clock.seconds() + self._queue_timeout))
+        return deferred
+
+    def _serve_waiters(self, upstream: UpstreamState) -> None:
+        waiters = self._waiters.get(upstream)
+        while waiters and (
+            not self._max_connections or self._open.get(upstream, 0) < self._max_connections
+        ):
+            waiter = waiters.popleft()
+            if waiter.deferred.called:
+                continue
+            self._open_connection(upstream).chainDeferred(waiter.deferred)
+
+    def _top_up(self, upstream: UpstreamState) -> None:
+        """
+        Open connections in the background until C{upstream} has C{warm} idle
+        (or opening) ones, within its cap; none to a dead upstream.
+        """
+        if not self._warm or self._closing is not None or not self._is_alive(upstream):
+            return
+        warming = self._warming.get(upstream, 0)
+        missing = self._warm - len(self._idle.get(upstream, ())) - warming
+        for _ in range(missing):
+            if self._max_connections and self._open.get(upstream, 0) >= self._max_connections:
+                return
+            self._warming[upstream] = self._warming.get(upstream, 0) + 1
+            self._open_connection(upstream).addCallbacks(
+                self._warmed, self._warm_failed, errbackArgs=(upstream,)
+            )
+
+    def _warmed(self, connection: UpstreamConnection) -> None:
+        self._warming[connection.upstream] -= 1
+        self.checkin(connection)
+
+    def _warm_failed(self, reason: Failure, upstream: UpstreamState) -> None:
+        self._warming[upstream] -= 1
+        if reason.check(CancelledError):
+            return
+        self.log.debug(
+            "warm-up connection to {upstream} failed: {reason}",
+            upstream=upstream.name,
+            reason=reason.getErrorMessage(),
+        )
+        if self._on_connect_failed is not None and reason.check(ConnectError):
+            self._on_connect_failed(upstream, reason)
+
+    def _sweep(self) -> None:
+        now = self._clock.seconds()
+        for upstream, idle in list(self._idle.items()):
+            expired = [c for c in idle if now >= c.idle_since + self._idle_limit(c)]
+            for connection in expired:
+                idle.remove(connection)
+                connection.close()
+        for upstream, waiters in list(self._waiters.items()):
+            while waiters and (waiters[0].deferred.called or waiters[0].deadline <= now):
+                waiter = waiters.popleft()
+                if not waiter.deferred.called:
+                    waiter.deferred.errback(
+                        QueueTimeout(f"no connection to {upstream.name} became free in time")
+                    )
+
+    def _idle_limit(self, connection: UpstreamConnection) -> float:
+        limit = self._idle_timeout
+        if connection.keep_alive_timeout is not None:
+            limit = min(limit, max(connection.keep_alive_timeout - 1.0, 0.0))
+        return limit
+
+
+class _OneConnectionFactory(ClientFactory):
+    """
+    Hands an endpoint one prepared L{UpstreamConnection}, quietly.
+    """
+
+    noisy = False
+
+    def __init__(self, connection: UpstreamConnection) -> None:
+        self._connection = connection
+
+    def buildProtocol(self, addr: object) -> UpstreamConnection:  # type: ignore[override]  # any address will do
+        """
+        The prepared connection.
+        """
+        return self._connection

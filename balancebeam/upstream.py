@@ -1,0 +1,297 @@
+"""
+The upstream-facing protocol: one connection to one backend server.
+
+An L{UpstreamConnection} carries one request at a time for its I{owner} (the
+client-side protocol), parses the response incrementally and reports the
+head, each piece of body and the end to the owner. Between requests it sits
+idle in the L{balancebeam.pool.UpstreamPool}.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol as TypingProtocol
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from balancebeam.wire import (
+    BODY_UNTIL_CLOSE,
+    HEAD_END,
+    BodyReader,
+    HTTPError,
+    ResponseHead,
+    parse_response_head,
+)
+
+if TYPE_CHECKING:
+    from balancebeam.registry import UpstreamState
+
+MAX_RESPONSE_HEAD = 64 * 1024
+
+
+class ResponseSink(TypingProtocol):
+    """
+    What an L{UpstreamConnection} reports to the protocol that owns it.
+    """
+
+    def upstream_informational(self, response: ResponseHead) -> None:
+        """A 1xx response other than 101 arrived."""
+
+    def upstream_head(self, connection: UpstreamConnection, response: ResponseHead) -> None:
+        """The final response head arrived (101 included)."""
+
+    def upstream_data(self, data: bytes) -> None:
+        """A piece of response body (de-chunked), or tunnel bytes after a 101."""
+
+    def upstream_complete(self, connection: UpstreamConnection) -> None:
+        """The response body is complete."""
+
+    def upstream_failed(
+        self, connection: UpstreamConnection, error: HTTPError | None, received_any: bool
+    ) -> None:
+        """The connection failed or closed before the response was complete."""
+
+    def pause_request_body(self) -> None:
+        """The upstream's send buffer is full: stop reading the client."""
+
+    def resume_request_body(self) -> None:
+        """The upstream's send buffer has drained."""
+
+
+class ConnectionListener(TypingProtocol):
+    """
+    What the pool learns from an L{UpstreamConnection}.
+    """
+
+    def connection_closed(self, connection: UpstreamConnection) -> None:
+        """The connection is gone (either side closed it)."""
+
+
+@implementer(IPushProducer)
+class UpstreamConnection(Protocol):
+    """
+    One HTTP/1.1 connection to an upstream.
+
+    It is registered as the streaming producer of its own transport, so a
+    full send buffer pauses the owner's client (a slow upstream slows the
+    client's upload), and the owner pauses this transport when the client
+    reads slowly.
+
+    @ivar upstream: the upstream this connection goes to.
+    @ivar owner: the protocol whose request is in flight, or C{None} when idle.
+    @ivar requests: how many requests this connection has carried.
+    @ivar reusable: whether it may carry another request once the current
+        response is complete.
+    @ivar received_any: whether any byte of the current response arrived.
+    @ivar idle_since: clock time it went idle (set by the pool).
+    @ivar keep_alive_timeout: the upstream's C{Keep-Alive: timeout=N}, if sent.
+    @ivar _state: one of:
+        - C{"idle"}: no request in flight; any byte or close retires it;
+        - C{"head"}: a request was sent, waiting for the response head;
+        - C{"body"}: relaying the response body;
+        - C{"tunnel"}: after a 101, relaying raw bytes both ways;
+        - C{"closed"}: the connection is gone.
+    """
+
+    def __init__(self, upstream: UpstreamState, listener: ConnectionListener) -> None:
+        self.upstream = upstream
+        self.owner: ResponseSink | None = None
+        self.requests = 0
+        self.reusable = True
+        self.received_any = False
+        self.idle_since = 0.0
+        self.keep_alive_timeout: float | None = None
+        self._listener = listener
+        self._state = "idle"
+        self._method = b"GET"
+        self._buffer = b""
+        self._reader: BodyReader | None = None
+
+    def connectionMade(self) -> None:
+        """
+        Register as the transport's producer for flow control.
+        """
+        assert self.transport is not None
+        self.transport.registerProducer(self, True)
+
+    def send_request(self, owner: ResponseSink, method: bytes, head: bytes) -> None:
+        """
+        Start a request: from now on response events go to C{owner}.
+        """
+        self.owner = owner
+        self._method = method
+        self._state = "head"
+        self._buffer = b""
+        self._reader = None
+        self.received_any = False
+        self.requests += 1
+        assert self.transport is not None
+        self.transport.write(head)
+
+    def release(self) -> None:
+        """
+        Forget the owner: the connection is idle again (used by the pool).
+        """
+        self.owner = None
+        self._state = "idle"
+
+    def close(self) -> None:
+        """
+        Drop the connection at once, without reporting to any owner.
+        """
+        self.owner = None
+        self.reusable = False
+        if self._state != "closed" and self.transport is not None:
+            self.transport.abortConnection()
+
+    def finish_tunnel(self) -> None:
+        """
+        The client closed its side of a tunnel: close ours once our send
+        buffer has drained.
+        """
+        self.owner = None
+        if self._state != "closed" and self.transport is not None:
+            self.transport.loseConnection()
+
+    def start_tunnel(self) -> None:
+        """
+        After a 101, relay everything the upstream sends to the owner raw.
+        """
+        self._state = "tunnel"
+        self.reusable = False
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Parse response bytes and report them to the owner.
+        """
+        state = self._state
+        if state == "body":
+            reader = self._reader
+            assert reader is not None
+            try:
+                consumed = reader.feed(data)
+            except HTTPError as error:
+                self._fail(error)
+                return
+            if reader.done:
+                if consumed != len(data):
+                    self.reusable = False
+                self._complete()
+            return
+        if state == "tunnel":
+            if self.owner is not None:
+                self.owner.upstream_data(data)
+            return
+        if state != "head":
+            # Bytes on an idle connection: the upstream is confused; retire it.
+            self.close()
+            return
+        self.received_any = True
+        self._buffer += data
+        self._parse_heads()
+
+    def _parse_heads(self) -> None:
+        while self._state == "head":
+            end = self._buffer.find(HEAD_END)
+            if end == -1:
+                if len(self._buffer) > MAX_RESPONSE_HEAD:
+                    self._fail(HTTPError(502, "response head from upstream too large"))
+                return
+            head, self._buffer = self._buffer[:end], self._buffer[end + 4 :]
+            try:
+                response = parse_response_head(head, self._method)
+            except HTTPError as error:
+                self._fail(error)
+                return
+            owner = self.owner
+            assert owner is not None
+            if 100 <= response.status < 200 and response.status != 101:
+                owner.upstream_informational(response)
+                continue
+            if response.keep_alive_timeout is not None:
+                self.keep_alive_timeout = response.keep_alive_timeout
+            if not response.reusable:
+                self.reusable = False
+            self._state = "body"
+            self._reader = BodyReader(
+                response.body_kind, response.content_length, owner.upstream_data, 502
+            )
+            owner.upstream_head(self, response)
+            if self._state == "tunnel":
+                rest, self._buffer = self._buffer, b""
+                if rest and self.owner is not None:
+                    self.owner.upstream_data(rest)
+                return
+            if self._state != "body":
+                return
+            rest, self._buffer = self._buffer, b""
+            if self._reader.done:
+                if rest:
+                    self.reusable = False
+                self._complete()
+            elif rest:
+                self.dataReceived(rest)
+
+    def _complete(self) -> None:
+        owner = self.owner
+        self._state = "done"
+        self._reader = None
+        if self.transport is not None:
+            # A paused transport must not go back to the pool paused.
+            self.transport.resumeProducing()
+        if owner is not None:
+            owner.upstream_complete(self)
+
+    def _fail(self, error: HTTPError | None) -> None:
+        owner = self.owner
+        self.reusable = False
+        self.owner = None
+        if self.transport is not None and self._state != "closed":
+            self.transport.abortConnection()
+        if owner is not None:
+            owner.upstream_failed(self, error, self.received_any)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """
+        Finish an until-close body, or report the failure to the owner.
+        """
+        state = self._state
+        reader = self._reader
+        self.reusable = False
+        if state == "body" and reader is not None and reader._kind == BODY_UNTIL_CLOSE:
+            self._state = "closed"
+            owner = self.owner
+            self._reader = None
+            if owner is not None:
+                owner.upstream_complete(self)
+        elif state in ("head", "body", "tunnel"):
+            owner = self.owner
+            self.owner = None
+            self._state = "closed"
+            if owner is not None:
+                owner.upstream_failed(self, None, self.received_any)
+        self._state = "closed"
+        self._listener.connection_closed(self)
+
+    # IPushProducer: the upstream's send buffer is full or drained.
+
+    def pauseProducing(self) -> None:
+        """
+        Our send buffer to the upstream is full: pause the client's upload.
+        """
+        if self.owner is not None:
+            self.owner.pause_request_body()
+
+    def resumeProducing(self) -> None:
+        """
+        Our send buffer to the upstream has drained.
+        """
+        if self.owner is not None:
+            self.owner.resume_request_body()
+
+    def stopProducing(self) -> None:
+        """
+        The transport is going away; L{connectionLost} does the work.
+        """

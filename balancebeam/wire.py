@@ -1,0 +1,635 @@
+"""
+HTTP/1.x on the wire: strict parsing of message heads, body framing, and the
+rewriting of heads for the next hop.
+
+Parsing is strict where laxness enables request smuggling (RFC 9112 section
+6.3 and 11.2): both Content-Length and Transfer-Encoding, differing
+Content-Length values, signed or non-numeric lengths, a Transfer-Encoding
+other than C{chunked}, bad chunk sizes, obsolete line folding, bare CR or LF
+and whitespace before a header's colon are all rejected.
+
+Everything here is pure: bytes in, records or bytes out, L{HTTPError} on bad
+input. The protocols in L{balancebeam.frontend} and L{balancebeam.upstream}
+drive it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Final
+
+CRLF: Final = b"\r\n"
+HEAD_END: Final = b"\r\n\r\n"
+
+BODY_NONE: Final = 0
+BODY_LENGTH: Final = 1
+BODY_CHUNKED: Final = 2
+BODY_UNTIL_CLOSE: Final = 3
+
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([^\x00-\x20\x7f]+) HTTP/([0-9])\.([0-9])")
+_STATUS_LINE = re.compile(rb"HTTP/([0-9])\.([0-9]) ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
+_HEADER_LINE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*")
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?")
+_DIGITS = re.compile(rb"[0-9]{1,18}")
+
+#: Headers that describe one connection, never forwarded (RFC 9110 section 7.6.1).
+HOP_BY_HOP: Final = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"content-length",  # re-framed for each hop
+    }
+)
+
+REASONS: Final = {
+    100: "Continue",
+    101: "Switching Protocols",
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    417: "Expectation Failed",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+    505: "HTTP Version Not Supported",
+}
+
+IDEMPOTENT_METHODS: Final = frozenset(
+    {b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"}
+)
+
+Field = tuple[bytes, bytes, bytes]
+"""A header: lower-cased name, value without surrounding whitespace, the raw line."""
+
+
+class HTTPError(Exception):
+    """
+    A message that cannot be relayed.
+
+    @ivar status: the HTTP status to answer with (400, 408, 413, 431, 501, 505, ...).
+    @ivar reason: a short human-readable explanation, sent as the body.
+    """
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(status, reason)
+        self.status = status
+        self.reason = reason
+
+
+class RequestHead:
+    """
+    A parsed request head.
+
+    @ivar method: the method token, e.g. C{b"GET"}.
+    @ivar target: the request target in origin form (C{b"/path?q"}) or C{b"*"}.
+    @ivar minor: the HTTP/1 minor version (0 or 1).
+    @ivar fields: the header fields in order (see L{Field}).
+    @ivar body_kind: L{BODY_NONE}, L{BODY_LENGTH} or L{BODY_CHUNKED}.
+    @ivar content_length: the body length when C{body_kind} is L{BODY_LENGTH}.
+    @ivar keep_alive: whether the client wants the connection kept open.
+    @ivar upgrade: the C{Upgrade} header value when the client asks to switch
+        protocols (C{Connection: upgrade}), else C{None}.
+    @ivar expect_continue: whether the client sent C{Expect: 100-continue}.
+    @ivar host: the C{Host} value (from an absolute-form target if given), or C{None}.
+    @ivar connection_names: lower-cased tokens of the C{Connection} header.
+    """
+
+    __slots__ = (
+        "method",
+        "target",
+        "minor",
+        "fields",
+        "body_kind",
+        "content_length",
+        "keep_alive",
+        "upgrade",
+        "expect_continue",
+        "host",
+        "connection_names",
+    )
+
+    def __init__(self, method: bytes, target: bytes, minor: int, fields: list[Field]) -> None:
+        self.method = method
+        self.target = target
+        self.minor = minor
+        self.fields = fields
+        self.body_kind = BODY_NONE
+        self.content_length = 0
+        self.keep_alive = minor >= 1
+        self.upgrade: bytes | None = None
+        self.expect_continue = False
+        self.host: bytes | None = None
+        self.connection_names: frozenset[bytes] = frozenset()
+
+    @property
+    def idempotent(self) -> bool:
+        """
+        Whether replaying this request is safe (RFC 9110 section 9.2.2, or an
+        C{Idempotency-Key} header).
+        """
+        if self.method in IDEMPOTENT_METHODS:
+            return True
+        return any(name == b"idempotency-key" for name, _, _ in self.fields)
+
+
+class ResponseHead:
+    """
+    A parsed response head.
+
+    @ivar status: the status code.
+    @ivar status_line: the raw status line.
+    @ivar minor: the HTTP/1 minor version.
+    @ivar fields: the header fields in order.
+    @ivar body_kind: how the body is framed (for the request it answers).
+    @ivar content_length: the body length for L{BODY_LENGTH}.
+    @ivar reusable: whether the upstream connection may carry another request
+        once this response is complete.
+    @ivar keep_alive_timeout: seconds from C{Keep-Alive: timeout=N}, if sent.
+    """
+
+    __slots__ = (
+        "status",
+        "status_line",
+        "minor",
+        "fields",
+        "body_kind",
+        "content_length",
+        "reusable",
+        "keep_alive_timeout",
+        "connection_names",
+    )
+
+    def __init__(self, status: int, status_line: bytes, minor: int, fields: list[Field]) -> None:
+        self.status = status
+        self.status_line = status_line
+        self.minor = minor
+        self.fields = fields
+        self.body_kind = BODY_NONE
+        self.content_length = 0
+        self.reusable = minor >= 1
+        self.keep_alive_timeout: float | None = None
+        self.connection_names: frozenset[bytes] = frozenset()
+
+
+def _parse_fields(lines: list[bytes], max_count: int, error_status: int) -> list[Field]:
+    if len(lines) > max_count:
+        raise HTTPError(431, f"more than {max_count} header fields")
+    fields: list[Field] = []
+    match = _HEADER_LINE.fullmatch
+    for line in lines:
+        parsed = match(line)
+        if parsed is None:
+            raise HTTPError(error_status, "malformed header field")
+        fields.append((parsed[1].lower(), parsed[2], line))
+    return fields
+
+
+def _tokens(fields: list[Field], name: bytes) -> list[bytes]:
+    """
+    The comma-separated, lower-cased tokens of every C{name} field, in order.
+    """
+    tokens = []
+    for field_name, value, _ in fields:
+        if field_name == name:
+            for token in value.split(b","):
+                token = token.strip(b" \t").lower()
+                if token:
+                    tokens.append(token)
+    return tokens
+
+
+def _content_length(fields: list[Field], error_status: int) -> int | None:
+    """
+    The one Content-Length of a message, or C{None} if absent.
+
+    @raise HTTPError: on a non-numeric or signed value, or differing values.
+    """
+    length: int | None = None
+    for name, value, _ in fields:
+        if name != b"content-length":
+            continue
+        for item in value.split(b","):
+            item = item.strip(b" \t")
+            if _DIGITS.fullmatch(item) is None:
+                raise HTTPError(error_status, "invalid Content-Length")
+            if length is not None and int(item) != length:
+                raise HTTPError(error_status, "conflicting Content-Length values")
+            length = int(item)
+    return length
+
+
+def parse_request_head(head: bytes, max_fields: int) -> RequestHead:
+    """
+    Parse a request head (without the blank line ending it).
+
+    @param max_fields: more header fields than this is a 431.
+    @raise HTTPError: when the head is malformed or unsupported.
+    """
+    lines = head.split(CRLF)
+    request_line = _REQUEST_LINE.fullmatch(lines[0])
+    if request_line is None:
+        raise HTTPError(400, "malformed request line")
+    method, target, major, minor_text = request_line.groups()
+    if major != b"1" or minor_text not in (b"0", b"1"):
+        raise HTTPError(505, "only HTTP/1.0 and HTTP/1.1 are supported")
+    request = RequestHead(method, target, int(minor_text), _parse_fields(lines[1:], max_fields, 400))
+    fields = request.fields
+
+    if method == b"CONNECT":
+        raise HTTPError(501, "CONNECT is not supported")
+    hosts = [value for name, value, _ in fields if name == b"host"]
+    if len(hosts) > 1:
+        raise HTTPError(400, "more than one Host header")
+    if hosts:
+        request.host = hosts[0]
+    elif request.minor >= 1:
+        raise HTTPError(400, "missing Host header")
+    if target[:1] != b"/":
+        _absolute_to_origin_form(request)
+
+    connection = _tokens(fields, b"connection")
+    request.connection_names = frozenset(connection)
+    if request.minor >= 1:
+        request.keep_alive = b"close" not in connection
+    else:
+        request.keep_alive = b"keep-alive" in connection
+
+    length = _content_length(fields, 400)
+    codings = _tokens(fields, b"transfer-encoding")
+    if codings or any(name == b"transfer-encoding" for name, _, _ in fields):
+        if length is not None:
+            raise HTTPError(400, "both Content-Length and Transfer-Encoding")
+        if codings != [b"chunked"]:
+            raise HTTPError(400, "unsupported Transfer-Encoding")
+        if request.minor == 0:
+            raise HTTPError(400, "Transfer-Encoding in an HTTP/1.0 request")
+        request.body_kind = BODY_CHUNKED
+    elif length:
+        request.body_kind = BODY_LENGTH
+        request.content_length = length
+
+    expectations = _tokens(fields, b"expect")
+    if expectations:
+        if expectations != [b"100-continue"]:
+            raise HTTPError(417, "only Expect: 100-continue is supported")
+        request.expect_continue = request.minor >= 1
+
+    if b"upgrade" in connection and request.minor >= 1:
+        upgrades = [value for name, value, _ in fields if name == b"upgrade"]
+        if upgrades:
+            request.upgrade = b", ".join(upgrades)
+    return request
+
+
+def _absolute_to_origin_form(request: RequestHead) -> None:
+    """
+    Rewrite an absolute-form target (C{http://host/path}) to origin form and
+    take the host from it (RFC 9112 section 3.2.2); accept C{*} for OPTIONS.
+    """
+    target = request.target
+    if target == b"*":
+        if request.method != b"OPTIONS":
+            raise HTTPError(400, "asterisk-form target is only valid for OPTIONS")
+        return
+    lowered = target[:8].lower()
+    if lowered.startswith(b"http://"):
+        rest = target[7:]
+    elif lowered.startswith(b"https://"):
+        rest = target[8:]
+    else:
+        raise HTTPError(400, "invalid request target")
+    slash = rest.find(b"/")
+    query = rest.find(b"?")
+    cut = min(i for i in (slash, query, len(rest)) if i != -1)
+    authority = rest[:cut]
+    if not authority or b"@" in authority:
+        raise HTTPError(400, "invalid request target")
+    path = rest[cut:]
+    if path[:1] != b"/":
+        path = b"/" + path
+    request.target = path
+    request.host = authority
+    request.fields = [f for f in request.fields if f[0] != b"host"]
+    request.fields.append((b"host", authority, b"Host: " + authority))
+
+
+def parse_response_head(
+    head: bytes, request_method: bytes, max_fields: int = 200
+) -> ResponseHead:
+    """
+    Parse a response head (without the blank line ending it) and work out its
+    body framing for a request made with C{request_method}.
+
+    @raise HTTPError: with status 502 when the head is malformed.
+    """
+    lines = head.split(CRLF)
+    status_line = _STATUS_LINE.fullmatch(lines[0])
+    if status_line is None or status_line[1] != b"1":
+        raise HTTPError(502, "malformed status line from upstream")
+    response = ResponseHead(
+        int(status_line[3]), lines[0], int(status_line[2]), _parse_fields(lines[1:], max_fields, 502)
+    )
+    fields = response.fields
+    connection = _tokens(fields, b"connection")
+    response.connection_names = frozenset(connection)
+    if response.minor >= 1:
+        response.reusable = b"close" not in connection
+    else:
+        response.reusable = b"keep-alive" in connection
+    for name, value, _ in fields:
+        if name == b"keep-alive":
+            response.keep_alive_timeout = _keep_alive_timeout(value)
+
+    status = response.status
+    if request_method == b"HEAD" or status < 200 or status in (204, 304):
+        return response
+    codings = _tokens(fields, b"transfer-encoding")
+    length = _content_length(fields, 502)
+    if codings:
+        if codings[-1] == b"chunked":
+            response.body_kind = BODY_CHUNKED
+        else:
+            response.body_kind = BODY_UNTIL_CLOSE
+        if length is not None or response.body_kind == BODY_UNTIL_CLOSE:
+            response.reusable = False
+    elif length is not None:
+        response.body_kind = BODY_LENGTH if length else BODY_NONE
+        response.content_length = length
+    else:
+        response.body_kind = BODY_UNTIL_CLOSE
+        response.reusable = False
+    return response
+
+
+def _keep_alive_timeout(value: bytes) -> float | None:
+    for parameter in value.split(b","):
+        name, _, number = parameter.strip().partition(b"=")
+        if name.strip().lower() == b"timeout" and _DIGITS.fullmatch(number.strip()):
+            return float(number.strip())
+    return None
+
+
+def _forwardable(fields: list[Field], connection_names: frozenset[bytes]) -> list[bytes]:
+    """
+    The raw lines of every end-to-end field, in order.
+    """
+    if connection_names:
+        dropped = HOP_BY_HOP | connection_names
+    else:
+        dropped = HOP_BY_HOP
+    return [raw for name, _, raw in fields if name not in dropped]
+
+
+def request_head_for_upstream(
+    request: RequestHead,
+    client_ip: str,
+    upstream_host: str,
+    proto: bytes = b"http",
+) -> bytes:
+    """
+    Build the head sent upstream: HTTP/1.1, origin form, hop-by-hop fields
+    removed, C{X-Forwarded-For}/C{X-Forwarded-Proto}/C{Via} added, and framing
+    headers for the body as it will be sent on this hop.
+    """
+    lines = [request.method + b" " + request.target + b" HTTP/1.1"]
+    forwarded: list[bytes] = []
+    vias: list[bytes] = []
+    for name, value, raw in request.fields:
+        if name == b"x-forwarded-for":
+            forwarded.append(value)
+        elif name == b"via":
+            vias.append(value)
+        elif name == b"x-forwarded-proto" or name == b"expect":
+            continue
+        elif name in HOP_BY_HOP or name in request.connection_names:
+            continue
+        else:
+            lines.append(raw)
+    if request.host is None:
+        lines.append(b"Host: " + upstream_host.encode("ascii"))
+    forwarded.append(client_ip.encode("ascii"))
+    lines.append(b"X-Forwarded-For: " + b", ".join(forwarded))
+    lines.append(b"X-Forwarded-Proto: " + proto)
+    vias.append(b"1.%d balancebeam" % request.minor)
+    lines.append(b"Via: " + b", ".join(vias))
+    if request.body_kind == BODY_LENGTH:
+        lines.append(b"Content-Length: %d" % request.content_length)
+    elif request.body_kind == BODY_CHUNKED:
+        lines.append(b"Transfer-Encoding: chunked")
+    if request.upgrade is not None:
+        lines.append(b"Connection: upgrade")
+        lines.append(b"Upgrade: " + request.upgrade)
+    lines.append(CRLF)
+    return CRLF.join(lines)
+
+
+def response_head_for_client(
+    response: ResponseHead, client_minor: int, keep_alive: bool, chunked: bool
+) -> bytes:
+    """
+    Build the head sent to the client: hop-by-hop fields removed, C{Via}
+    added, and framing and C{Connection} headers for the client's hop.
+
+    @param keep_alive: whether the client connection stays open afterwards.
+    @param chunked: whether the body is sent chunked on the client's hop.
+    """
+    status_line = b"HTTP/1.1" + response.status_line[8:]
+    if len(response.status_line) == 12:
+        status_line += b" " + REASONS.get(response.status, "Unknown").encode("ascii")
+    lines = [status_line]
+    if response.status == 101:
+        lines.extend(raw for name, _, raw in response.fields if name != b"content-length")
+        lines.append(CRLF)
+        return CRLF.join(lines)
+    lines.extend(_forwardable(response.fields, response.connection_names))
+    lines.append(b"Via: 1.%d balancebeam" % response.minor)
+    kind = response.body_kind
+    if kind == BODY_LENGTH:
+        lines.append(b"Content-Length: %d" % response.content_length)
+    elif chunked:
+        lines.append(b"Transfer-Encoding: chunked")
+    elif kind == BODY_NONE:
+        lines.extend(raw for name, _, raw in response.fields if name == b"content-length")
+    if response.status >= 200:
+        if not keep_alive:
+            lines.append(b"Connection: close")
+        elif client_minor == 0:
+            lines.append(b"Connection: keep-alive")
+    lines.append(CRLF)
+    return CRLF.join(lines)
+
+
+def error_response(
+    status: int, message: str, keep_alive: bool, extra: tuple[tuple[str, str], ...] = ()
+) -> bytes:
+    """
+    A complete, short C{text/plain} response generated by the balancer.
+    """
+    body = f"{status} {REASONS.get(status, 'Error')}: {message}\n".encode()
+    lines = [
+        f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}",
+        "Content-Type: text/plain; charset=utf-8",
+        f"Content-Length: {len(body)}",
+        "Connection: keep-alive" if keep_alive else "Connection: close",
+    ]
+    lines.extend(f"{name}: {value}" for name, value in extra)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def chunk(data: bytes) -> list[bytes]:
+    """
+    Frame C{data} (non-empty) as one chunk, as a list for C{writeSequence}.
+    """
+    return [b"%x\r\n" % len(data), data, CRLF]
+
+
+LAST_CHUNK: Final = b"0\r\n\r\n"
+
+
+class BodyReader:
+    """
+    Reads one message body from a byte stream, incrementally.
+
+    L{feed} hands each piece of payload (de-chunked) to C{on_data} and
+    returns how many bytes of its input belonged to the body; once L{done}
+    is true the rest of the input is the next message.
+
+    @ivar done: whether the body is complete.
+    @ivar received: payload bytes seen so far.
+    """
+
+    __slots__ = (
+        "_kind",
+        "_remaining",
+        "_on_data",
+        "_state",
+        "_line",
+        "_max_line",
+        "_trailer_bytes",
+        "_error_status",
+        "done",
+        "received",
+    )
+
+    _SIZE = 0
+    _DATA = 1
+    _DATA_END = 2
+    _TRAILER = 3
+
+    def __init__(
+        self,
+        kind: int,
+        length: int,
+        on_data: Callable[[bytes], object],
+        error_status: int = 400,
+        max_line: int = 4096,
+    ) -> None:
+        self._kind = kind
+        self._remaining = length
+        self._on_data = on_data
+        self._state = self._SIZE
+        self._line = b""
+        self._max_line = max_line
+        self._trailer_bytes = 0
+        self._error_status = error_status
+        self.done = kind == BODY_NONE or (kind == BODY_LENGTH and length == 0)
+        self.received = 0
+
+    def feed(self, data: bytes) -> int:
+        """
+        Consume body bytes from the start of C{data}.
+
+        @return: the number of bytes consumed.
+        @raise HTTPError: on bad chunked framing.
+        """
+        kind = self._kind
+        if kind == BODY_LENGTH:
+            count = len(data)
+            if count >= self._remaining:
+                count = self._remaining
+                piece = data[:count] if count < len(data) else data
+                self.done = True
+            else:
+                piece = data
+            self._remaining -= count
+            self.received += count
+            if count:
+                self._on_data(piece)
+            return count
+        if kind == BODY_UNTIL_CLOSE:
+            self.received += len(data)
+            if data:
+                self._on_data(data)
+            return len(data)
+        if kind == BODY_CHUNKED:
+            return self._feed_chunked(data)
+        return 0
+
+    def _feed_chunked(self, data: bytes) -> int:
+        position = 0
+        end = len(data)
+        while position < end and not self.done:
+            state = self._state
+            if state == self._DATA:
+                count = min(self._remaining, end - position)
+                if position == 0 and count == end:
+                    piece = data
+                else:
+                    piece = data[position : position + count]
+                position += count
+                self._remaining -= count
+                self.received += count
+                self._on_data(piece)
+                if self._remaining == 0:
+                    self._state = self._DATA_END
+                continue
+            newline = data.find(b"\n", position)
+            if newline == -1:
+                self._line += data[position:]
+                if len(self._line) > self._max_line:
+                    raise HTTPError(self._error_status, "chunk framing line too long")
+                return end
+            line = self._line + data[position : newline + 1]
+            self._line = b""
+            position = newline + 1
+            if len(line) > self._max_line:
+                raise HTTPError(self._error_status, "chunk framing line too long")
+            if line[-2:] != CRLF:
+                raise HTTPError(self._error_status, "bare LF in chunked body")
+            line = line[:-2]
+            if state == self._SIZE:
+                size = _CHUNK_SIZE.fullmatch(line)
+                if size is None:
+                    raise HTTPError(self._error_status, "invalid chunk size")
+                self._remaining = int(size[1], 16)
+                self._state = self._DATA if self._remaining else self._TRAILER
+            elif state == self._DATA_END:
+                if line:
+                    raise HTTPError(self._error_status, "chunk data longer than its size")
+                self._state = self._SIZE
+            else:
+                if not line:
+                    self.done = True
+                else:
+                    self._trailer_bytes += len(line)
+                    if self._trailer_bytes > self._max_line * 4:
+                        raise HTTPError(self._error_status, "trailer section too large")
+                    if _HEADER_LINE.fullmatch(line) is None:
+                        raise HTTPError(self._error_status, "malformed trailer field")
+        return position
