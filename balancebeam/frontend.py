@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from ipaddress import IPv4Network, IPv6Network
-from typing import Final
+from typing import Final, cast
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTime
@@ -30,6 +30,7 @@ from balancebeam.interfaces import IBalancingStrategy, IRateLimiter, RateLimitDe
 from balancebeam.pool import SAFE_REUSE_AGE, UpstreamPool
 from balancebeam.registry import UpstreamRegistry, UpstreamState
 from balancebeam.stats import Stats
+from balancebeam.transport import StreamTransport
 from balancebeam.upstream import UpstreamConnection
 from balancebeam.wire import (
     BODY_CHUNKED,
@@ -108,7 +109,7 @@ class BalancerFactory(Factory):
         self._deadline_check = LoopingCall(self.check_deadlines)
         self._deadline_check.clock = clock
 
-    def buildProtocol(self, addr: IAddress) -> BalancerProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> BalancerProtocol:
         """
         A protocol for one client connection.
         """
@@ -169,6 +170,7 @@ class BalancerProtocol(Protocol):
     """
 
     log = Logger()
+    _stream: StreamTransport
 
     def __init__(self, factory: BalancerFactory) -> None:
         self.factory = factory
@@ -208,8 +210,7 @@ class BalancerProtocol(Protocol):
         """
         Register for flow control and start the idle deadline.
         """
-        transport = self.transport
-        assert transport is not None
+        transport = self._stream = cast(StreamTransport, self.transport)
         peer = transport.getPeer()
         self.client_ip = getattr(peer, "host", "-")
         transport.registerProducer(self, True)
@@ -246,8 +247,7 @@ class BalancerProtocol(Protocol):
         """
         if self._state != "closed":
             self._state = "closed"
-            assert self.transport is not None
-            self.transport.abortConnection()
+            self._stream.abortConnection()
 
     # Reading from the client
 
@@ -257,8 +257,8 @@ class BalancerProtocol(Protocol):
         """
         state = self._state
         if state == "tunnel":
-            if self._connection is not None and self._connection.transport is not None:
-                self._connection.transport.write(data)
+            if self._connection is not None:
+                self._connection.stream.write(data)
             return
         if state == "closed":
             return
@@ -463,8 +463,8 @@ class BalancerProtocol(Protocol):
         assert request is not None and self._upstream is not None
         self._state = "relay"
         self._connection = connection
-        if self._writes_paused and connection.transport is not None:
-            connection.transport.pauseProducing()
+        if self._writes_paused and connection.stream is not None:
+            connection.stream.pauseProducing()
         if not self._upstream_head:
             self._upstream_head = request_head_for_upstream(
                 request, self.client_ip, self._upstream.name
@@ -477,8 +477,7 @@ class BalancerProtocol(Protocol):
         connection.send_request(self, request.method, self._upstream_head)
         if request.expect_continue and not self._continue_sent and not self._request_done:
             self._continue_sent = True
-            assert self.transport is not None
-            self.transport.write(CONTINUE)
+            self._stream.write(CONTINUE)
         pending, self._pending_body = self._pending_body, []
         self._pending_size = 0
         for piece in pending:
@@ -535,11 +534,11 @@ class BalancerProtocol(Protocol):
     def _send_body_piece(self, piece: bytes) -> None:
         connection = self._connection
         request = self._request
-        assert connection is not None and connection.transport is not None and request is not None
+        assert connection is not None and request is not None
         if request.body_kind == BODY_CHUNKED:
-            connection.transport.writeSequence(chunk(piece))
+            connection.stream.writeSequence(chunk(piece))
         else:
-            connection.transport.write(piece)
+            connection.stream.write(piece)
         if self._replay is not None:
             self._replay_size += len(piece)
             if self._replay_size > MAX_REPLAY_BODY:
@@ -551,8 +550,7 @@ class BalancerProtocol(Protocol):
         request = self._request
         connection = self._connection
         if request is not None and request.body_kind == BODY_CHUNKED and connection is not None:
-            assert connection.transport is not None
-            connection.transport.write(LAST_CHUNK)
+            connection.stream.write(LAST_CHUNK)
 
     def _request_body_complete(self) -> None:
         self._request_done = True
@@ -575,15 +573,14 @@ class BalancerProtocol(Protocol):
         request = self._request
         if response.status == 100 or request is None or request.minor == 0:
             return
-        assert self.transport is not None
-        self.transport.write(response_head_for_client(response, request.minor, True, False))
+        self._stream.write(response_head_for_client(response, request.minor, True, False))
 
     def upstream_head(self, connection: UpstreamConnection, response: ResponseHead) -> None:
         """
         Send the response head to the client, re-framed for the client's hop.
         """
         request = self._request
-        assert request is not None and self.transport is not None
+        assert request is not None
         if response.status == 101:
             if request.upgrade is None:
                 self._upstream_failure(connection, HTTPError(502, "unexpected 101 from upstream"))
@@ -592,7 +589,7 @@ class BalancerProtocol(Protocol):
             connection.start_tunnel()
             self._state = "tunnel"
             self.deadline = math.inf
-            self.transport.write(response_head_for_client(response, request.minor, True, False))
+            self._stream.write(response_head_for_client(response, request.minor, True, False))
             self._resume(_PAUSE_PIPELINE | _PAUSE_WAITING)
             if self._buffer:
                 data, self._buffer = self._buffer, b""
@@ -612,15 +609,14 @@ class BalancerProtocol(Protocol):
         head = response_head_for_client(response, request.minor, keep_alive, chunked)
         if self._rate_headers:
             head = head[:-2] + self._rate_headers + b"\r\n"
-        self.transport.write(head)
+        self._stream.write(head)
         self.deadline = self.factory.clock.seconds() + self.factory.timeouts.upstream
 
     def upstream_data(self, data: bytes) -> None:
         """
         Relay a piece of response body (or tunnel bytes).
         """
-        transport = self.transport
-        assert transport is not None
+        transport = self._stream
         if self._state == "tunnel":
             transport.write(data)
         elif self._response_chunked:
@@ -633,9 +629,8 @@ class BalancerProtocol(Protocol):
         The response is complete: end the client's framing, return the
         upstream connection, and go on to the next request.
         """
-        assert self.transport is not None
         if self._response_chunked:
-            self.transport.write(LAST_CHUNK)
+            self._stream.write(LAST_CHUNK)
         self._connection = None
         if not self._request_done:
             # The upstream answered before reading the whole request body:
@@ -715,16 +710,16 @@ class BalancerProtocol(Protocol):
         self._resume(_PAUSE_UPSTREAM_FULL)
 
     def _pause(self, reason: int) -> None:
-        if not self._paused and self.transport is not None:
-            self.transport.pauseProducing()
+        if not self._paused:
+            self._stream.pauseProducing()
         self._paused |= reason
 
     def _resume(self, reason: int) -> None:
         if not self._paused & reason:
             return
         self._paused &= ~reason
-        if not self._paused and self.transport is not None and self._state != "closed":
-            self.transport.resumeProducing()
+        if not self._paused and self._state != "closed":
+            self._stream.resumeProducing()
 
     def pauseProducing(self) -> None:
         """
@@ -732,8 +727,8 @@ class BalancerProtocol(Protocol):
         """
         self._writes_paused = True
         connection = self._connection
-        if connection is not None and connection.transport is not None:
-            connection.transport.pauseProducing()
+        if connection is not None and connection.stream is not None:
+            connection.stream.pauseProducing()
         if self._state == "relay":
             self.deadline = self.factory.clock.seconds() + self.factory.timeouts.client_idle
 
@@ -743,8 +738,8 @@ class BalancerProtocol(Protocol):
         """
         self._writes_paused = False
         connection = self._connection
-        if connection is not None and connection.transport is not None:
-            connection.transport.resumeProducing()
+        if connection is not None and connection.stream is not None:
+            connection.stream.resumeProducing()
         if self._state == "relay":
             self.deadline = self.factory.clock.seconds() + self.factory.timeouts.upstream
 
@@ -765,8 +760,7 @@ class BalancerProtocol(Protocol):
             if self._head_started is not None or self._buffer:
                 self._client_error(HTTPError(408, "request head not received in time"))
             else:
-                assert self.transport is not None
-                self.transport.loseConnection()
+                self._stream.loseConnection()
                 self._state = "closed"
             return
         if state == "discard":
@@ -812,7 +806,7 @@ class BalancerProtocol(Protocol):
         request body can be skipped.
         """
         request = self._request
-        assert request is not None and self.transport is not None
+        assert request is not None
         self._state = "discard"
         self._resume(_PAUSE_WAITING | _PAUSE_UPSTREAM_FULL)
         if self._upstream is not None:
@@ -828,7 +822,7 @@ class BalancerProtocol(Protocol):
         self._keep_alive = keep_alive
         self.factory.stats.count_status(status)
         self._log_request(status)
-        self.transport.write(error_response(status, message, keep_alive, extra))
+        self._stream.write(error_response(status, message, keep_alive, extra))
         if not keep_alive:
             self._close_after_write()
             return
@@ -862,16 +856,14 @@ class BalancerProtocol(Protocol):
             connecting.cancel()
         self._release_upstream()
         self.factory.stats.count_status(error.status)
-        assert self.transport is not None
-        self.transport.write(error_response(error.status, error.reason, False))
+        self._stream.write(error_response(error.status, error.reason, False))
         self._close_after_write()
 
     def _close_after_write(self) -> None:
-        assert self.transport is not None
         self._state = "closed"
         self._buffer = b""
         self.deadline = math.inf
-        self.transport.loseConnection()
+        self._stream.loseConnection()
 
     def _finish_exchange(self, logged: bool = False) -> None:
         if not logged and self._response is not None:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
 from twisted.internet.protocol import ClientFactory
 from twisted.internet.error import ConnectError
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IAddress, IProtocol, IReactorTime, IStreamClientEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -85,7 +85,7 @@ class UpstreamPool:
         self._warming: dict[UpstreamState, int] = {}
         self._waiters: dict[UpstreamState, deque[_Waiter]] = {}
         self._connections: set[UpstreamConnection] = set()
-        self._pending: set[Deferred[UpstreamConnection]] = set()
+        self._pending: set[Deferred[IProtocol]] = set()
         self._closing: list[Deferred[None]] | None = None
         self._sweeper = LoopingCall(self._sweep)
         self._sweeper.clock = clock
@@ -351,7 +351,7 @@ class _OneConnectionFactory(ClientFactory):
     def __init__(self, connection: UpstreamConnection) -> None:
         self._connection = connection
 
-    def buildProtocol(self, addr: object) -> UpstreamConnection:  # type: ignore[override]  # any address will do
+    def buildProtocol(self, addr: IAddress | None) -> UpstreamConnection:
         """
         The prepared connection.
         """

@@ -202,7 +202,7 @@ class BalancerService(MultiService):
         self.factory.stop_timers()
         children = super().stopService()
 
-        def close_rest(_: object) -> Deferred[object]:
+        def close_rest(_: object) -> Deferred[list[Any]]:
             steps: list[Deferred[Any]] = [self.pool.close()]
             if self.rate_limiter is not None:
                 steps.append(maybeDeferred(self.rate_limiter.close))

@@ -9,13 +9,14 @@ idle in the L{balancebeam.pool.UpstreamPool}.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol as TypingProtocol
+from typing import TYPE_CHECKING, Protocol as TypingProtocol, cast
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from balancebeam.transport import StreamTransport
 from balancebeam.wire import (
     BODY_UNTIL_CLOSE,
     HEAD_END,
@@ -80,6 +81,7 @@ class UpstreamConnection(Protocol):
     reads slowly.
 
     @ivar upstream: the upstream this connection goes to.
+    @ivar stream: the transport, once connected.
     @ivar owner: the protocol whose request is in flight, or C{None} when idle.
     @ivar requests: how many requests this connection has carried.
     @ivar reusable: whether it may carry another request once the current
@@ -94,6 +96,8 @@ class UpstreamConnection(Protocol):
         - C{"tunnel"}: after a 101, relaying raw bytes both ways;
         - C{"closed"}: the connection is gone.
     """
+
+    stream: StreamTransport
 
     def __init__(self, upstream: UpstreamState, listener: ConnectionListener) -> None:
         self.upstream = upstream
@@ -113,8 +117,8 @@ class UpstreamConnection(Protocol):
         """
         Register as the transport's producer for flow control.
         """
-        assert self.transport is not None
-        self.transport.registerProducer(self, True)
+        self.stream = cast(StreamTransport, self.transport)
+        self.stream.registerProducer(self, True)
 
     def send_request(self, owner: ResponseSink, method: bytes, head: bytes) -> None:
         """
@@ -127,8 +131,7 @@ class UpstreamConnection(Protocol):
         self._reader = None
         self.received_any = False
         self.requests += 1
-        assert self.transport is not None
-        self.transport.write(head)
+        self.stream.write(head)
 
     def release(self) -> None:
         """
@@ -144,7 +147,7 @@ class UpstreamConnection(Protocol):
         self.owner = None
         self.reusable = False
         if self._state != "closed" and self.transport is not None:
-            self.transport.abortConnection()
+            self.stream.abortConnection()
 
     def finish_tunnel(self) -> None:
         """
@@ -153,7 +156,7 @@ class UpstreamConnection(Protocol):
         """
         self.owner = None
         if self._state != "closed" and self.transport is not None:
-            self.transport.loseConnection()
+            self.stream.loseConnection()
 
     def start_tunnel(self) -> None:
         """
@@ -238,9 +241,8 @@ class UpstreamConnection(Protocol):
         owner = self.owner
         self._state = "done"
         self._reader = None
-        if self.transport is not None:
-            # A paused transport must not go back to the pool paused.
-            self.transport.resumeProducing()
+        # A paused transport must not go back to the pool paused.
+        self.stream.resumeProducing()
         if owner is not None:
             owner.upstream_complete(self)
 
@@ -248,8 +250,8 @@ class UpstreamConnection(Protocol):
         owner = self.owner
         self.reusable = False
         self.owner = None
-        if self.transport is not None and self._state != "closed":
-            self.transport.abortConnection()
+        if self._state != "closed":
+            self.stream.abortConnection()
         if owner is not None:
             owner.upstream_failed(self, error, self.received_any)
 

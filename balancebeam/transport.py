@@ -1,0 +1,44 @@
+"""
+The transport operations the relay uses, as one static type.
+
+Twisted types C{Protocol.transport} as C{ITransport}, which lacks flow
+control and C{abortConnection}; TCP, TLS and test transports all provide
+them. Protocols keep the transport under this type once connected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+from twisted.internet.interfaces import IAddress
+
+
+class StreamTransport(Protocol):
+    """
+    A connected, flow-controlled byte stream.
+    """
+
+    def write(self, data: bytes) -> None:
+        """Queue C{data} for sending."""
+
+    def writeSequence(self, data: Iterable[bytes]) -> None:
+        """Queue each of C{data} for sending."""
+
+    def loseConnection(self) -> None:
+        """Close once queued data is sent."""
+
+    def abortConnection(self) -> None:
+        """Close at once, dropping queued data."""
+
+    def pauseProducing(self) -> None:
+        """Stop reading."""
+
+    def resumeProducing(self) -> None:
+        """Read again."""
+
+    def registerProducer(self, producer: object, streaming: bool) -> None:
+        """Tell C{producer} when the send buffer fills and drains."""
+
+    def getPeer(self) -> IAddress:
+        """The remote address."""
