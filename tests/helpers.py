@@ -1,0 +1,132 @@
+"""
+Shared fakes for the deterministic tests: the whole request path in memory,
+on a L{MemoryReactorClock}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.interfaces import IProtocol, IStreamClientEndpoint
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from balancebeam.config import Limits, Timeouts, UpstreamSpec
+from balancebeam.frontend import BalancerFactory, BalancerProtocol
+from balancebeam.interfaces import IBalancingStrategy, IRateLimiter
+from balancebeam.pool import UpstreamPool
+from balancebeam.registry import UpstreamRegistry, UpstreamState
+from balancebeam.stats import Stats
+
+
+@implementer(IBalancingStrategy)
+class FirstStrategy:
+    """
+    Always picks the first candidate, so tests know where a request goes.
+    """
+
+    def choose(self, candidates: Sequence[UpstreamState]) -> UpstreamState:
+        """
+        The first candidate.
+        """
+        return candidates[0]
+
+
+class Harness:
+    """
+    A balancer factory wired to a memory reactor, with helpers to connect
+    clients and to accept or refuse upstream connections.
+    """
+
+    def __init__(
+        self,
+        upstream_count: int = 2,
+        timeouts: Timeouts = Timeouts(),
+        limits: Limits = Limits(),
+        rate_limiter: IRateLimiter | None = None,
+        rate_limit_headers: bool = False,
+        passive_retry_interval: float | None = None,
+        **pool_options: float,
+    ) -> None:
+        self.reactor = MemoryReactorClock()
+        self.specs = [UpstreamSpec("127.0.0.1", 8081 + i) for i in range(upstream_count)]
+        self.registry = UpstreamRegistry(self.specs, self.reactor, passive_retry_interval)
+        self.pool = UpstreamPool(self.reactor, self.endpoint, **pool_options)  # type: ignore[arg-type]  # test-only keyword pass-through
+        self.registry.add_observer(self.pool.upstream_changed)
+        self.stats = Stats()
+        self.factory = BalancerFactory(
+            self.reactor,
+            self.registry,
+            FirstStrategy(),
+            self.pool,
+            self.stats,
+            timeouts=timeouts,
+            limits=limits,
+            rate_limiter=rate_limiter,
+            rate_limit_headers=rate_limit_headers,
+        )
+        self.factory.start_timers()
+        self.pool.start(self.registry.upstreams)
+        self._accepted = 0
+
+    def endpoint(self, spec: UpstreamSpec) -> IStreamClientEndpoint:
+        """
+        A TCP endpoint on the memory reactor.
+        """
+        return TCP4ClientEndpoint(self.reactor, spec.host, spec.port, timeout=5)
+
+    def client(self, port: int = 40000) -> tuple[BalancerProtocol, StringTransport]:
+        """
+        A connected client protocol and its transport.
+        """
+        protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", port))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", port))
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def pending_connects(self) -> int:
+        """
+        Upstream connection attempts not yet accepted or refused.
+        """
+        return len(self.reactor.tcpClients) - self._accepted
+
+    def accept(self) -> tuple[IProtocol, StringTransport, int]:
+        """
+        Accept the oldest pending upstream connection attempt.
+
+        @return: the protocol, its transport and the upstream port it targets.
+        """
+        host, port, factory, _, _ = self.reactor.tcpClients[self._accepted]
+        connector = self.reactor.connectors[self._accepted]
+        self._accepted += 1
+        protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+        assert protocol is not None
+        transport = StringTransport(peerAddress=IPv4Address("TCP", host, port))
+        protocol.makeConnection(transport)
+        del connector
+        return protocol, transport, port
+
+    def refuse(self) -> int:
+        """
+        Fail the oldest pending upstream connection attempt with "refused".
+
+        @return: the upstream port it targeted.
+        """
+        _, port, factory, _, _ = self.reactor.tcpClients[self._accepted]
+        connector = self.reactor.connectors[self._accepted]
+        self._accepted += 1
+        factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
+        return port
+
+
+def response(body: bytes = b"hello", status: bytes = b"200 OK", extra: bytes = b"") -> bytes:
+    """
+    A simple upstream response with a Content-Length body.
+    """
+    return (
+        b"HTTP/1.1 " + status + b"\r\nContent-Length: %d\r\n" % len(body) + extra + b"\r\n" + body
+    )

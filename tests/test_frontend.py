@@ -1,0 +1,597 @@
+"""
+Deterministic tests of the relay: client protocol, upstream protocol and pool
+together on a memory reactor.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from balancebeam.config import Limits, Timeouts
+from balancebeam.interfaces import IRateLimiter, RateLimitDecision
+from tests.helpers import Harness, response
+
+def connection_done() -> Failure:
+    """
+    The failure a cleanly closed connection reports.
+    """
+    return Failure(ConnectionDone())
+
+
+GET = b"GET /first_url HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\r\n"
+
+
+def _upstream_request(transport: StringTransport) -> bytes:
+    data = transport.value()
+    transport.clear()
+    return bytes(data)
+
+
+class RelayTests(SynchronousTestCase):
+    """
+    A request goes to an upstream and its response comes back.
+    """
+
+    def test_get_relayed_with_forwarding_headers(self) -> None:
+        """
+        A GET reaches the upstream in origin form over HTTP/1.1 with the
+        client's headers and X-Forwarded-For/-Proto and Via added.
+        """
+        harness = Harness()
+        client, client_transport = harness.client()
+        client.dataReceived(GET)
+        _, upstream, port = harness.accept()
+        self.assertEqual(port, 8081)
+        self.assertEqual(
+            upstream.value(),
+            b"GET /first_url HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n"
+            b"X-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: http\r\n"
+            b"Via: 1.1 balancebeam\r\n\r\n",
+        )
+
+    def test_response_relayed_and_connection_reused(self) -> None:
+        """
+        The response reaches the client, and a second request on the same
+        client connection reuses the idle upstream connection.
+        """
+        harness = Harness()
+        client, client_transport = harness.client()
+        client.dataReceived(GET)
+        protocol, upstream, _ = harness.accept()
+        upstream.clear()
+        protocol.dataReceived(response(b"hello"))
+        self.assertEqual(
+            client_transport.value(),
+            b"HTTP/1.1 200 OK\r\nVia: 1.1 balancebeam\r\nContent-Length: 5\r\n\r\nhello",
+        )
+        client_transport.clear()
+        client.dataReceived(GET)
+        self.assertEqual(harness.pending_connects(), 0)
+        self.assertTrue(upstream.value().startswith(b"GET /first_url HTTP/1.1\r\n"))
+        protocol.dataReceived(response(b"again"))
+        self.assertTrue(client_transport.value().endswith(b"\r\n\r\nagain"))
+        self.assertFalse(client_transport.disconnecting)
+        self.assertEqual(harness.pool.opened, 1)
+        self.assertEqual(harness.registry.upstreams[0].in_flight, 0)
+
+    def test_content_length_body_streamed(self) -> None:
+        """
+        A request body arriving in pieces is relayed as it comes, byte-exact.
+        """
+        harness = Harness()
+        client, _ = harness.client()
+        client.dataReceived(b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nhello")
+        _, upstream, _ = harness.accept()
+        self.assertTrue(upstream.value().endswith(b"Content-Length: 10\r\n\r\nhello"))
+        upstream.clear()
+        client.dataReceived(b"world")
+        self.assertEqual(upstream.value(), b"world")
+
+    def test_chunked_request_reframed(self) -> None:
+        """
+        A chunked request body is de-chunked and re-chunked for the upstream,
+        trailers dropped.
+        """
+        harness = Harness()
+        client, _ = harness.client()
+        client.dataReceived(
+            b"POST /p HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5;ext=1\r\nhello\r\n"
+        )
+        _, upstream, _ = harness.accept()
+        client.dataReceived(b"0\r\nX-Trailer: t\r\n\r\n")
+        head, _, body = upstream.value().partition(b"\r\n\r\n")
+        self.assertIn(b"Transfer-Encoding: chunked", head)
+        self.assertEqual(body, b"5\r\nhello\r\n0\r\n\r\n")
+
+    def test_chunked_response_to_http10_client(self) -> None:
+        """
+        A chunked response is de-chunked for an HTTP/1.0 client and the
+        connection closed to mark the end.
+        """
+        harness = Harness()
+        client, client_transport = harness.client()
+        client.dataReceived(b"GET / HTTP/1.0\r\n\r\n")
+        protocol, upstream, _ = harness.accept()
+        self.assertIn(b"Host: 127.0.0.1:8081\r\n", upstream.value())
+        protocol.dataReceived(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+        )
+        self.assertEqual(
+            client_transport.value(),
+            b"HTTP/1.1 200 OK\r\nVia: 1.1 balancebeam\r\nConnection: close\r\n\r\nabcde",
+        )
+        self.assertTrue(client_transport.disconnecting)
+
+    def test_until_close_response_chunked_for_http11(self) -> None:
+        """
+        A response delimited by the upstream closing is chunked for an HTTP/1.1
+        client, which keeps its connection.
+        """
+        harness = Harness()
+        client, client_transport = harness.client()
+        client.dataReceived(GET)
+        protocol, upstream, _ = harness.accept()
+        protocol.dataReceived(b"HTTP/1.0 200 OK\r\n\r\nsome bytes")
+        protocol.connectionLost(connection_done())
+        self.assertEqual(
+            client_transport.value(),
+            b"HTTP/1.1 200 OK\r\nVia: 1.0 balancebeam\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"a\r\nsome bytes\r\n0\r\n\r\n",
+        )
+        self.assertFalse(client_transport.disconnecting)
+
+    def test_head_response_has_no_body(self) -> None:
+        """
+        A HEAD response keeps its Content-Length but carries no body, and the
+        next request is served normally.
+        """
+        harness = Harness()
+        client, client_transport = harness.client()
+        client.dataReceived(b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\n")
+        protocol, upstream, _ = harness.accept()
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n")
+        self.assertEqual(
+            client_transport.value(),
+            b"HTTP/1.1 200 OK\r\nVia: 1.1 balancebeam\r\nContent-Length: 1234\r\n\r\n",
+        )
+        client_transport.clear()
+        client.dataReceived(GET)
+        protocol.dataReceived(response(b"x"))
+        self.assertTrue(client_transport.value().endswith(b"\r\n\r\nx"))
+
+    def test_pipelined_requests_answered_in_order(self) -> None:
+        """
+        Two requests in one packet are sent upstream one after the other and
+        answered in order.
+        """
+        harness = Harness()
+        client, client_transport = harness.client()
+        client.dataReceived(GET.replace(b"first", b"one") + GET.replace(b"first", b"two"))
+        protocol, upstream, _ = harness.accept()
+        self.assertIn(b"/one_url", upstream.value())
+        self.assertNotIn(b"/two_url", upstream.value())
+        upstream.clear()
+        protocol.dataReceived(response(b"1"))
+        self.assertIn(b"/two_url", upstream.value())
+        protocol.dataReceived(response(b"2"))
+        self.assertEqual(client_transport.value().count(b"HTTP/1.1 200 OK"), 2)
+        self.assertTrue(client_transport.value().endswith(b"\r\n\r\n2"))
+
+    def test_pipelined_backlog_pauses_reading(self) -> None:
+        """
+        Pipelined bytes beyond the head limit pause reading from the client
+        until the current response is done.
+        """
+        harness = Harness(limits=Limits(max_head_size=1024))
+        client, client_transport = harness.client()
+        client.dataReceived(GET)
+        protocol, _, _ = harness.accept()
+        client.dataReceived(GET * 20)
+        self.assertEqual(client_transport.producerState, "paused")
+        for _ in range(21):
+            protocol.dataReceived(response(b"1"))
+        self.assertEqual(client_transport.producerState, "producing")
+        self.assertEqual(client_transport.value().count(b"HTTP/1.1 200 OK"), 21)
+
+    def test_expect_continue(self) -> None:
+        """
+        With Expect: 100-continue the balancer answers 100 Continue once the
+        upstream connection is ready, and does not forward the expectation.
+        """
+        harness = Harness()
+        client, client_transport = harness.client()
+        client.dataReceived(
+            b"PUT /u HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n"
+        )
+        self.assertEqual(client_transport.value(), b"")
+        _, upstream, _ = harness.accept()
+        self.assertEqual(client_transport.value(), b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.assertNotIn(b"Expect", upstream.value())
+        client.dataReceived(b"abc")
+        self.assertTrue(upstream.value().endswith(b"\r\n\r\nabc"))
+
+
+class FailoverTests(SynchronousTestCase):
+    """
+    Passive health checks and the answers when upstreams fail.
+    """
+
+    def test_connect_failure_fails_over(self) -> None:
+        """
+        A refused connect marks the upstream down and the request goes to the
+        next upstream.
+        """
+        harness = Harness()
+        client, client_transport = harness.client()
+        client.dataReceived(GET)
+        self.assertEqual(harness.refuse(), 8081)
+        self.assertFalse(harness.registry.upstreams[0].alive)
+        protocol, _, port = harness.accept()
+        self.assertEqual(port, 8082)
+        protocol.dataReceived(response(b"ok"))
+        self.assertTrue(client_transport.value().startswith(b"HTTP/1.1 200 OK"))
+        self.assertEqual(harness.stats.connect_failures, 1)
+
+    def test_every_connect_fails_502(self) -> None:
+        """
+        When every upstream refuses, the client gets 502 and keeps its
+        connection.
+        """
+        harness = Harness()
+        client, client_transport = harness.client()
+        client.dataReceived(GET)
+        harness.refuse()
+        harness.refuse()
+        self.assertTrue(client_transport.value().startswith(b"HTTP/1.1 502 Bad Gateway\r\n"))
+        self.assertFalse(client_transport.disconnecting)
+
+    def test_all_down_503_with_retry_after(self) -> None:
+        """
+        When no upstream is alive the client gets 503 with Retry-After at once.
+        """
+        harness = Harness()
+        for upstream in harness.registry.upstreams:
+            harness.registry.mark_down(upstream, "test")
+        client, client_transport = harness.client()
+        client.dataReceived(GET)
+        value = client_transport.value()
+        self.assertTrue(value.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"))
+        self.assertIn(b"\r\nRetry-After: 5\r\n", value)
+        self.assertEqual(harness.pending_connects(), 0)
+
+    def test_idempotent_request_retried_after_close(self) -> None:
+        """
+        A GET whose upstream closes before answering is retried on the other
+        upstream, which is not marked down.
+        """
+        harness = Harness()
+        client, client_transport = harness.client()
+        client.dataReceived(GET)
+        first, _, _ = harness.accept()
+        first.connectionLost(connection_done())
+        second, upstream, port = harness.accept()
+        self.assertEqual(port, 8082)
+        second.dataReceived(response(b"ok"))
+        self.assertTrue(client_transport.value().startswith(b"HTTP/1.1 200 OK"))
+        self.assertTrue(harness.registry.upstreams[0].alive)
+
+    def test_post_not_retried(self) -> None:
+        """
+        A POST whose upstream closes before answering gets 502, never a replay.
+        """
+        harness = Harness()
+        client, client_transport = harness.client()
+        client.dataReceived(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx")
+        first, _, _ = harness.accept()
+        first.connectionLost(connection_done())
+        self.assertEqual(harness.pending_connects(), 0)
+        self.assertTrue(client_transport.value().startswith(b"HTTP/1.1 502 Bad Gateway"))
+
+    def test_garbage_from_upstream_502(self) -> None:
+        """
+        A malformed response head from the upstream becomes a 502 (retried
+        once elsewhere only when nothing was received: here bytes were).
+        """
+        harness = Harness()
+        client, client_transport = harness.client()
+        client.dataReceived(GET)
+        first, upstream, _ = harness.accept()
+        first.dataReceived(b"NONSENSE\r\n\r\n")
+        self.assertTrue(upstream.disconnecting)
+        self.assertTrue(client_transport.value().startswith(b"HTTP/1.1 502 Bad Gateway"))
+
+    def test_upstream_dies_mid_body_aborts_client(self) -> None:
+        """
+        An upstream that closes mid-body makes the client connection abort, so
+        the client never takes a truncated body for a whole one.
+        """
+        harness = Harness()
+        client, client_transport = harness.client()
+        client.dataReceived(GET)
+        protocol, _, _ = harness.accept()
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+        protocol.connectionLost(connection_done())
+        self.assertTrue(client_transport.disconnecting)
+        self.assertEqual(harness.registry.upstreams[0].in_flight, 0)
+
+    def test_passive_retry_revives(self) -> None:
+        """
+        With a passive retry interval, an upstream marked down by a failed
+        connect is back in rotation once the interval has passed.
+        """
+        harness = Harness(passive_retry_interval=10)
+        client, _ = harness.client()
+        client.dataReceived(GET)
+        harness.refuse()
+        self.assertEqual(len(harness.registry.live()), 1)
+        harness.reactor.advance(9.9)
+        self.assertEqual(len(harness.registry.live()), 1)
+        harness.reactor.advance(0.2)
+        self.assertEqual(len(harness.registry.live()), 2)
+
+
+class LimitTests(SynchronousTestCase):
+    """
+    Bad requests and limits get clear answers.
+    """
+
+    def test_malformed_request_400(self) -> None:
+        """
+        A malformed request line gets 400 and the connection closes.
+        """
+        harness = Harness()
+        client, client_transport = harness.client()
+        client.dataReceived(b"GARBAGE\r\n\r\n")
+        self.assertTrue(client_transport.value().startswith(b"HTTP/1.1 400 Bad Request\r\n"))
+        self.assertTrue(client_transport.disconnecting)
+
+    def test_smuggling_400(self) -> None:
+        """
+        Content-Length together with Transfer-Encoding gets 400 and close,
+        and nothing reaches an upstream.
+        """
+        harness = Harness()
+        client, client_transport = harness.client()
+        client.dataReceived(
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        )
+        self.assertTrue(client_transport.value().startswith(b"HTTP/1.1 400 "))
+        self.assertEqual(harness.pending_connects(), 0)
+
+    def test_head_too_large_431(self) -> None:
+        """
+        A request head over the limit gets 431 before it is complete.
+        """
+        harness = Harness(limits=Limits(max_head_size=1024))
+        client, client_transport = harness.client()
+        client.dataReceived(b"GET / HTTP/1.1\r\nX: " + b"a" * 2000)
+        self.assertTrue(client_transport.value().startswith(b"HTTP/1.1 431 "))
+        self.assertTrue(client_transport.disconnecting)
+
+    def test_body_too_large_413(self) -> None:
+        """
+        A declared body over --max-body-size gets 413 without contacting an
+        upstream.
+        """
+        harness = Harness(limits=Limits(max_body_size=10))
+        client, client_transport = harness.client()
+        client.dataReceived(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\n")
+        self.assertTrue(client_transport.value().startswith(b"HTTP/1.1 413 "))
+        self.assertEqual(harness.pending_connects(), 0)
+
+    def test_chunked_body_too_large_413(self) -> None:
+        """
+        A chunked body growing past --max-body-size gets 413 and close.
+        """
+        harness = Harness(limits=Limits(max_body_size=10))
+        client, client_transport = harness.client()
+        client.dataReceived(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
+        harness.accept()
+        client.dataReceived(b"b\r\nhello world\r\n")
+        self.assertTrue(client_transport.value().startswith(b"HTTP/1.1 413 "))
+        self.assertTrue(client_transport.disconnecting)
+
+
+class TimeoutTests(SynchronousTestCase):
+    """
+    Deadlines on the clock.
+    """
+
+    def test_header_deadline_from_first_byte(self) -> None:
+        """
+        A client trickling its head is cut off with 408 when the whole-head
+        deadline passes, however steadily it sends.
+        """
+        harness = Harness(timeouts=Timeouts(client_header=5))
+        client, client_transport = harness.client()
+        for byte in b"GET / HTTP/1.1\r\nHost:":
+            client.dataReceived(bytes([byte]))
+            harness.reactor.advance(0.5)
+            if harness.reactor.seconds() < 4.9:
+                self.assertEqual(client_transport.value(), b"")
+        self.assertTrue(client_transport.value().startswith(b"HTTP/1.1 408 "))
+        self.assertTrue(client_transport.disconnecting)
+
+    def test_idle_keepalive_closed(self) -> None:
+        """
+        An idle keep-alive connection is closed after the idle timeout,
+        without a response.
+        """
+        harness = Harness(timeouts=Timeouts(client_idle=3))
+        client, client_transport = harness.client()
+        harness.reactor.advance(2.5)
+        self.assertFalse(client_transport.disconnecting)
+        harness.reactor.advance(1)
+        self.assertTrue(client_transport.disconnecting)
+        self.assertEqual(client_transport.value(), b"")
+
+    def test_upstream_timeout_504(self) -> None:
+        """
+        An upstream that does not answer in time gives 504 and its connection
+        is closed.
+        """
+        harness = Harness(timeouts=Timeouts(upstream=2))
+        client, client_transport = harness.client()
+        client.dataReceived(GET)
+        _, upstream, _ = harness.accept()
+        harness.reactor.advance(1.5)
+        self.assertEqual(client_transport.value(), b"")
+        harness.reactor.advance(1)
+        self.assertTrue(client_transport.value().startswith(b"HTTP/1.1 504 "))
+        self.assertTrue(upstream.disconnecting)
+        self.assertFalse(client_transport.disconnecting)
+
+
+class FlowControlTests(SynchronousTestCase):
+    """
+    Backpressure in both directions, and cleanup.
+    """
+
+    def test_slow_client_pauses_upstream(self) -> None:
+        """
+        When the client's send buffer fills, the upstream is no longer read.
+        """
+        harness = Harness()
+        client, _ = harness.client()
+        client.dataReceived(GET)
+        protocol, upstream, _ = harness.accept()
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+        client.pauseProducing()
+        self.assertEqual(upstream.producerState, "paused")
+        client.resumeProducing()
+        self.assertEqual(upstream.producerState, "producing")
+
+    def test_slow_upstream_pauses_client(self) -> None:
+        """
+        When the upstream's send buffer fills, the client is no longer read.
+        """
+        harness = Harness()
+        client, client_transport = harness.client()
+        client.dataReceived(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\n")
+        protocol, _, _ = harness.accept()
+        protocol._wrappedProtocol.pauseProducing()  # type: ignore[attr-defined]  # the endpoint wraps our UpstreamConnection
+        self.assertEqual(client_transport.producerState, "paused")
+        protocol._wrappedProtocol.resumeProducing()  # type: ignore[attr-defined]  # the endpoint wraps our UpstreamConnection
+        self.assertEqual(client_transport.producerState, "producing")
+
+    def test_client_disconnect_frees_upstream(self) -> None:
+        """
+        A client leaving mid-response closes the upstream connection and
+        releases its in-flight count.
+        """
+        harness = Harness()
+        client, _ = harness.client()
+        client.dataReceived(GET)
+        protocol, upstream, _ = harness.accept()
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+        client.connectionLost(connection_done())
+        self.assertTrue(upstream.disconnecting)
+        self.assertEqual(harness.registry.upstreams[0].in_flight, 0)
+        self.assertEqual(harness.pool.idle_count(harness.registry.upstreams[0]), 0)
+
+    def test_upgrade_becomes_tunnel(self) -> None:
+        """
+        A 101 answer to an Upgrade request turns the pair into a byte tunnel.
+        """
+        harness = Harness()
+        client, client_transport = harness.client()
+        client.dataReceived(
+            b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        )
+        protocol, upstream, _ = harness.accept()
+        self.assertIn(b"Connection: upgrade\r\nUpgrade: websocket\r\n", upstream.value())
+        upstream.clear()
+        protocol.dataReceived(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+            b"server-bytes"
+        )
+        self.assertTrue(client_transport.value().startswith(b"HTTP/1.1 101 Switching Protocols"))
+        self.assertTrue(client_transport.value().endswith(b"\r\n\r\nserver-bytes"))
+        client.dataReceived(b"client-bytes")
+        self.assertEqual(upstream.value(), b"client-bytes")
+
+
+@implementer(IRateLimiter)
+class _FixedLimiter:
+    def __init__(self, allowed: int) -> None:
+        self.allowed = allowed
+        self.keys: list[str] = []
+        self.pending: Deferred[RateLimitDecision] | None = None
+
+    def check(self, key: str) -> RateLimitDecision | Deferred[RateLimitDecision]:
+        self.keys.append(key)
+        if self.pending is not None:
+            return self.pending
+        allowed = len(self.keys) <= self.allowed
+        return RateLimitDecision(allowed, self.allowed, 0, 30.0, 0 if allowed else 12.5)
+
+    def close(self) -> None:
+        return None
+
+
+class RateLimitTests(SynchronousTestCase):
+    """
+    The relay honours the rate limiter's decisions.
+    """
+
+    def test_denied_request_429_keep_alive(self) -> None:
+        """
+        A denied request gets 429 with Retry-After rounded up, never reaches an
+        upstream, and the connection stays usable.
+        """
+        limiter = _FixedLimiter(allowed=0)
+        harness = Harness(rate_limiter=limiter)
+        client, client_transport = harness.client()
+        client.dataReceived(GET)
+        value = client_transport.value()
+        self.assertTrue(value.startswith(b"HTTP/1.1 429 Too Many Requests\r\n"))
+        self.assertIn(b"\r\nRetry-After: 13\r\n", value)
+        self.assertFalse(client_transport.disconnecting)
+        self.assertEqual(harness.pending_connects(), 0)
+        self.assertEqual(limiter.keys, ["127.0.0.1"])
+
+    def test_denied_post_body_skipped(self) -> None:
+        """
+        The body of a denied request is read and dropped, and the next request
+        on the connection is parsed correctly.
+        """
+        limiter = _FixedLimiter(allowed=0)
+        harness = Harness(rate_limiter=limiter)
+        client, client_transport = harness.client()
+        client.dataReceived(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nabcde" + GET)
+        self.assertEqual(client_transport.value().count(b"HTTP/1.1 429"), 2)
+
+    def test_asynchronous_decision(self) -> None:
+        """
+        A limiter answering later holds the request until it answers.
+        """
+        limiter = _FixedLimiter(allowed=5)
+        limiter.pending = Deferred()
+        harness = Harness(rate_limiter=limiter)
+        client, _ = harness.client()
+        client.dataReceived(GET)
+        self.assertEqual(harness.pending_connects(), 0)
+        limiter.pending.callback(RateLimitDecision(True, 5, 4, 60.0, 0))
+        self.assertEqual(harness.pending_connects(), 1)
+
+    def test_rate_limit_headers(self) -> None:
+        """
+        With rate-limit headers on, allowed responses carry RateLimit-*.
+        """
+        limiter = _FixedLimiter(allowed=5)
+        harness = Harness(rate_limiter=limiter, rate_limit_headers=True)
+        client, client_transport = harness.client()
+        client.dataReceived(GET)
+        protocol, _, _ = harness.accept()
+        protocol.dataReceived(response(b"x"))
+        self.assertIn(
+            b"RateLimit-Limit: 5\r\nRateLimit-Remaining: 0\r\nRateLimit-Reset: 30\r\n\r\nx",
+            client_transport.value(),
+        )
