@@ -326,6 +326,8 @@ class UpstreamPool:
             for connection in expired:
                 idle.remove(connection)
                 connection.close()
+            if expired:
+                self._top_up(upstream)
         for upstream, waiters in list(self._waiters.items()):
             while waiters and (waiters[0].deferred.called or waiters[0].deadline <= now):
                 waiter = waiters.popleft()

@@ -6,6 +6,7 @@ on a L{MemoryReactorClock}.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint
@@ -50,12 +51,12 @@ class Harness:
         rate_limiter: IRateLimiter | None = None,
         rate_limit_headers: bool = False,
         passive_retry_interval: float | None = None,
-        **pool_options: float,
+        **pool_options: Any,
     ) -> None:
         self.reactor = MemoryReactorClock()
         self.specs = [UpstreamSpec("127.0.0.1", 8081 + i) for i in range(upstream_count)]
         self.registry = UpstreamRegistry(self.specs, self.reactor, passive_retry_interval)
-        self.pool = UpstreamPool(self.reactor, self.endpoint, **pool_options)  # type: ignore[arg-type]  # test-only keyword pass-through
+        self.pool = UpstreamPool(self.reactor, self.endpoint, **pool_options)
         self.registry.add_observer(self.pool.upstream_changed)
         self.stats = Stats()
         self.factory = BalancerFactory(
