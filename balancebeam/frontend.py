@@ -30,7 +30,7 @@ from balancebeam.interfaces import IBalancingStrategy, IRateLimiter, RateLimitDe
 from balancebeam.pool import SAFE_REUSE_AGE, UpstreamPool
 from balancebeam.registry import UpstreamRegistry, UpstreamState
 from balancebeam.stats import Stats
-from balancebeam.transport import StreamTransport
+from balancebeam.transport import StreamTransport, enable_no_delay, send_now
 from balancebeam.upstream import UpstreamConnection
 from balancebeam.wire import (
     BODY_CHUNKED,
@@ -144,6 +144,7 @@ class BalancerFactory(Factory):
         for protocol in [p for p in self.connections if p.deadline <= now]:
             try:
                 protocol.deadline_passed()
+                protocol.flush()
             except Exception:
                 self.log.failure("deadline handling failed for {client}", client=protocol.client_ip)
                 protocol.abort()
@@ -203,6 +204,7 @@ class BalancerProtocol(Protocol):
         self._rate_headers: bytes = b""
         self._last_upstream = "-"
         self._tunnelling = False
+        self._out: list[bytes] = []
 
     # Connection lifecycle
 
@@ -214,6 +216,7 @@ class BalancerProtocol(Protocol):
         peer = transport.getPeer()
         self.client_ip = getattr(peer, "host", "-")
         transport.registerProducer(self, True)
+        enable_no_delay(transport)
         self.factory.connections.add(self)
         self.deadline = self.factory.clock.seconds() + self.factory.timeouts.client_idle
 
@@ -245,9 +248,21 @@ class BalancerProtocol(Protocol):
         Drop the client connection at once (used when a response cannot be
         completed honestly).
         """
+        self._out.clear()
         if self._state != "closed":
             self._state = "closed"
             self._stream.abortConnection()
+
+    def flush(self) -> None:
+        """
+        Send everything written to the client during this reactor turn, in
+        one system call when the socket takes it.
+        """
+        out = self._out
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            send_now(self._stream, data)
 
     # Reading from the client
 
@@ -258,7 +273,7 @@ class BalancerProtocol(Protocol):
         state = self._state
         if state == "tunnel":
             if self._connection is not None:
-                self._connection.stream.write(data)
+                send_now(self._connection.stream, data)
             return
         if state == "closed":
             return
@@ -267,6 +282,7 @@ class BalancerProtocol(Protocol):
         else:
             self._buffer = data
         self._process()
+        self.flush()
 
     def _process(self) -> None:
         """
@@ -410,8 +426,9 @@ class BalancerProtocol(Protocol):
                     ("RateLimit-Reset", str(math.ceil(decision.reset_after))),
                 ]
             self._answer_early(429, "too many requests from this client", tuple(extra))
-            return
-        self._choose_upstream()
+        else:
+            self._choose_upstream()
+        self.flush()
 
     def _choose_upstream(self) -> None:
         """
@@ -469,27 +486,30 @@ class BalancerProtocol(Protocol):
             self._upstream_head = request_head_for_upstream(
                 request, self.client_ip, self._upstream.name
             )
+        pending = self._pending_body
         if self._replay:
             # A retry: the body bytes sent on the failed attempt go first.
-            self._pending_body = self._replay + self._pending_body
+            pending = self._replay + pending
             self._replay = []
             self._replay_size = 0
-        connection.send_request(self, request.method, self._upstream_head)
+        self._pending_body = []
+        self._pending_size = 0
+        parts = [self._upstream_head]
+        for piece in pending:
+            parts += self._frame_body_piece(piece)
+        if self._request_done and request.body_kind == BODY_CHUNKED:
+            parts.append(LAST_CHUNK)
+        connection.send_request(self, request.method, b"".join(parts))
         if request.expect_continue and not self._continue_sent and not self._request_done:
             self._continue_sent = True
-            self._stream.write(CONTINUE)
-        pending, self._pending_body = self._pending_body, []
-        self._pending_size = 0
-        for piece in pending:
-            self._send_body_piece(piece)
+            self._out.append(CONTINUE)
         self._resume(_PAUSE_WAITING)
-        if self._request_done:
-            self._send_body_end()
         self.deadline = self.factory.clock.seconds() + (
             self.factory.timeouts.upstream if self._request_done else self.factory.timeouts.client_body
         )
         if self._buffer and self._state == "relay":
             self._process()
+        self.flush()
 
     def _connect_failed(self, reason: Failure, upstream: UpstreamState) -> None:
         self._connecting = None
@@ -499,6 +519,7 @@ class BalancerProtocol(Protocol):
         error = reason.value
         if isinstance(error, BalancerError):
             self._answer_early(error.status, error.reason)
+            self.flush()
             return
         # Any other failure to connect (refused, timed out, unresolvable)
         # is a passive health check failure: fail over.
@@ -513,6 +534,7 @@ class BalancerProtocol(Protocol):
         )
         self._tried.append(upstream)
         self._choose_upstream()
+        self.flush()
 
     # Request body
 
@@ -533,24 +555,32 @@ class BalancerProtocol(Protocol):
 
     def _send_body_piece(self, piece: bytes) -> None:
         connection = self._connection
+        assert connection is not None
+        framed = self._frame_body_piece(piece)
+        send_now(connection.stream, framed[0] if len(framed) == 1 else b"".join(framed))
+
+    def _frame_body_piece(self, piece: bytes) -> list[bytes]:
+        """
+        Frame a piece of request body for the upstream hop, keeping a copy
+        while the request is small enough to be replayed.
+        """
         request = self._request
-        assert connection is not None and request is not None
-        if request.body_kind == BODY_CHUNKED:
-            connection.stream.writeSequence(chunk(piece))
-        else:
-            connection.stream.write(piece)
+        assert request is not None
         if self._replay is not None:
             self._replay_size += len(piece)
             if self._replay_size > MAX_REPLAY_BODY:
                 self._replay = None
             else:
                 self._replay.append(piece)
+        if request.body_kind == BODY_CHUNKED:
+            return chunk(piece)
+        return [piece]
 
     def _send_body_end(self) -> None:
         request = self._request
         connection = self._connection
         if request is not None and request.body_kind == BODY_CHUNKED and connection is not None:
-            connection.stream.write(LAST_CHUNK)
+            send_now(connection.stream, LAST_CHUNK)
 
     def _request_body_complete(self) -> None:
         self._request_done = True
@@ -573,7 +603,7 @@ class BalancerProtocol(Protocol):
         request = self._request
         if response.status == 100 or request is None or request.minor == 0:
             return
-        self._stream.write(response_head_for_client(response, request.minor, True, False))
+        self._out.append(response_head_for_client(response, request.minor, True, False))
 
     def upstream_head(self, connection: UpstreamConnection, response: ResponseHead) -> None:
         """
@@ -589,7 +619,7 @@ class BalancerProtocol(Protocol):
             connection.start_tunnel()
             self._state = "tunnel"
             self.deadline = math.inf
-            self._stream.write(response_head_for_client(response, request.minor, True, False))
+            self._out.append(response_head_for_client(response, request.minor, True, False))
             self._resume(_PAUSE_PIPELINE | _PAUSE_WAITING)
             if self._buffer:
                 data, self._buffer = self._buffer, b""
@@ -609,20 +639,17 @@ class BalancerProtocol(Protocol):
         head = response_head_for_client(response, request.minor, keep_alive, chunked)
         if self._rate_headers:
             head = head[:-2] + self._rate_headers + b"\r\n"
-        self._stream.write(head)
+        self._out.append(head)
         self.deadline = self.factory.clock.seconds() + self.factory.timeouts.upstream
 
     def upstream_data(self, data: bytes) -> None:
         """
         Relay a piece of response body (or tunnel bytes).
         """
-        transport = self._stream
-        if self._state == "tunnel":
-            transport.write(data)
-        elif self._response_chunked:
-            transport.writeSequence(chunk(data))
+        if self._response_chunked and self._state != "tunnel":
+            self._out += chunk(data)
         else:
-            transport.write(data)
+            self._out.append(data)
 
     def upstream_complete(self, connection: UpstreamConnection) -> None:
         """
@@ -630,7 +657,7 @@ class BalancerProtocol(Protocol):
         upstream connection, and go on to the next request.
         """
         if self._response_chunked:
-            self._stream.write(LAST_CHUNK)
+            self._out.append(LAST_CHUNK)
         self._connection = None
         if not self._request_done:
             # The upstream answered before reading the whole request body:
@@ -822,7 +849,7 @@ class BalancerProtocol(Protocol):
         self._keep_alive = keep_alive
         self.factory.stats.count_status(status)
         self._log_request(status)
-        self._stream.write(error_response(status, message, keep_alive, extra))
+        self._out.append(error_response(status, message, keep_alive, extra))
         if not keep_alive:
             self._close_after_write()
             return
@@ -856,13 +883,14 @@ class BalancerProtocol(Protocol):
             connecting.cancel()
         self._release_upstream()
         self.factory.stats.count_status(error.status)
-        self._stream.write(error_response(error.status, error.reason, False))
+        self._out.append(error_response(error.status, error.reason, False))
         self._close_after_write()
 
     def _close_after_write(self) -> None:
         self._state = "closed"
         self._buffer = b""
         self.deadline = math.inf
+        self.flush()
         self._stream.loseConnection()
 
     def _finish_exchange(self, logged: bool = False) -> None:

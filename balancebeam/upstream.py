@@ -16,7 +16,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from balancebeam.transport import StreamTransport
+from balancebeam.transport import StreamTransport, enable_no_delay, send_now
 from balancebeam.wire import (
     BODY_UNTIL_CLOSE,
     HEAD_END,
@@ -56,6 +56,9 @@ class ResponseSink(TypingProtocol):
 
     def pause_request_body(self) -> None:
         """The upstream's send buffer is full: stop reading the client."""
+
+    def flush(self) -> None:
+        """Send what was written to the client while handling upstream bytes."""
 
     def resume_request_body(self) -> None:
         """The upstream's send buffer has drained."""
@@ -119,6 +122,7 @@ class UpstreamConnection(Protocol):
         """
         self.stream = cast(StreamTransport, self.transport)
         self.stream.registerProducer(self, True)
+        enable_no_delay(self.stream)
 
     def send_request(self, owner: ResponseSink, method: bytes, head: bytes) -> None:
         """
@@ -131,7 +135,7 @@ class UpstreamConnection(Protocol):
         self._reader = None
         self.received_any = False
         self.requests += 1
-        self.stream.write(head)
+        send_now(self.stream, head)
 
     def release(self) -> None:
         """
@@ -167,8 +171,15 @@ class UpstreamConnection(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         """
-        Parse response bytes and report them to the owner.
+        Parse response bytes, report them to the owner, and let the owner
+        send what it wrote to its client.
         """
+        owner = self.owner
+        self._received(data)
+        if owner is not None:
+            owner.flush()
+
+    def _received(self, data: bytes) -> None:
         state = self._state
         if state == "body":
             reader = self._reader
@@ -235,7 +246,7 @@ class UpstreamConnection(Protocol):
                     self.reusable = False
                 self._complete()
             elif rest:
-                self.dataReceived(rest)
+                self._received(rest)
 
     def _complete(self) -> None:
         owner = self.owner
@@ -261,21 +272,22 @@ class UpstreamConnection(Protocol):
         """
         state = self._state
         reader = self._reader
+        owner = self.owner
         self.reusable = False
         if state == "body" and reader is not None and reader._kind == BODY_UNTIL_CLOSE:
             self._state = "closed"
-            owner = self.owner
             self._reader = None
             if owner is not None:
                 owner.upstream_complete(self)
         elif state in ("head", "body", "tunnel"):
-            owner = self.owner
             self.owner = None
             self._state = "closed"
             if owner is not None:
                 owner.upstream_failed(self, None, self.received_any)
         self._state = "closed"
         self._listener.connection_closed(self)
+        if owner is not None:
+            owner.flush()
 
     # IPushProducer: the upstream's send buffer is full or drained.
 
