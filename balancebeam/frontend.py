@@ -228,9 +228,9 @@ class BalancerProtocol(Protocol):
         self._state = "closed"
         self.deadline = math.inf
         self.factory.connections.discard(self)
-        if self._limiting is not None:
-            limiting, self._limiting = self._limiting, None
-            limiting.cancel()
+        # A pending rate-limit answer fires within the limiter's own timeout
+        # and is then ignored: limiters' Deferreds are not ours to cancel.
+        self._limiting = None
         if self._connecting is not None:
             connecting, self._connecting = self._connecting, None
             connecting.cancel()
@@ -398,19 +398,31 @@ class BalancerProtocol(Protocol):
             self._state = "limit"
             self._pause(_PAUSE_WAITING)
             self._limiting = decision
-            decision.addCallback(self._rate_limit_decided)
+            decision.addCallbacks(self._rate_limit_answered, self._rate_limit_failed)
         else:
             self._rate_limit_decided(decision)
+
+    def _rate_limit_answered(self, decision: RateLimitDecision) -> None:
+        if self._state != "limit":
+            return
+        self._limiting = None
+        self._resume(_PAUSE_WAITING)
+        self._rate_limit_decided(decision)
+        self.flush()
+
+    def _rate_limit_failed(self, reason: Failure) -> None:
+        if reason.check(CancelledError) or self._state != "limit":
+            return
+        # Limiters apply their own failure policy and never fail; if one
+        # does, serve the request rather than hang it.
+        self.log.failure("rate limiter failed; allowing the request", reason)
+        self._rate_limit_answered(RateLimitDecision(True, 0, 0, 0.0, 0.0))
 
     def _forwarded_for(self, request: RequestHead) -> bytes | None:
         values = [value for name, value, _ in request.fields if name == b"x-forwarded-for"]
         return b", ".join(values) if values else None
 
     def _rate_limit_decided(self, decision: RateLimitDecision) -> None:
-        self._limiting = None
-        if self._state == "closed":
-            return
-        self._resume(_PAUSE_WAITING)
         if self.factory.rate_limit_headers:
             self._rate_headers = (
                 b"RateLimit-Limit: %d\r\nRateLimit-Remaining: %d\r\nRateLimit-Reset: %d\r\n"
@@ -428,7 +440,6 @@ class BalancerProtocol(Protocol):
             self._answer_early(429, "too many requests from this client", tuple(extra))
         else:
             self._choose_upstream()
-        self.flush()
 
     def _choose_upstream(self) -> None:
         """
@@ -811,6 +822,8 @@ class BalancerProtocol(Protocol):
             if self._connecting is not None:
                 connecting, self._connecting = self._connecting, None
                 connecting.cancel()
+            # A pending rate-limit answer is ignored (see _rate_limit_answered).
+            self._limiting = None
             self._release_upstream()
             self._answer_early(504, "the upstream server did not answer in time")
             return
