@@ -214,7 +214,9 @@ class BalancerProtocol(Protocol):
         """
         transport = self._stream = cast(StreamTransport, self.transport)
         peer = transport.getPeer()
-        self.client_ip = getattr(peer, "host", "-")
+        # Normal form (IPv4-mapped IPv6 as IPv4), for X-Forwarded-For, logs
+        # and the rate-limiting key.
+        self.client_ip = client_key(getattr(peer, "host", "-"), None, ())
         transport.registerProducer(self, True)
         enable_no_delay(transport)
         self.factory.connections.add(self)

@@ -1,0 +1,66 @@
+"""
+Build the rate limiter the command line asks for.
+
+Kept apart from L{balancebeam.ratelimit} so that the in-memory limiter does not
+depend on the Redis one (L{balancebeam.ratelimit_redis} imports
+L{balancebeam.ratelimit}, not the reverse).
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IReactorTime
+
+from balancebeam.interfaces import IRateLimiter
+from balancebeam.ratelimit import MemoryRateLimiter, validate_parameters
+from balancebeam.ratelimit_redis import ON_ERROR_POLICIES, RedisRateLimiter, parse_redis_url
+
+
+def validate_backend(backend: str) -> None:
+    """
+    Check a C{--rate-limit-backend} value without connecting to anything.
+
+    @raise ValueError: unless it is C{memory} or a valid C{redis://HOST:PORT/DB} URL.
+    """
+    if backend != "memory":
+        if not backend.startswith("redis://"):
+            raise ValueError(
+                f"rate limit backend {backend!r} is not memory or redis://HOST:PORT/DB"
+            )
+        parse_redis_url(backend)
+
+
+def build_rate_limiter(
+    reactor: IReactorTime,
+    backend: str,
+    limit: int,
+    window: float,
+    algorithm: str,
+    timeout: float,
+    on_error: str,
+    max_keys: int,
+) -> IRateLimiter | None:
+    """
+    Build the rate limiter for C{--rate-limit-backend}.
+
+    @param reactor: the clock of the memory limiter; the clock and connector
+        of the Redis one.
+    @param backend: C{memory} or C{redis://HOST:PORT/DB}.
+    @param limit: requests per key per window; C{0} turns rate limiting off.
+    @param timeout: seconds a Redis decision may take (Redis only).
+    @param on_error: C{allow} or C{deny} when Redis cannot decide (Redis only).
+    @param max_keys: the most keys held in memory (memory only).
+    @return: the limiter, or C{None} when C{limit} is 0.
+    @raise ValueError: on a bad backend or parameter.
+    """
+    if limit == 0:
+        return None
+    validate_backend(backend)
+    validate_parameters(limit, window, algorithm)
+    if on_error not in ON_ERROR_POLICIES:
+        raise ValueError(f"rate limit error policy {on_error!r} is not one of allow, deny")
+    if backend == "memory":
+        return MemoryRateLimiter(reactor, limit, window, algorithm, max_keys)
+    host, port, db = parse_redis_url(backend)
+    return RedisRateLimiter(
+        reactor, host, port, db, limit, window, algorithm, timeout=timeout, on_error=on_error
+    )

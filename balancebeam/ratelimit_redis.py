@@ -1,0 +1,409 @@
+"""
+Rate limiting shared by a fleet of balancers through Redis.
+
+Every decision is one atomic Lua script run with C{EVALSHA} (C{EVAL} when the
+server does not know the script, after a restart for example). The script
+reads the time from the Redis server (C{TIME}), so the balancers' own clocks do
+not matter, and applies the same fixed or sliding window arithmetic as
+L{balancebeam.ratelimit.MemoryRateLimiter}.
+
+Key layout: one hash per client, C{<prefix><client>} (by default
+C{balancebeam:rl:203.0.113.7}), with the fields C{w} (window number,
+C{floor(time / window)}), C{c} (requests allowed in window C{w}) and C{p}
+(requests allowed in window C{w - 1}). Each allowed request sets a TTL of two
+windows on it; denied requests do not write at all.
+
+Redis is never allowed to hold traffic up: L{RedisRateLimiter.check} always
+answers within its timeout. When Redis is unreachable, answers with an error
+or is too slow, the C{on_error} policy (C{"allow"} or C{"deny"}) decides, the
+event is counted in L{RedisRateLimiter.errors} and logged, at most once per
+C{error_log_interval} seconds. txredisapi reconnects by itself, with backoff,
+when Redis comes back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from twisted.internet.defer import Deferred, TimeoutError, succeed
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from balancebeam.interfaces import IRateLimiter, RateLimitDecision
+from balancebeam.ratelimit import validate_parameters
+
+ON_ERROR_POLICIES = ("allow", "deny")
+"""
+The names accepted by C{--rate-limit-on-error}.
+"""
+
+FAIL_CLOSED_RETRY_AFTER = 1.0
+"""
+The C{retry_after} of requests denied because Redis could not be asked: the
+state of the client is unknown, so ask it to come back soon.
+"""
+
+DEFAULT_PORT = 6379
+
+SCRIPT = """\
+-- balancebeam: count one request for one client and decide, atomically.
+-- KEYS[1]: the client's hash {w = window number, c = count in w, p = count in w - 1}
+-- ARGV: window seconds, limit, 'fixed' or 'sliding', current time ('' = Redis TIME)
+-- Returns {allowed (0/1), remaining, reset_after in us, retry_after in us}.
+if redis.replicate_commands then
+  -- Redis < 5 replicates scripts verbatim and refuses writes after TIME otherwise.
+  redis.replicate_commands()
+end
+local window = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local sliding = ARGV[3] == 'sliding'
+local now
+if ARGV[4] ~= '' then
+  now = tonumber(ARGV[4])
+else
+  local time = redis.call('TIME')
+  now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+end
+local index = math.floor(now / window)
+local elapsed = now - index * window
+local reset_after = window - elapsed
+local state = redis.call('HMGET', KEYS[1], 'w', 'c', 'p')
+local stored = tonumber(state[1])
+local current = 0
+local previous = 0
+if stored == index then
+  current = tonumber(state[2]) or 0
+  previous = tonumber(state[3]) or 0
+elseif stored == index - 1 then
+  previous = tonumber(state[2]) or 0
+end
+if not sliding then
+  previous = 0
+end
+local estimate = current
+if previous > 0 then
+  estimate = previous * (reset_after / window) + current
+end
+local epsilon = 1e-9
+if estimate + 1 <= limit + epsilon then
+  redis.call('HSET', KEYS[1], 'w', index, 'c', current + 1, 'p', previous)
+  redis.call('PEXPIRE', KEYS[1], math.ceil(window * 2000))
+  local remaining = math.max(0, math.floor(limit - estimate - 1 + epsilon))
+  return {1, remaining, math.ceil(reset_after * 1000000), 0}
+end
+local retry_after
+if not sliding then
+  retry_after = reset_after
+elseif current < limit and previous > 0 then
+  retry_after = math.max(0, reset_after - (limit - 1 - current) * window / previous)
+else
+  retry_after = reset_after + window - (limit - 1) * window / current
+end
+return {0, 0, math.ceil(reset_after * 1000000), math.ceil(retry_after * 1000000)}
+"""
+"""
+The decision script. It needs Redis 4 or later (C{HSET} with several fields).
+"""
+
+
+def parse_redis_url(url: str) -> tuple[str, int, int]:
+    """
+    Parse a C{--rate-limit-backend} Redis URL, C{redis://HOST:PORT/DB}.
+
+    The port defaults to 6379 and the database to 0; IPv6 hosts go in
+    brackets (C{redis://[::1]:6379/0}).
+
+    @return: the host (IPv6 without brackets), the port and the database number.
+    @raise ValueError: on another scheme, a missing host, a bad port or
+        database, credentials, or a query or fragment.
+    """
+    parts = urlsplit(url.strip())
+    if parts.scheme != "redis":
+        raise ValueError(f"{url!r} is not a redis://HOST:PORT/DB URL")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"{url!r}: Redis credentials are not supported")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{url!r}: a Redis URL takes no query or fragment")
+    try:
+        host = parts.hostname
+        port = parts.port
+    except ValueError as error:
+        raise ValueError(f"{url!r}: {error}") from None
+    if not host:
+        raise ValueError(f"{url!r} has no host")
+    if port is None:
+        port = DEFAULT_PORT
+    elif port == 0:
+        raise ValueError(f"{url!r}: port 0 is not a port")
+    path = parts.path.strip("/")
+    if not path:
+        db = 0
+    elif path.isdigit():
+        db = int(path)
+    else:
+        raise ValueError(f"{url!r}: the database {path!r} is not a number")
+    return host, port, db
+
+
+@implementer(IRateLimiter)
+class RedisRateLimiter:
+    """
+    Rate limits keys with counters kept in Redis, shared by every balancer
+    that uses the same server, database and key prefix.
+
+    @ivar errors: how many decisions were taken by the C{on_error} policy
+        because Redis was unreachable, failed or did not answer in time.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        host: str,
+        port: int,
+        db: int,
+        limit: int,
+        window: float,
+        algorithm: str,
+        timeout: float = 0.05,
+        on_error: str = "allow",
+        key_prefix: str = "balancebeam:rl:",
+        *,
+        reply_timeout: float | None = None,
+        connect_timeout: float = 1.0,
+        reconnect_initial_delay: float = 0.5,
+        reconnect_max_delay: float = 5.0,
+        error_log_interval: float = 10.0,
+        time_source: Callable[[], float] | None = None,
+    ) -> None:
+        """
+        Start connecting to Redis; L{check} can be called at once.
+
+        @param reactor: schedules our timeouts and, as it must also provide
+            L{IReactorTCP<twisted.internet.interfaces.IReactorTCP>} and a name
+            resolver, makes the connection (L{HostnameEndpoint}). txredisapi
+            itself schedules its reconnections and reply timeouts on the
+            global reactor.
+        @param timeout: seconds a decision may wait for Redis.
+        @param on_error: C{"allow"} or C{"deny"}: the decision when Redis is
+            unreachable, fails or is slower than C{timeout}.
+        @param key_prefix: prepended to each key to name its Redis hash.
+        @param reply_timeout: seconds after which an unanswered command makes
+            txredisapi drop the connection and reconnect; by default the
+            larger of 1 s and twice C{timeout}. Decisions never wait for it:
+            they time out after C{timeout}, but a hung server is only given
+            up (and reconnected to) after this.
+        @param connect_timeout: seconds allowed for one connection attempt.
+        @param reconnect_initial_delay: seconds before the first reconnection
+            attempt; each further attempt waits e times longer...
+        @param reconnect_max_delay: ...up to this many seconds.
+        @param error_log_interval: seconds between two log lines about errors.
+        @param time_source: for tests only: take the time from this function
+            instead of from the Redis server's C{TIME}.
+        @raise ValueError: on bad parameters.
+        """
+        validate_parameters(limit, window, algorithm)
+        if on_error not in ON_ERROR_POLICIES:
+            raise ValueError(
+                f"rate limit error policy {on_error!r} is not one of "
+                f"{', '.join(ON_ERROR_POLICIES)}"
+            )
+        if not timeout > 0:
+            raise ValueError(f"Redis timeout {timeout!r} must be greater than 0")
+        # Imported here, not at module level: importing txredisapi installs
+        # the global reactor, which must not happen just because the command
+        # line was parsed or the memory backend was chosen.
+        import txredisapi
+
+        self._reactor: IReactorTime = reactor
+        self._limit = limit
+        self._window = float(window)
+        self._timeout = timeout
+        self._on_error = on_error
+        self._prefix = key_prefix
+        self._time_source = time_source
+        self._script = SCRIPT.encode("utf-8")
+        self._sha = hashlib.sha1(self._script).hexdigest()
+        self._arguments = [repr(self._window), str(limit), algorithm]
+        self._no_script: type[Exception] = txredisapi.ScriptDoesNotExist
+        self._address = f"{host}:{port}/{db}"
+        self._closed = False
+        self.errors = 0
+        self._failing = False
+        self._unreported = 0
+        self._last_report: float | None = None
+        self._error_log_interval = error_log_interval
+
+        if reply_timeout is None:
+            reply_timeout = max(1.0, 2 * timeout)
+        factory = txredisapi.RedisFactory(
+            self._address, db, 1, isLazy=True, replyTimeout=reply_timeout
+        )
+        factory.reconnect = True
+        factory.initialDelay = reconnect_initial_delay
+        factory.maxDelay = reconnect_max_delay
+        self._factory = factory
+        self._redis = factory.handler
+        factory.startConnecting(HostnameEndpoint(reactor, host, port, timeout=connect_timeout))
+        # Make EVALSHA work from the first decision; NOSCRIPT is handled anyway.
+        self._redis.script_load(self._script).addErrback(self._script_load_failed)
+
+    @property
+    def connected(self) -> bool:
+        """
+        Whether a connection to Redis is up now.
+        """
+        return bool(self._factory.size)
+
+    def when_connected(self) -> Deferred[None]:
+        """
+        Wait for a connection to Redis (for startup and tests).
+
+        @return: fires once a connection is usable; it may never fire if Redis
+            stays unreachable, so add a timeout. Cancelling it is safe.
+        """
+        waiting: Deferred[Any] = self._factory.getConnection(peek=True)
+        # txredisapi announces the connection before counting it in the pool
+        # (which is what check() looks at): let it finish first.
+        return waiting.addCallback(lambda _: deferLater(self._reactor, 0, lambda: None))
+
+    def check(self, key: str) -> Deferred[RateLimitDecision]:
+        """
+        Count one request for C{key} in Redis if it is allowed, and say whether it is.
+
+        @return: a L{Deferred} that fires within C{timeout} seconds and never
+            errbacks; when Redis cannot decide, the C{on_error} policy does.
+            Without a connection it fires at once.
+        """
+        if self._closed or not self._factory.size:
+            return succeed(self._fallback("not connected to Redis"))
+        keys = [self._prefix + key]
+        arguments = self._arguments + [
+            "" if self._time_source is None else repr(self._time_source())
+        ]
+        decided: Deferred[RateLimitDecision] = Deferred()
+        decided.addTimeout(self._timeout, self._reactor)
+        decided.addCallbacks(self._succeeded, self._failed)
+        reply: Deferred[Any] = self._redis.evalsha(self._sha, keys, arguments)
+        reply.addErrback(self._run_script, keys, arguments)
+        reply.addCallback(self._decision)
+        reply.addBoth(self._deliver, decided)
+        return decided
+
+    def _run_script(self, failure: Failure, keys: list[str], arguments: list[str]) -> Any:
+        """
+        Fall back to C{EVAL}, which also caches the script, when Redis has
+        forgotten it (C{NOSCRIPT}); pass other failures on.
+        """
+        failure.trap(self._no_script)
+        return self._redis.eval(self._script, keys, arguments)
+
+    def _decision(self, reply: list[int]) -> RateLimitDecision:
+        """
+        Turn the script's reply into a decision.
+
+        @raise ValueError: when the reply is not four integers.
+        """
+        if not (isinstance(reply, list) and len(reply) == 4):
+            raise ValueError(f"unexpected reply from the rate limiting script: {reply!r}")
+        allowed, remaining, reset_us, retry_us = (int(value) for value in reply)
+        return RateLimitDecision(
+            allowed=bool(allowed),
+            limit=self._limit,
+            remaining=remaining,
+            reset_after=reset_us / 1e6,
+            retry_after=retry_us / 1e6,
+        )
+
+    @staticmethod
+    def _deliver(
+        result: RateLimitDecision | Failure, decided: Deferred[RateLimitDecision]
+    ) -> None:
+        """
+        Hand Redis' answer to the caller's L{Deferred}, unless the timeout
+        already fired it; a late answer or failure is dropped.
+        """
+        if decided.called:
+            return
+        if isinstance(result, Failure):
+            decided.errback(result)
+        else:
+            decided.callback(result)
+
+    def _succeeded(self, decision: RateLimitDecision) -> RateLimitDecision:
+        """
+        Note that Redis answers again after errors.
+        """
+        if self._failing:
+            self._failing = False
+            self.log.info(
+                "Redis rate limiting at {redis} works again "
+                "({count} error(s) since the last report)",
+                redis=self._address,
+                count=self._unreported,
+            )
+            self._unreported = 0
+        return decision
+
+    def _failed(self, failure: Failure) -> RateLimitDecision:
+        """
+        Apply the C{on_error} policy to a request Redis could not decide.
+        """
+        if failure.check(TimeoutError):
+            reason = f"no answer within {self._timeout} s"
+        else:
+            reason = failure.getErrorMessage() or failure.type.__name__
+        return self._fallback(reason)
+
+    def _fallback(self, reason: str) -> RateLimitDecision:
+        """
+        Count and report an error, and decide by the C{on_error} policy.
+        """
+        self.errors += 1
+        self._unreported += 1
+        self._failing = True
+        now = self._reactor.seconds()
+        if self._last_report is None or now - self._last_report >= self._error_log_interval:
+            self.log.warn(
+                "Redis rate limiting at {redis} failed {count} time(s) since the last "
+                "report ({reason}); requests are handled by the {policy!r} policy",
+                redis=self._address,
+                count=self._unreported,
+                reason=reason,
+                policy=self._on_error,
+            )
+            self._unreported = 0
+            self._last_report = now
+        if self._on_error == "allow":
+            return RateLimitDecision(True, self._limit, self._limit - 1, self._window, 0.0)
+        return RateLimitDecision(False, self._limit, 0, self._window, FAIL_CLOSED_RETRY_AFTER)
+
+    def _script_load_failed(self, failure: Failure) -> None:
+        """
+        Log a failed C{SCRIPT LOAD}; decisions fall back to C{EVAL} anyway.
+        """
+        if not self._closed:
+            self.log.warn(
+                "could not load the rate limiting script into Redis at {redis}: {reason}",
+                redis=self._address,
+                reason=failure.getErrorMessage(),
+            )
+
+    def close(self) -> Deferred[None]:
+        """
+        Stop reconnecting and close the connection to Redis.
+
+        @return: fires once the connection is closed.
+        """
+        self._closed = True
+        closing: Deferred[Any] = self._factory.disconnect()
+        return closing.addCallback(lambda _: None)
+
