@@ -5,8 +5,9 @@ rewriting of heads for the next hop.
 Parsing is strict where laxness enables request smuggling (RFC 9112 section
 6.3 and 11.2): both Content-Length and Transfer-Encoding, differing
 Content-Length values, signed or non-numeric lengths, a Transfer-Encoding
-other than C{chunked}, bad chunk sizes, obsolete line folding, bare CR or LF
-and whitespace before a header's colon are all rejected.
+other than C{chunked}, bad chunk sizes, obsolete line folding, bare CR or LF,
+whitespace before a header's colon, an invalid C{Host} and framing header
+names spelled with underscores are all rejected.
 
 Everything here is pure: bytes in, records or bytes out, L{HTTPError} on bad
 input. The protocols in L{balancebeam.frontend} and L{balancebeam.upstream}
@@ -33,6 +34,11 @@ _STATUS_LINE = re.compile(rb"HTTP/([0-9])\.([0-9]) ([0-9]{3})(?: ([^\x00-\x08\x0
 _HEADER_LINE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
+# RFC 9110 section 7.2: uri-host [ ":" port ]; reg-name without the comma,
+# which some servers read as a list separator.
+_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+;=%]*)(?::[0-9]*)?")
+# Names some upstreams (CGI/WSGI style) fold into the framing headers.
+_FRAMING_LOOKALIKES = frozenset({b"content_length", b"transfer_encoding"})
 
 #: Headers that describe one connection, never forwarded (RFC 9110 section 7.6.1).
 HOP_BY_HOP: Final = frozenset(
@@ -187,9 +193,17 @@ class ResponseHead:
         self.connection_names: frozenset[bytes] = frozenset()
 
 
-def _parse_fields(lines: list[bytes], max_count: int, error_status: int) -> list[Field]:
+def _parse_fields(
+    lines: list[bytes], max_count: int, error_status: int, count_status: int
+) -> list[Field]:
+    """
+    Parse header field lines.
+
+    @param count_status: the status for more than C{max_count} fields.
+    @raise HTTPError: with C{error_status} for a malformed line.
+    """
     if len(lines) > max_count:
-        raise HTTPError(431, f"more than {max_count} header fields")
+        raise HTTPError(count_status, f"more than {max_count} header fields")
     fields: list[Field] = []
     match = _HEADER_LINE.fullmatch
     for line in lines:
@@ -248,7 +262,9 @@ def parse_request_head(head: bytes, max_fields: int) -> RequestHead:
     method, target, major, minor_text = request_line.groups()
     if major != b"1" or minor_text not in (b"0", b"1"):
         raise HTTPError(505, "only HTTP/1.0 and HTTP/1.1 are supported")
-    request = RequestHead(method, target, int(minor_text), _parse_fields(lines[1:], max_fields, 400))
+    request = RequestHead(
+        method, target, int(minor_text), _parse_fields(lines[1:], max_fields, 400, 431)
+    )
     fields = request.fields
 
     if method == b"CONNECT":
@@ -256,6 +272,10 @@ def parse_request_head(head: bytes, max_fields: int) -> RequestHead:
     hosts = [value for name, value, _ in fields if name == b"host"]
     if len(hosts) > 1:
         raise HTTPError(400, "more than one Host header")
+    if hosts and _HOST.fullmatch(hosts[0]) is None:
+        raise HTTPError(400, "invalid Host header")
+    if any(name in _FRAMING_LOOKALIKES for name, _, _ in fields):
+        raise HTTPError(400, "underscore in a framing header name")
     if hosts:
         request.host = hosts[0]
     elif request.minor >= 1:
@@ -268,7 +288,7 @@ def parse_request_head(head: bytes, max_fields: int) -> RequestHead:
     if request.minor >= 1:
         request.keep_alive = b"close" not in connection
     else:
-        request.keep_alive = b"keep-alive" in connection
+        request.keep_alive = b"keep-alive" in connection and b"close" not in connection
 
     length = _content_length(fields, 400)
     codings = _tokens(fields, b"transfer-encoding")
@@ -318,7 +338,7 @@ def _absolute_to_origin_form(request: RequestHead) -> None:
     query = rest.find(b"?")
     cut = min(i for i in (slash, query, len(rest)) if i != -1)
     authority = rest[:cut]
-    if not authority or b"@" in authority:
+    if not authority or _HOST.fullmatch(authority) is None:
         raise HTTPError(400, "invalid request target")
     path = rest[cut:]
     if path[:1] != b"/":
@@ -340,10 +360,13 @@ def parse_response_head(
     """
     lines = head.split(CRLF)
     status_line = _STATUS_LINE.fullmatch(lines[0])
-    if status_line is None or status_line[1] != b"1":
+    if status_line is None or status_line[1] != b"1" or status_line[3][:1] == b"0":
         raise HTTPError(502, "malformed status line from upstream")
     response = ResponseHead(
-        int(status_line[3]), lines[0], int(status_line[2]), _parse_fields(lines[1:], max_fields, 502)
+        int(status_line[3]),
+        lines[0],
+        int(status_line[2]),
+        _parse_fields(lines[1:], max_fields, 502, 502),
     )
     fields = response.fields
     connection = _tokens(fields, b"connection")
@@ -351,10 +374,12 @@ def parse_response_head(
     if response.minor >= 1:
         response.reusable = b"close" not in connection
     else:
-        response.reusable = b"keep-alive" in connection
+        response.reusable = b"keep-alive" in connection and b"close" not in connection
     for name, value, _ in fields:
         if name == b"keep-alive":
-            response.keep_alive_timeout = _keep_alive_timeout(value)
+            timeout = _keep_alive_timeout(value)
+            if timeout is not None:
+                response.keep_alive_timeout = timeout
 
     status = response.status
     if request_method == b"HEAD" or status < 200 or status in (204, 304):
@@ -412,12 +437,15 @@ def request_head_for_upstream(
     vias: list[bytes] = []
     for name, value, raw in request.fields:
         if name == b"x-forwarded-for":
-            forwarded.append(value)
+            if value:
+                forwarded.append(value)
         elif name == b"via":
-            vias.append(value)
+            if value:
+                vias.append(value)
         elif name == b"x-forwarded-proto" or name == b"expect":
             continue
-        elif name in HOP_BY_HOP or name in request.connection_names:
+        elif name in HOP_BY_HOP or (name in request.connection_names and name != b"host"):
+            # Host is needed by every HTTP/1.1 upstream, whatever Connection says.
             continue
         else:
             lines.append(raw)
@@ -463,8 +491,16 @@ def response_head_for_client(
     if kind == BODY_LENGTH:
         lines.append(b"Content-Length: %d" % response.content_length)
     elif chunked:
-        lines.append(b"Transfer-Encoding: chunked")
-    elif kind == BODY_NONE:
+        # The upstream's final "chunked" was undone by the body reader; any
+        # other transfer coding (gzip, ...) is still applied to the payload.
+        codings = _tokens(response.fields, b"transfer-encoding")
+        if kind == BODY_CHUNKED:
+            codings = codings[:-1]
+        codings.append(b"chunked")
+        lines.append(b"Transfer-Encoding: " + b", ".join(codings))
+    elif kind == BODY_NONE and response.status >= 200 and response.status != 204:
+        # HEAD and 304 answers keep the length of the body they describe;
+        # 1xx and 204 never carry one (RFC 9110 section 8.6).
         lines.extend(raw for name, _, raw in response.fields if name == b"content-length")
     if response.status >= 200:
         if not keep_alive:
