@@ -16,7 +16,12 @@ from ipaddress import IPv4Network, IPv6Network
 from typing import Final, cast
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IHalfCloseableProtocol,
+    IPushProducer,
+    IReactorTime,
+)
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -150,7 +155,7 @@ class BalancerFactory(Factory):
                 protocol.abort()
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHalfCloseableProtocol)
 class BalancerProtocol(Protocol):
     """
     One client connection.
@@ -205,6 +210,7 @@ class BalancerProtocol(Protocol):
         self._last_upstream = "-"
         self._tunnelling = False
         self._out: list[bytes] = []
+        self._client_eof = False
 
     # Connection lifecycle
 
@@ -244,6 +250,34 @@ class BalancerProtocol(Protocol):
             else:
                 connection.close()
         self._release_upstream()
+
+    def readConnectionLost(self) -> None:
+        """
+        The client finished sending (a half-close): answer the requests it
+        sent completely, then close; drop a request it left incomplete.
+        """
+        self._client_eof = True
+        state = self._state
+        if state == "closed" or state == "tunnel":
+            if state == "tunnel" and self._connection is not None:
+                # Pass the half-close on; the upstream may still answer.
+                stream = self._connection.stream
+                getattr(stream, "loseWriteConnection", stream.loseConnection)()
+            return
+        reader = self._request_reader
+        if self._request is not None and reader is not None and not reader.done:
+            self.abort()
+            return
+        if self._request is None:
+            self._process()
+            if self._request is None and self._state == "head":
+                self._close_after_write()
+        self.flush()
+
+    def writeConnectionLost(self) -> None:
+        """
+        Our sending side is closed; nothing more to do.
+        """
 
     def abort(self) -> None:
         """
@@ -469,9 +503,9 @@ class BalancerProtocol(Protocol):
         request = self._request
         assert request is not None
         max_idle_age = None if self._replayable() else SAFE_REUSE_AGE
+        self._state = "connect"
         connection = self.factory.pool.checkout(upstream, max_idle_age)
         if isinstance(connection, Deferred):
-            self._state = "connect"
             self._connecting = connection
             connection.addCallbacks(
                 self._connected, self._connect_failed, errbackArgs=(upstream,)
@@ -485,10 +519,10 @@ class BalancerProtocol(Protocol):
         return request.idempotent and self._replay is not None
 
     def _connected(self, connection: UpstreamConnection) -> None:
-        self._connecting = None
-        if self._state == "closed":
+        if self._state != "connect":
             self.factory.pool.checkin(connection)
             return
+        self._connecting = None
         request = self._request
         assert request is not None and self._upstream is not None
         self._state = "relay"
@@ -525,9 +559,9 @@ class BalancerProtocol(Protocol):
         self.flush()
 
     def _connect_failed(self, reason: Failure, upstream: UpstreamState) -> None:
-        self._connecting = None
-        if self._state == "closed" or reason.check(CancelledError):
+        if self._state != "connect" or reason.check(CancelledError):
             return
+        self._connecting = None
         self._release_upstream()
         error = reason.value
         if isinstance(error, BalancerError):
@@ -921,7 +955,7 @@ class BalancerProtocol(Protocol):
         self._replay = []
         if self._state == "closed":
             return
-        if not self._keep_alive:
+        if not self._keep_alive or (self._client_eof and not self._buffer):
             self._close_after_write()
             return
         self._state = "head"
@@ -929,6 +963,9 @@ class BalancerProtocol(Protocol):
         self._resume(_PAUSE_PIPELINE | _PAUSE_WAITING | _PAUSE_UPSTREAM_FULL)
         if self._buffer:
             self._process()
+        if self._client_eof and self._state == "head" and self._request is None:
+            # Whatever is left can never become a request.
+            self._close_after_write()
 
     def _set_upstream(self, upstream: UpstreamState) -> None:
         self._upstream = upstream

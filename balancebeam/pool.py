@@ -248,7 +248,16 @@ class UpstreamPool:
         endpoint = self._connect(upstream.spec)
         attempt = endpoint.connect(_OneConnectionFactory(connection))
         self._pending.add(attempt)
-        result: Deferred[UpstreamConnection] = Deferred(lambda _: attempt.cancel())
+        cancelled = []
+
+        def cancel(_: Deferred[UpstreamConnection]) -> None:
+            # Let Deferred.cancel fail the result with CancelledError, not
+            # with the endpoint's ConnectingCancelledError, which would read
+            # as a failed connect.
+            cancelled.append(True)
+            attempt.cancel()
+
+        result: Deferred[UpstreamConnection] = Deferred(cancel)
 
         def connected(_: object) -> None:
             self._pending.discard(attempt)
@@ -262,7 +271,7 @@ class UpstreamPool:
             self._pending.discard(attempt)
             self._open[upstream] -= 1
             self._serve_waiters(upstream)
-            if not result.called:
+            if not result.called and not cancelled:
                 result.errback(reason)
 
         attempt.addCallbacks(connected, failed)
