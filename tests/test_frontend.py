@@ -595,3 +595,69 @@ class RateLimitTests(SynchronousTestCase):
             b"RateLimit-Limit: 5\r\nRateLimit-Remaining: 0\r\nRateLimit-Reset: 30\r\n\r\nx",
             client_transport.value(),
         )
+
+
+class CancelledConnectTests(SynchronousTestCase):
+    """
+    Abandoning a pending connect is not a connect failure.
+    """
+
+    def test_bad_body_while_connecting(self) -> None:
+        """
+        A malformed chunked body while the connect is pending gets exactly one
+        400, and the upstream stays in rotation.
+        """
+        harness = Harness(upstream_count=1)
+        client, client_transport = harness.client()
+        client.dataReceived(
+            b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n"
+        )
+        value = client_transport.value()
+        self.assertTrue(value.startswith(b"HTTP/1.1 400 Bad Request\r\n"))
+        self.assertEqual(value.count(b"HTTP/1.1"), 1)
+        self.assertTrue(harness.registry.upstreams[0].alive)
+
+    def test_upstream_deadline_while_connecting(self) -> None:
+        """
+        When the upstream deadline passes during a slow connect, the client
+        gets one 504 and the upstream is not marked down.
+        """
+        harness = Harness(upstream_count=1, timeouts=Timeouts(upstream=1, connect=5))
+        client, client_transport = harness.client()
+        client.dataReceived(GET)
+        harness.reactor.advance(1.5)
+        value = client_transport.value()
+        self.assertTrue(value.startswith(b"HTTP/1.1 504 Gateway Timeout\r\n"))
+        self.assertEqual(value.count(b"HTTP/1.1"), 1)
+        self.assertTrue(harness.registry.upstreams[0].alive)
+
+
+class HalfCloseTests(SynchronousTestCase):
+    """
+    Clients that shut down their sending side after a request.
+    """
+
+    def test_request_answered_then_closed(self) -> None:
+        """
+        A complete request followed by a half-close is answered, then the
+        connection is closed.
+        """
+        harness = Harness()
+        client, client_transport = harness.client()
+        client.dataReceived(GET)
+        client.readConnectionLost()
+        protocol, _, _ = harness.accept()
+        protocol.dataReceived(response(b"ok"))
+        self.assertTrue(client_transport.value().endswith(b"\r\n\r\nok"))
+        self.assertTrue(client_transport.disconnecting)
+
+    def test_incomplete_head_closed(self) -> None:
+        """
+        A half-close in the middle of a head closes the connection at once.
+        """
+        harness = Harness()
+        client, client_transport = harness.client()
+        client.dataReceived(b"GET / HTTP/1.1\r\nHo")
+        client.readConnectionLost()
+        self.assertTrue(client_transport.disconnecting)
+        self.assertEqual(harness.pending_connects(), 0)
