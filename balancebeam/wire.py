@@ -39,6 +39,18 @@ _DIGITS = re.compile(rb"[0-9]{1,18}")
 _HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+;=%]*)(?::[0-9]*)?")
 # Names some upstreams (CGI/WSGI style) fold into the framing headers.
 _FRAMING_LOOKALIKES = frozenset({b"content_length", b"transfer_encoding"})
+# A whole header block (each line preceded by CRLF) checked in one regex
+# call: a token, a colon, then only HTAB, visible ASCII, SP and obs-text.
+_FIELD_BLOCK = re.compile(rb"(?:\r\n" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*)*")
+_HOP_NAMES = rb"connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade"
+_HOP_NAMES += rb"|proxy-authenticate|proxy-authorization|content-length"
+# The fields the balancer reads or rewrites, found in the lower-cased head;
+# every other line is forwarded as it came, without being looked at again.
+_REQUEST_SPECIAL = re.compile(
+    rb"\r\n(" + _HOP_NAMES + rb"|host|expect|via|x-forwarded-for|x-forwarded-proto"
+    rb"|idempotency-key|content_length|transfer_encoding):[ \t]*"
+)
+_RESPONSE_SPECIAL = re.compile(rb"\r\n(" + _HOP_NAMES + rb"):[ \t]*")
 
 #: Headers that describe one connection, never forwarded (RFC 9110 section 7.6.1).
 HOP_BY_HOP: Final = frozenset(
@@ -80,6 +92,21 @@ IDEMPOTENT_METHODS: Final = frozenset(
     {b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"}
 )
 
+#: Request fields never forwarded as they came: hop-by-hop ones, and the
+#: ones the balancer writes itself.
+_REQUEST_DROPPED: Final = HOP_BY_HOP | {
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"via",
+    b"expect",
+}
+_REQUEST_SPECIAL_NAMES: Final = _REQUEST_DROPPED | {
+    b"host",
+    b"idempotency-key",
+    b"content_length",
+    b"transfer_encoding",
+}
+
 Field = tuple[bytes, bytes, bytes]
 """A header: lower-cased name, value without surrounding whitespace, the raw line."""
 
@@ -114,27 +141,51 @@ class RequestHead:
     @ivar expect_continue: whether the client sent C{Expect: 100-continue}.
     @ivar host: the C{Host} value (from an absolute-form target if given), or C{None}.
     @ivar connection_names: lower-cased tokens of the C{Connection} header.
+    @ivar raw: the head as received.
+    @ivar special: the fields the balancer reads or rewrites (see L{Field}),
+        with their positions in C{raw} in C{spans}.
+    @ivar host_replaced: whether C{host} came from an absolute-form target
+        and replaces the C{Host} fields.
     """
 
     __slots__ = (
         "method",
         "target",
         "minor",
-        "fields",
+        "raw",
+        "block_start",
+        "special",
+        "spans",
+        "_fields",
         "body_kind",
         "content_length",
         "keep_alive",
         "upgrade",
         "expect_continue",
         "host",
+        "host_replaced",
         "connection_names",
     )
 
-    def __init__(self, method: bytes, target: bytes, minor: int, fields: list[Field]) -> None:
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        minor: int,
+        raw: bytes,
+        block_start: int,
+        special: list[Field],
+        spans: list[tuple[int, int]],
+    ) -> None:
         self.method = method
         self.target = target
         self.minor = minor
-        self.fields = fields
+        self.raw = raw
+        self.block_start = block_start
+        self.special = special
+        self.spans = spans
+        self._fields: list[Field] | None = None
+        self.host_replaced = False
         self.body_kind = BODY_NONE
         self.content_length = 0
         self.keep_alive = minor >= 1
@@ -151,7 +202,20 @@ class RequestHead:
         """
         if self.method in IDEMPOTENT_METHODS:
             return True
-        return any(name == b"idempotency-key" for name, _, _ in self.fields)
+        return any(name == b"idempotency-key" for name, _, _ in self.special)
+
+    @property
+    def fields(self) -> list[Field]:
+        """
+        Every header field in order (see L{Field}); built on first use.
+        """
+        if self._fields is None:
+            self._fields = _all_fields(self.raw, self.block_start)
+            if self.host_replaced:
+                assert self.host is not None
+                self._fields = [f for f in self._fields if f[0] != b"host"]
+                self._fields.append((b"host", self.host, b"Host: " + self.host))
+        return self._fields
 
 
 class ResponseHead:
@@ -173,7 +237,11 @@ class ResponseHead:
         "status",
         "status_line",
         "minor",
-        "fields",
+        "raw",
+        "block_start",
+        "special",
+        "spans",
+        "_fields",
         "body_kind",
         "content_length",
         "reusable",
@@ -181,16 +249,119 @@ class ResponseHead:
         "connection_names",
     )
 
-    def __init__(self, status: int, status_line: bytes, minor: int, fields: list[Field]) -> None:
+    def __init__(
+        self,
+        status: int,
+        status_line: bytes,
+        minor: int,
+        raw: bytes,
+        block_start: int,
+        special: list[Field],
+        spans: list[tuple[int, int]],
+    ) -> None:
         self.status = status
         self.status_line = status_line
         self.minor = minor
-        self.fields = fields
+        self.raw = raw
+        self.block_start = block_start
+        self.special = special
+        self.spans = spans
+        self._fields: list[Field] | None = None
         self.body_kind = BODY_NONE
         self.content_length = 0
         self.reusable = minor >= 1
         self.keep_alive_timeout: float | None = None
         self.connection_names: frozenset[bytes] = frozenset()
+
+    @property
+    def fields(self) -> list[Field]:
+        """
+        Every header field in order (see L{Field}); built on first use.
+        """
+        if self._fields is None:
+            self._fields = _all_fields(self.raw, self.block_start)
+        return self._fields
+
+
+def _split_head(
+    head: bytes,
+    first_line: re.Pattern[bytes],
+    special: re.Pattern[bytes],
+    max_fields: int,
+    error_status: int,
+    count_status: int,
+) -> tuple[re.Match[bytes] | None, int, list[Field], list[tuple[int, int]]]:
+    """
+    Check a head's syntax and find its special fields.
+
+    @return: the match of C{first_line}, where the header block starts, the
+        special fields and their C{(start, end)} spans in C{head} (each span
+        covers the CRLF before the line and the line itself).
+    @raise HTTPError: C{error_status} on a malformed field, C{count_status}
+        on too many fields.
+    """
+    block_start = head.find(CRLF)
+    if block_start == -1:
+        block_start = len(head)
+    matched = first_line.fullmatch(head, 0, block_start)
+    if matched is None:
+        return None, block_start, [], []
+    if head.count(CRLF) > max_fields:
+        raise HTTPError(count_status, f"more than {max_fields} header fields")
+    if _FIELD_BLOCK.fullmatch(head, block_start) is None:
+        # Let the line-by-line parser say what is wrong.
+        _parse_fields(head[block_start + 2 :].split(CRLF), max_fields, error_status, count_status)
+        raise HTTPError(error_status, "malformed header field")
+    fields: list[Field] = []
+    spans: list[tuple[int, int]] = []
+    for found in special.finditer(head.lower(), block_start):
+        start = found.start()
+        end = head.find(CRLF, start + 2)
+        if end == -1:
+            end = len(head)
+        fields.append((found[1], head[found.end() : end].rstrip(b" \t"), head[start + 2 : end]))
+        spans.append((start, end))
+    return matched, block_start, fields, spans
+
+
+def _all_fields(head: bytes, block_start: int) -> list[Field]:
+    """
+    Every field of an already validated head.
+    """
+    if block_start >= len(head):
+        return []
+    return _parse_fields(head[block_start + 2 :].split(CRLF), len(head), 400, 400)
+
+
+def _lines_named(head: bytes, block_start: int, names: frozenset[bytes]) -> list[tuple[int, int]]:
+    """
+    The spans of every field of C{head} whose lower-cased name is in C{names}.
+    """
+    lowered = head.lower()
+    spans = []
+    for name in names:
+        needle = CRLF + name + b":"
+        start = lowered.find(needle, block_start)
+        while start != -1:
+            end = head.find(CRLF, start + 2)
+            spans.append((start, len(head) if end == -1 else end))
+            start = lowered.find(needle, start + 2)
+    return spans
+
+
+def _splice(head: bytes, start: int, cuts: list[tuple[int, int]]) -> list[bytes]:
+    """
+    The pieces of C{head} from C{start} on, without the C{cuts} spans.
+    """
+    if not cuts:
+        return [head[start:]]
+    pieces = []
+    for cut_start, cut_end in sorted(cuts):
+        if cut_start > start:
+            pieces.append(head[start:cut_start])
+        start = max(start, cut_end)
+    pieces.append(head[start:])
+    return pieces
 
 
 def _parse_fields(
@@ -255,17 +426,15 @@ def parse_request_head(head: bytes, max_fields: int) -> RequestHead:
     @param max_fields: more header fields than this is a 431.
     @raise HTTPError: when the head is malformed or unsupported.
     """
-    lines = head.split(CRLF)
-    request_line = _REQUEST_LINE.fullmatch(lines[0])
+    request_line, block_start, fields, spans = _split_head(
+        head, _REQUEST_LINE, _REQUEST_SPECIAL, max_fields, 400, 431
+    )
     if request_line is None:
         raise HTTPError(400, "malformed request line")
     method, target, major, minor_text = request_line.groups()
     if major != b"1" or minor_text not in (b"0", b"1"):
         raise HTTPError(505, "only HTTP/1.0 and HTTP/1.1 are supported")
-    request = RequestHead(
-        method, target, int(minor_text), _parse_fields(lines[1:], max_fields, 400, 431)
-    )
-    fields = request.fields
+    request = RequestHead(method, target, int(minor_text), head, block_start, fields, spans)
 
     if method == b"CONNECT":
         raise HTTPError(501, "CONNECT is not supported")
@@ -345,8 +514,7 @@ def _absolute_to_origin_form(request: RequestHead) -> None:
         path = b"/" + path
     request.target = path
     request.host = authority
-    request.fields = [f for f in request.fields if f[0] != b"host"]
-    request.fields.append((b"host", authority, b"Host: " + authority))
+    request.host_replaced = True
 
 
 def parse_response_head(
@@ -358,17 +526,20 @@ def parse_response_head(
 
     @raise HTTPError: with status 502 when the head is malformed.
     """
-    lines = head.split(CRLF)
-    status_line = _STATUS_LINE.fullmatch(lines[0])
+    status_line, block_start, fields, spans = _split_head(
+        head, _STATUS_LINE, _RESPONSE_SPECIAL, max_fields, 502, 502
+    )
     if status_line is None or status_line[1] != b"1" or status_line[3][:1] == b"0":
         raise HTTPError(502, "malformed status line from upstream")
     response = ResponseHead(
         int(status_line[3]),
-        lines[0],
+        head[:block_start],
         int(status_line[2]),
-        _parse_fields(lines[1:], max_fields, 502, 502),
+        head,
+        block_start,
+        fields,
+        spans,
     )
-    fields = response.fields
     connection = _tokens(fields, b"connection")
     response.connection_names = frozenset(connection)
     if response.minor >= 1:
@@ -410,17 +581,6 @@ def _keep_alive_timeout(value: bytes) -> float | None:
     return None
 
 
-def _forwardable(fields: list[Field], connection_names: frozenset[bytes]) -> list[bytes]:
-    """
-    The raw lines of every end-to-end field, in order.
-    """
-    if connection_names:
-        dropped = HOP_BY_HOP | connection_names
-    else:
-        dropped = HOP_BY_HOP
-    return [raw for name, _, raw in fields if name not in dropped]
-
-
 def request_head_for_upstream(
     request: RequestHead,
     client_ip: str,
@@ -432,24 +592,33 @@ def request_head_for_upstream(
     removed, C{X-Forwarded-For}/C{X-Forwarded-Proto}/C{Via} added, and framing
     headers for the body as it will be sent on this hop.
     """
-    lines = [request.method + b" " + request.target + b" HTTP/1.1"]
     forwarded: list[bytes] = []
     vias: list[bytes] = []
-    for name, value, raw in request.fields:
-        if name == b"x-forwarded-for":
-            if value:
-                forwarded.append(value)
-        elif name == b"via":
-            if value:
-                vias.append(value)
-        elif name == b"x-forwarded-proto" or name == b"expect":
-            continue
-        elif name in HOP_BY_HOP or (name in request.connection_names and name != b"host"):
-            # Host is needed by every HTTP/1.1 upstream, whatever Connection says.
-            continue
-        else:
-            lines.append(raw)
-    if request.host is None:
+    cuts: list[tuple[int, int]] = []
+    for (name, value, _), span in zip(request.special, request.spans):
+        if name in _REQUEST_DROPPED:
+            cuts.append(span)
+            if name == b"x-forwarded-for":
+                if value:
+                    forwarded.append(value)
+            elif name == b"via":
+                if value:
+                    vias.append(value)
+        elif name == b"host" and request.host_replaced:
+            cuts.append(span)
+    # Host is needed by every HTTP/1.1 upstream, whatever Connection says;
+    # the other names in Connection are hop-by-hop.
+    named = request.connection_names - _REQUEST_SPECIAL_NAMES
+    if named:
+        cuts += _lines_named(request.raw, request.block_start, named)
+    lines = [
+        request.method + b" " + request.target + b" HTTP/1.1"
+        + b"".join(_splice(request.raw, request.block_start, cuts))
+    ]
+    if request.host_replaced:
+        assert request.host is not None
+        lines.append(b"Host: " + request.host)
+    elif request.host is None:
         lines.append(b"Host: " + upstream_host.encode("ascii"))
     forwarded.append(client_ip.encode("ascii"))
     lines.append(b"X-Forwarded-For: " + b", ".join(forwarded))
@@ -480,20 +649,29 @@ def response_head_for_client(
     status_line = b"HTTP/1.1" + response.status_line[8:]
     if len(response.status_line) == 12:
         status_line += b" " + REASONS.get(response.status, "Unknown").encode("ascii")
-    lines = [status_line]
+    special = response.special
     if response.status == 101:
-        lines.extend(raw for name, _, raw in response.fields if name != b"content-length")
-        lines.append(CRLF)
-        return CRLF.join(lines)
-    lines.extend(_forwardable(response.fields, response.connection_names))
-    lines.append(b"Via: 1.%d balancebeam" % response.minor)
+        cuts = [
+            span
+            for (name, _, _), span in zip(special, response.spans)
+            if name == b"content-length"
+        ]
+        return status_line + b"".join(_splice(response.raw, response.block_start, cuts)) + HEAD_END
+    cuts = list(response.spans)
+    named = response.connection_names - HOP_BY_HOP
+    if named:
+        cuts += _lines_named(response.raw, response.block_start, named)
+    lines = [
+        status_line + b"".join(_splice(response.raw, response.block_start, cuts)),
+        b"Via: 1.%d balancebeam" % response.minor,
+    ]
     kind = response.body_kind
     if kind == BODY_LENGTH:
         lines.append(b"Content-Length: %d" % response.content_length)
     elif chunked:
         # The upstream's final "chunked" was undone by the body reader; any
         # other transfer coding (gzip, ...) is still applied to the payload.
-        codings = _tokens(response.fields, b"transfer-encoding")
+        codings = _tokens(special, b"transfer-encoding")
         if kind == BODY_CHUNKED:
             codings = codings[:-1]
         codings.append(b"chunked")
@@ -501,7 +679,7 @@ def response_head_for_client(
     elif kind == BODY_NONE and response.status >= 200 and response.status != 204:
         # HEAD and 304 answers keep the length of the body they describe;
         # 1xx and 204 never carry one (RFC 9110 section 8.6).
-        lines.extend(raw for name, _, raw in response.fields if name == b"content-length")
+        lines.extend(raw for name, _, raw in special if name == b"content-length")
     if response.status >= 200:
         if not keep_alive:
             lines.append(b"Connection: close")
