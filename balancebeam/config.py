@@ -229,3 +229,4 @@ class BalancerConfig:
     pool_max_connections_per_upstream: int = 0
     queue_timeout: float = 10.0
     access_log: bool = False
+    shutdown_timeout: float = 10.0

@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from ipaddress import IPv4Network, IPv6Network
 from typing import Final, cast
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import (
     IAddress,
+    IDelayedCall,
     IHalfCloseableProtocol,
     IPushProducer,
     IReactorTime,
@@ -111,6 +112,9 @@ class BalancerFactory(Factory):
         self.access_log = access_log
         self.retry_after = retry_after
         self.connections: set[BalancerProtocol] = set()
+        self.draining = False
+        self._drained: Deferred[None] | None = None
+        self._drain_deadline: IDelayedCall | None = None
         self._deadline_check = LoopingCall(self.check_deadlines)
         self._deadline_check.clock = clock
 
@@ -140,6 +144,44 @@ class BalancerFactory(Factory):
         """
         if self._deadline_check.running:
             self._deadline_check.stop()
+
+    def drain(self, grace: float) -> Deferred[None]:
+        """
+        Close idle client connections now, let requests in progress finish
+        (their connections close afterwards), and abort whatever is left
+        after C{grace} seconds.
+
+        @return: fires once every client connection has closed.
+        """
+        self.draining = True
+        for protocol in list(self.connections):
+            protocol.drain()
+        if not self.connections:
+            return succeed(None)
+        drained: Deferred[None] = Deferred()
+        self._drained = drained
+        self._drain_deadline = self.clock.callLater(grace, self._abort_remaining)
+        return drained
+
+    def _abort_remaining(self) -> None:
+        self._drain_deadline = None
+        for protocol in list(self.connections):
+            self.log.warn(
+                "aborting connection from {client} still busy at shutdown",
+                client=protocol.client_ip,
+            )
+            protocol.abort()
+
+    def connection_closed(self, protocol: BalancerProtocol) -> None:
+        """
+        Forget a client connection; finish draining after the last one.
+        """
+        self.connections.discard(protocol)
+        if self.draining and not self.connections and self._drained is not None:
+            drained, self._drained = self._drained, None
+            if self._drain_deadline is not None and self._drain_deadline.active():
+                self._drain_deadline.cancel()
+            drained.callback(None)
 
     def check_deadlines(self) -> None:
         """
@@ -235,7 +277,7 @@ class BalancerProtocol(Protocol):
         self._tunnelling = self._state == "tunnel"
         self._state = "closed"
         self.deadline = math.inf
-        self.factory.connections.discard(self)
+        self.factory.connection_closed(self)
         # A pending rate-limit answer fires within the limiter's own timeout
         # and is then ignored: limiters' Deferreds are not ours to cancel.
         self._limiting = None
@@ -250,6 +292,17 @@ class BalancerProtocol(Protocol):
             else:
                 connection.close()
         self._release_upstream()
+
+    def drain(self) -> None:
+        """
+        The balancer is stopping: close now if idle, else after the current
+        response.
+        """
+        self._keep_alive = False
+        if self._state == "head" and self._request is None and not self._buffer:
+            self._close_after_write()
+        elif self._state == "tunnel":
+            self._stream.loseConnection()
 
     def readConnectionLost(self) -> None:
         """
@@ -396,7 +449,7 @@ class BalancerProtocol(Protocol):
         factory.stats.requests += 1
         self._request = request
         self._request_started = now
-        self._keep_alive = request.keep_alive
+        self._keep_alive = request.keep_alive and not factory.draining
         self._tried = []
         self._reused_retry = False
         self._pending_body = []

@@ -197,18 +197,25 @@ class BalancerService(MultiService):
 
         @return: fires once everything has stopped.
         """
-        listening = [maybeDeferred(port.stopListening) for port in self.ports]
+        listening = DeferredList([maybeDeferred(port.stopListening) for port in self.ports])
         self.ports = []
-        self.factory.stop_timers()
-        children = super().stopService()
+
+        def drain(_: object) -> Deferred[None]:
+            self.log.info(
+                "stopping: draining {count} client connection(s)",
+                count=len(self.factory.connections),
+            )
+            return self.factory.drain(self.config.shutdown_timeout)
 
         def close_rest(_: object) -> Deferred[list[Any]]:
+            self.factory.stop_timers()
             steps: list[Deferred[Any]] = [self.pool.close()]
             if self.rate_limiter is not None:
                 steps.append(maybeDeferred(self.rate_limiter.close))
             return gatherResults(steps)
 
-        done = DeferredList(listening + [children]).addCallback(close_rest)
+        children = super().stopService()
+        done = DeferredList([listening.addCallback(drain), children]).addCallback(close_rest)
         return done.addCallback(lambda _: None)
 
 

@@ -661,3 +661,45 @@ class HalfCloseTests(SynchronousTestCase):
         client.readConnectionLost()
         self.assertTrue(client_transport.disconnecting)
         self.assertEqual(harness.pending_connects(), 0)
+
+
+class DrainTests(SynchronousTestCase):
+    """
+    Stopping the balancer lets requests in progress finish.
+    """
+
+    def test_idle_closed_busy_finished(self) -> None:
+        """
+        Draining closes idle connections at once, lets a busy one finish its
+        response with Connection: close, and then fires.
+        """
+        harness = Harness()
+        idle, idle_transport = harness.client(40001)
+        busy, busy_transport = harness.client(40002)
+        busy.dataReceived(GET)
+        protocol, _, _ = harness.accept()
+        drained = harness.factory.drain(10)
+        self.assertTrue(idle_transport.disconnecting)
+        idle.connectionLost(connection_done())
+        self.assertNoResult(drained)
+        protocol.dataReceived(response(b"done"))
+        self.assertIn(b"\r\nConnection: close\r\n", busy_transport.value())
+        self.assertTrue(busy_transport.disconnecting)
+        busy.connectionLost(connection_done())
+        self.successResultOf(drained)
+
+    def test_grace_period_aborts(self) -> None:
+        """
+        A request still running when the grace period ends is aborted.
+        """
+        harness = Harness()
+        busy, busy_transport = harness.client()
+        busy.dataReceived(GET)
+        harness.accept()
+        drained = harness.factory.drain(5)
+        harness.reactor.advance(4.9)
+        self.assertFalse(busy_transport.disconnecting)
+        harness.reactor.advance(0.2)
+        self.assertTrue(busy_transport.disconnecting)
+        busy.connectionLost(connection_done())
+        self.successResultOf(drained)
