@@ -230,3 +230,4 @@ class BalancerConfig:
     queue_timeout: float = 10.0
     access_log: bool = False
     shutdown_timeout: float = 10.0
+    max_client_connections: int = 10000

@@ -98,6 +98,7 @@ class BalancerFactory(Factory):
         rate_limit_headers: bool = False,
         access_log: bool = False,
         retry_after: int = 5,
+        max_connections: int = 0,
     ) -> None:
         self.clock = clock
         self.registry = registry
@@ -111,6 +112,7 @@ class BalancerFactory(Factory):
         self.rate_limit_headers = rate_limit_headers
         self.access_log = access_log
         self.retry_after = retry_after
+        self.max_connections = max_connections
         self.connections: set[BalancerProtocol] = set()
         self.draining = False
         self._drained: Deferred[None] | None = None
@@ -118,12 +120,15 @@ class BalancerFactory(Factory):
         self._deadline_check = LoopingCall(self.check_deadlines)
         self._deadline_check.clock = clock
 
-    def buildProtocol(self, addr: IAddress | None) -> BalancerProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
         """
-        A protocol for one client connection.
+        A protocol for one client connection, or one that answers 503 and
+        closes when C{max_connections} are already open.
         """
-        protocol = BalancerProtocol(self)
-        return protocol
+        if self.max_connections and len(self.connections) >= self.max_connections:
+            self.stats.refused_connections += 1
+            return _OverCapacity(self.retry_after)
+        return BalancerProtocol(self)
 
     def start_timers(self) -> None:
         """
@@ -1055,3 +1060,27 @@ class BalancerProtocol(Protocol):
     def _path_text(self) -> str:
         request = self._request
         return request.target.decode("latin-1") if request is not None else "-"
+
+
+class _OverCapacity(Protocol):
+    """
+    Answers 503 to a connection beyond the connection limit, and closes it.
+    """
+
+    def __init__(self, retry_after: int) -> None:
+        self._retry_after = retry_after
+
+    def connectionMade(self) -> None:
+        """
+        Answer and close at once, without reading the request.
+        """
+        transport = cast(StreamTransport, self.transport)
+        transport.write(
+            error_response(
+                503,
+                "too many client connections",
+                False,
+                (("Retry-After", str(self._retry_after)),),
+            )
+        )
+        transport.loseConnection()

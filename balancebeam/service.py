@@ -106,7 +106,10 @@ class BalancerService(MultiService):
             trusted_proxies=parse_trusted_networks(config.trusted_proxies),
             rate_limit_headers=config.rate_limit_headers,
             access_log=config.access_log,
-            retry_after=max(1, round(config.active_health_check_interval or config.passive_retry_interval)),
+            retry_after=max(
+                1, round(config.active_health_check_interval or config.passive_retry_interval)
+            ),
+            max_connections=config.max_client_connections,
         )
         self.health: HealthChecker | None = None
         if active:

@@ -19,6 +19,7 @@ class Stats:
     @ivar retries: requests sent again after an upstream failed before answering.
     @ivar reuse_retries: of those, retries after the keep-alive race on a reused connection.
     @ivar client_errors: malformed or over-limit requests (400, 408, 413, 431, ...).
+    @ivar refused_connections: client connections answered 503 over the connection limit.
     """
 
     __slots__ = (
@@ -32,6 +33,7 @@ class Stats:
         "retries",
         "reuse_retries",
         "client_errors",
+        "refused_connections",
     )
 
     def __init__(self) -> None:
@@ -45,6 +47,7 @@ class Stats:
         self.retries = 0
         self.reuse_retries = 0
         self.client_errors = 0
+        self.refused_connections = 0
 
     def count_status(self, status: int) -> None:
         """

@@ -85,6 +85,7 @@ class Harness:
         A connected client protocol and its transport.
         """
         protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", port))
+        assert isinstance(protocol, BalancerProtocol)
         transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", port))
         protocol.makeConnection(transport)
         return protocol, transport

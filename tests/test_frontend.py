@@ -703,3 +703,23 @@ class DrainTests(SynchronousTestCase):
         self.assertTrue(busy_transport.disconnecting)
         busy.connectionLost(connection_done())
         self.successResultOf(drained)
+
+
+class ConnectionLimitTests(SynchronousTestCase):
+    """
+    The cap on simultaneous client connections.
+    """
+
+    def test_over_limit_gets_503(self) -> None:
+        """
+        A connection beyond the limit is answered 503 and closed, and counted.
+        """
+        harness = Harness()
+        harness.factory.max_connections = 1
+        harness.client(40001)
+        protocol = harness.factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 503 Service Unavailable\r\n"))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(harness.stats.refused_connections, 1)
