@@ -1,0 +1,16 @@
+"""
+Registers C{twistd balancebeam}: the plugin points twistd at
+L{balancebeam.tap}, which holds C{Options} and C{makeService}.
+
+This directory has no C{__init__.py} on purpose: C{twisted.plugins} gathers
+plugin modules from every C{twisted/plugins/} directory on C{sys.path}.
+"""
+
+from twisted.application.service import ServiceMaker
+
+balancebeam = ServiceMaker(
+    "balancebeam",
+    "balancebeam.tap",
+    "An HTTP/1.1 load balancer",
+    "balancebeam",
+)
