@@ -87,6 +87,8 @@ class DefaultsTests(SynchronousTestCase):
                 pool_max_connections_per_upstream=0,
                 queue_timeout=10.0,
                 access_log=False,
+                max_client_connections=10000,
+                shutdown_timeout=10.0,
             ),
         )
 
@@ -121,6 +123,8 @@ class DefaultsTests(SynchronousTestCase):
             sorted(
                 [
                     "access-log",
+                    "max-client-connections",
+                    "shutdown-timeout",
                     "active-health-check-interval",
                     "active-health-check-path",
                     "bind",
