@@ -1,0 +1,2117 @@
+#!/usr/bin/env python3
+"""
+Benchmark balancebeam against nginx and HAProxy on this machine (issues 5 and 6).
+
+Run from anywhere::
+
+    python3 bench/run.py            # full run, under 5 minutes
+    python3 bench/run.py --quick    # a few seconds per scenario, for development and CI
+
+Needs Debian's C{wrk}, C{nginx} and C{haproxy} (C{apt-get install -y wrk nginx haproxy});
+a missing nginx or haproxy is reported and its target skipped, a missing wrk is an
+error. Everything is started here on 127.0.0.1, on free ports, in a temporary
+directory with generated configuration files, pinned with C{taskset}: the
+balancer under test on one core, wrk, the upstreams and this script on another.
+Every process started is stopped by PID (and its process group) on exit, on
+failure and on Ctrl-C.
+
+Standard library only. See C{doc/benchmark.md} for what each scenario measures
+and how to read the ratios. Exit status: 0 when every measurement ran (targets
+may still have failed: see the table, or use C{--strict}), 1 on a harness
+error, 2 on bad arguments, 3 when C{--strict} and a target failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import ctypes
+import json
+import os
+import platform
+import resource
+import selectors
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+HOST = "127.0.0.1"
+APT_LINE = "apt-get install -y wrk nginx haproxy"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SMALL_BODY = ("balancebeam-benchmark-upstream-small-response-body-of-exactly-one-hundred-bytes-"
+              + "x" * 20)
+assert len(SMALL_BODY) == 100
+BIG_SIZE = 16 * 1024
+SLOW_DELAY_MS = 50  # what the slow upstream adds to each response
+NEVER_HIT_LIMIT = 100_000_000  # requests per minute: the rate limiter runs but never refuses
+STRATEGIES = ("random", "round-robin", "least-connections", "p2c")
+LB_TARGETS = ("nginx", "haproxy", "balancebeam")
+ALL_TARGETS = ("direct",) + LB_TARGETS
+ALL_SCENARIOS = ("small", "16k", "close", "ratelimit", "idle", "download", "pool", "slow",
+                 "profile")
+DEFAULT_SCENARIOS = ALL_SCENARIOS[:-1]  # "profile" only with --profile
+
+SCENARIO_TITLES = {
+    "small": "GET / (100-byte body), 50 keep-alive connections",
+    "16k": "GET /16k (16 KiB body), 50 keep-alive connections",
+    "close": "GET /, 50 connections, fresh connection per request (Connection: close)",
+    "ratelimit": "GET /, 50 keep-alive connections, in-memory rate limiting on (never hit)",
+    "idle": "1,000 idle client connections (one request each, then held open)",
+    "download": "100 MiB streamed download through the balancer",
+    "pool": "balancebeam upstream connection pool off vs on (GET /, 50 connections)",
+    "slow": "3 upstreams, one adds 50 ms per response: strategies compared (GET /, 50 conns)",
+    "profile": "balancebeam under GET / keep-alive, sampled by py-spy (not a measurement)",
+}
+
+# wrk prints its own report; this done() hook adds one parseable line. With
+# COUNT_SLOW true (the slow scenario only: it makes wrk hand every response's
+# headers to Lua) it also counts the responses that carry "X-Upstream: slow"
+# (HAProxy sends header names in lower case).
+# Counting headers is exact; a share derived from wrk's latency percentiles
+# was not (Debian's wrk 4.1.0 gave 24 % where the headers showed 33 %).
+WRK_LUA = r"""
+local count_slow = COUNT_SLOW
+local threads = {}
+setup = function(thread)
+  table.insert(threads, thread)
+end
+init = function(args)
+  slow = 0
+  total = 0
+end
+if count_slow then
+  response = function(status, headers, body)
+    total = total + 1
+    if (headers["X-Upstream"] or headers["x-upstream"]) == "slow" then
+      slow = slow + 1
+    end
+  end
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  local slow_share = -1
+  if count_slow then
+    local s, t = 0, 0
+    for _, thread in ipairs(threads) do
+      s = s + thread:get("slow")
+      t = t + thread:get("total")
+    end
+    if t > 0 then slow_share = s / t end
+  end
+  io.write(string.format(
+    "BENCHJSON {\"requests\": %.0f, \"duration_us\": %.0f, \"bytes\": %.0f, " ..
+    "\"connect\": %.0f, \"read\": %.0f, \"write\": %.0f, \"status\": %.0f, \"timeout\": %.0f, " ..
+    "\"mean_us\": %.1f, \"max_us\": %.0f, \"p50_us\": %.0f, \"p90_us\": %.0f, " ..
+    "\"p99_us\": %.0f, \"p999_us\": %.0f, \"slow_share\": %.6f}\n",
+    summary.requests, summary.duration, summary.bytes,
+    e.connect, e.read, e.write, e.status, e.timeout,
+    latency.mean, latency.max, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency:percentile(99.9), slow_share))
+end
+"""
+
+
+class HarnessError(Exception):
+    """
+    The benchmark itself cannot go on (a tool is missing, a reference server
+    does not start, wrk produced no result).
+    """
+
+
+class TargetFailure(Exception):
+    """
+    A target did not start or stopped working; it is reported and skipped.
+    """
+
+
+def say(message: str) -> None:
+    """
+    Print a progress line to stderr (the tables go to stdout).
+    """
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _child_setup(core: int | None) -> Callable[[], None]:
+    """
+    Build the pre-exec hook for a child: die with this script (Linux
+    C{PR_SET_PDEATHSIG}) and, when C{taskset} is unavailable, pin to C{core}.
+    """
+
+    def setup() -> None:
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+        if core is not None:
+            os.sched_setaffinity(0, {core})
+
+    return setup
+
+
+class ProcessGroup:
+    """
+    Every process this script starts. Each runs in its own session (so a
+    terminal's Ctrl-C reaches only us) and is stopped by PID: SIGTERM to its
+    process group, SIGKILL after a grace period, then SIGKILL to any
+    descendant that is still alive.
+    """
+
+    def __init__(self, logdir: Path, taskset: str | None) -> None:
+        """
+        @param logdir: where each process's stdout and stderr go.
+        @param taskset: path of C{taskset}, or C{None} to pin with
+            C{sched_setaffinity} instead.
+        """
+        self._logdir = logdir
+        self._taskset = taskset
+        self._procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self._lock = threading.Lock()
+
+    def spawn(self, name: str, argv: Sequence[str], core: int | None,
+              env: dict[str, str] | None = None,
+              cwd: Path | None = None) -> subprocess.Popen[bytes]:
+        """
+        Start C{argv} pinned to C{core} (C{None}: not pinned), output to C{<logdir>/<name>.log}.
+        """
+        command = list(argv)
+        preexec_core = None
+        if core is not None:
+            if self._taskset:
+                command = [self._taskset, "-c", str(core)] + command
+            else:
+                preexec_core = core
+        logfile = open(self.log_path(name), "ab")
+        try:
+            proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=logfile,
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=_child_setup(preexec_core), env=env,
+                                    cwd=str(cwd) if cwd else None)
+        finally:
+            logfile.close()
+        with self._lock:
+            self._procs.append((name, proc))
+        return proc
+
+    def log_path(self, name: str) -> Path:
+        """
+        The file a process called C{name} writes its output to.
+        """
+        return self._logdir / f"{name}.log"
+
+    def log_tail(self, name: str, lines: int = 15) -> str:
+        """
+        The last lines of a process's output, for error messages.
+        """
+        try:
+            text = self.log_path(name).read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+    def stop(self, proc: subprocess.Popen[bytes], grace: float = 3.0) -> None:
+        """
+        Stop one process and whatever it forked; safe to call twice.
+        """
+        descendants = tree_pids(proc.pid)[1:] if proc.poll() is None else []
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                proc.terminate()
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    proc.kill()
+                proc.wait(5)
+        for pid in descendants:
+            if _pgid(pid) == proc.pid:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        with self._lock:
+            self._procs = [(n, p) for (n, p) in self._procs if p is not proc]
+
+    def stop_all(self) -> None:
+        """
+        Stop every process still registered, newest first.
+        """
+        with self._lock:
+            procs = list(reversed(self._procs))
+        for _, proc in procs:
+            try:
+                self.stop(proc)
+            except Exception as exc:  # keep stopping the others
+                print(f"[bench] could not stop pid {proc.pid}: {exc}", file=sys.stderr)
+
+
+def _pgid(pid: int) -> int | None:
+    """
+    The process group of C{pid}, or C{None} when it is gone.
+    """
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+def _children(pid: int) -> list[int]:
+    """
+    Direct children of C{pid} (all its threads), from /proc.
+    """
+    result: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return result
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                result.extend(int(x) for x in f.read().split())
+        except OSError:
+            continue
+    return result
+
+
+def tree_pids(pid: int) -> list[int]:
+    """
+    C{pid} followed by all its descendants (nginx: master then worker).
+    """
+    pids = [pid]
+    index = 0
+    while index < len(pids):
+        pids.extend(_children(pids[index]))
+        index += 1
+    return pids
+
+
+def cpu_ticks(pids: Sequence[int]) -> int:
+    """
+    user+sys clock ticks consumed so far by C{pids} (fields 14 and 15 of /proc/PID/stat).
+    """
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue
+        fields = text[text.rfind(")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def rss_kib(pids: Sequence[int]) -> int:
+    """
+    Sum of VmRSS, in KiB, of C{pids}.
+    """
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            continue
+    return total
+
+
+class RssSampler:
+    """
+    Samples the resident set of a process tree in a thread and keeps the peak.
+    """
+
+    def __init__(self, pids: Sequence[int], interval: float = 0.02) -> None:
+        """
+        @param pids: the processes to sum.
+        @param interval: seconds between samples.
+        """
+        self._pids = list(pids)
+        self._interval = interval
+        self._stop = threading.Event()
+        self.peak = rss_kib(self._pids)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        """
+        Sample until stopped.
+        """
+        while not self._stop.wait(self._interval):
+            self.peak = max(self.peak, rss_kib(self._pids))
+
+    def __enter__(self) -> RssSampler:
+        """
+        Start sampling.
+        """
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """
+        Stop sampling and take one last sample.
+        """
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_kib(self._pids))
+
+
+def settled_rss(pids: Sequence[int], samples: int = 5, interval: float = 0.04) -> int:
+    """
+    The median of a few RSS samples, as a baseline.
+    """
+    values = []
+    for _ in range(samples):
+        values.append(rss_kib(pids))
+        time.sleep(interval)
+    return int(statistics.median(values))
+
+
+# --------------------------------------------------------------------------- HTTP clients
+
+
+class ResponseReader:
+    """
+    Incremental reader of one HTTP/1.1 response (Content-Length, chunked or
+    close-delimited), keeping only the head and a byte count.
+    """
+
+    def __init__(self) -> None:
+        """
+        Start before the first byte.
+        """
+        self._head = b""
+        self.status = 0
+        self.length: int | None = None
+        self.chunked = False
+        self.body = 0
+        self.head_done = False
+        self.done = False
+        self._tail = b""
+
+    def feed(self, data: bytes) -> None:
+        """
+        Consume received bytes.
+        """
+        if not self.head_done:
+            self._head += data
+            end = self._head.find(b"\r\n\r\n")
+            if end == -1:
+                return
+            head, data = self._head[:end], self._head[end + 4 :]
+            self.head_done = True
+            lines = head.split(b"\r\n")
+            parts = lines[0].split(b" ", 2)
+            self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+            for line in lines[1:]:
+                name, _, value = line.partition(b":")
+                name = name.strip().lower()
+                if name == b"content-length":
+                    self.length = int(value.strip())
+                elif name == b"transfer-encoding" and b"chunked" in value.lower():
+                    self.chunked = True
+        self.body += len(data)
+        if self.chunked:
+            self._tail = (self._tail + data)[-7:]
+            self.done = self._tail.endswith(b"0\r\n\r\n")
+        elif self.length is not None:
+            self.done = self.body >= self.length
+
+
+def request_bytes(path: str, port: int, close: bool = False) -> bytes:
+    """
+    A GET request as wrk would send it.
+    """
+    connection = b"Connection: close\r\n" if close else b""
+    return (f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n".encode() + connection + b"\r\n")
+
+
+def http_get(port: int, path: str = "/", timeout: float = 2.0) -> ResponseReader:
+    """
+    One blocking GET on a fresh connection.
+
+    @raise OSError: on connection problems or timeout.
+    """
+    with socket.create_connection((HOST, port), timeout=timeout) as sock:
+        sock.sendall(request_bytes(path, port, close=True))
+        reader = ResponseReader()
+        while not reader.done:
+            data = sock.recv(65536)
+            if not data:
+                break
+            reader.feed(data)
+        return reader
+
+
+def wait_ready(port: int, proc: subprocess.Popen[bytes], procs: ProcessGroup, name: str,
+               timeout: float = 20.0) -> None:
+    """
+    Wait until C{GET /} on C{port} answers 200.
+
+    @raise TargetFailure: the process exited or never answered.
+    """
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise TargetFailure(f"{name} exited with status {proc.returncode}:\n"
+                                f"{procs.log_tail(name)}")
+        try:
+            reader = http_get(port, "/", timeout=1.0)
+            if reader.status == 200:
+                return
+            last = f"status {reader.status}"
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.05)
+    raise TargetFailure(f"{name} did not answer GET / with 200 within {timeout:.0f}s ({last}):\n"
+                        f"{procs.log_tail(name)}")
+
+
+def warm_up_python(port: int, connections: int = 50, per_connection: int = 5) -> None:
+    """
+    Send a few keep-alive requests on many connections (quick mode's warm-up).
+    """
+    socks = []
+    try:
+        for _ in range(connections):
+            socks.append(socket.create_connection((HOST, port), timeout=5))
+        for _ in range(per_connection):
+            for sock in socks:
+                sock.sendall(request_bytes("/", port))
+            for sock in socks:
+                reader = ResponseReader()
+                while not reader.done:
+                    data = sock.recv(65536)
+                    if not data:
+                        raise OSError("connection closed during warm-up")
+                    reader.feed(data)
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def free_port(used: set[int]) -> int:
+    """
+    A TCP port on 127.0.0.1 that is free now and not handed out before.
+    """
+    while True:
+        with socket.socket() as sock:
+            sock.bind((HOST, 0))
+            port: int = sock.getsockname()[1]
+        if port not in used:
+            used.add(port)
+            return port
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Target:
+    """
+    One server under measurement.
+
+    @ivar name: row label in the tables (C{direct}, C{nginx}, C{haproxy}, C{balancebeam}, ...).
+    @ivar kind: which program it is (C{direct} means an upstream nginx, measured directly).
+    @ivar log_name: the process's log name in the temp dir.
+    @ivar command: how it was started, for the JSON record.
+    @ivar failed: why it is skipped from now on, or C{None}.
+    """
+
+    name: str
+    kind: str
+    port: int
+    proc: subprocess.Popen[bytes] | None
+    log_name: str
+    command: list[str] = field(default_factory=list)
+    failed: str | None = None
+
+    def pids(self) -> list[int]:
+        """
+        The measured processes: the started process and its descendants.
+        """
+        return tree_pids(self.proc.pid) if self.proc else []
+
+
+@dataclass
+class Settings:
+    """
+    Durations and sizes for one run (quick or full).
+    """
+
+    duration: int
+    rounds: int
+    warmup: int
+    idle_conns: int
+    idle_load_duration: int
+    downloads_per_round: int
+    download_bytes: int
+    slow_duration: int
+    connections: int
+    wrk_threads: int
+
+
+class Bench:
+    """
+    Starts the servers, runs the scenarios, collects measurements.
+    """
+
+    def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
+        """
+        @param args: the parsed command line.
+        @param tmp: the temporary directory holding configs, content and logs.
+        """
+        self.args = args
+        self.tmp = tmp
+        self.quick: bool = args.quick
+        self.settings = Settings(
+            duration=args.duration or (1 if self.quick else 3),
+            rounds=args.rounds or (1 if self.quick else 3),
+            warmup=0 if self.quick else 1,
+            idle_conns=args.idle_connections,
+            idle_load_duration=1,
+            downloads_per_round=1 if self.quick else 2,
+            download_bytes=args.download_mib * 1024 * 1024,
+            slow_duration=args.duration or (1 if self.quick else 3),
+            connections=args.connections,
+            wrk_threads=args.wrk_threads,
+        )
+        self.notes: list[str] = []
+        self.used_ports: set[int] = set()
+        self.tools = {name: find_tool(name, getattr(args, name, None))
+                      for name in ("wrk", "nginx", "haproxy", "taskset")}
+        cores = sorted(os.sched_getaffinity(0))
+        self.balancer_core: int | None
+        self.load_core: int | None
+        if args.cores:
+            self.balancer_core, self.load_core = (int(c) for c in args.cores.split(","))
+        elif len(cores) >= 2 and not args.no_pin:
+            self.balancer_core, self.load_core = cores[0], cores[1]
+        else:
+            self.balancer_core = self.load_core = None
+            self.notes.append("not pinned: fewer than 2 CPUs available or --no-pin")
+        self.procs = ProcessGroup(tmp, self.tools["taskset"])
+        self.lua = tmp / "report.lua"
+        self.lua.write_text(WRK_LUA.replace("COUNT_SLOW", "false"))
+        self.slow_lua = tmp / "report-slow.lua"
+        self.slow_lua.write_text(WRK_LUA.replace("COUNT_SLOW", "true"))
+        self.measurements: list[dict[str, Any]] = []
+        self.targets: dict[str, Target] = {}
+        self.upstream_ports: list[int] = []
+        self.upstream_kind = "nginx"
+        self.bb_help = ""
+        self.starters: dict[str, Callable[[], Target]] = {}
+        self.timings: dict[str, float] = {}
+        self.profile: dict[str, Any] = {}
+        self.profile_path = BENCH_DIR / "results" / "profile.txt"
+        self.restarts: dict[str, int] = {}
+        self.bb_unavailable: str | None = None
+        self.twistd_args, self.balancer_args = split_balancer_args(args.twistd_arg,
+                                                                   args.balancer_arg)
+
+    # ----------------------------------------------------------------- starting servers
+
+    def _lb_core(self) -> int | None:
+        """
+        The core for the balancer under test.
+        """
+        return self.balancer_core
+
+    def _nginx_conf(self, name: str, http_body: str) -> list[str]:
+        """
+        Write an nginx configuration with private prefix, pid, logs and temp
+        paths (so it runs as root without touching /etc or /var) and return
+        the command line that runs it in the foreground.
+
+        nginx runs as one process (C{master_process off}): the same event
+        loop as a single worker, but nothing is left behind if this script is
+        killed (the pre-exec hook's parent-death signal reaches it, whereas
+        a worker would outlive its master).
+        """
+        prefix = self.tmp / name
+        prefix.mkdir(parents=True, exist_ok=True)
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        conf = f"""worker_processes 1;
+daemon off;
+master_process off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+worker_rlimit_nofile {nofile};
+events {{
+    worker_connections {min(8192, max(1024, nofile // 2))};
+    use epoll;
+}}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/client_body_temp;
+    proxy_temp_path {prefix}/proxy_temp;
+    fastcgi_temp_path {prefix}/fastcgi_temp;
+    uwsgi_temp_path {prefix}/uwsgi_temp;
+    scgi_temp_path {prefix}/scgi_temp;
+    keepalive_timeout 75s;
+    keepalive_requests 100000000;
+    default_type application/octet-stream;
+{http_body}
+}}
+"""
+        path = prefix / "nginx.conf"
+        path.write_text(conf)
+        return [str(self.tools["nginx"]), "-p", f"{prefix}/", "-c", str(path),
+                "-e", f"{prefix}/error.log"]
+
+    def start_upstreams(self) -> None:
+        """
+        Start the two upstreams on the load core: nginx serving C{/} (100 bytes),
+        C{/16k} and C{/100m} from the temp dir, or bench/upstream.py when nginx
+        is missing.
+        """
+        docroot = self.tmp / "docroot"
+        docroot.mkdir()
+        (docroot / "16k").write_bytes(b"y" * (BIG_SIZE - 1) + b"\n")
+        block = os.urandom(1024 * 1024)
+        with open(docroot / "100m", "wb") as f:
+            remaining = self.settings.download_bytes
+            while remaining:
+                chunk = block[: min(remaining, len(block))]
+                f.write(chunk)
+                remaining -= len(chunk)
+        for index in (1, 2):
+            port = free_port(self.used_ports)
+            name = f"upstream{index}"
+            if self.tools["nginx"]:
+                argv = self._nginx_conf(name, f"""    sendfile on;
+    tcp_nopush on;
+    server {{
+        listen {HOST}:{port} backlog=4096;
+        location = / {{
+            default_type text/plain;
+            return 200 "{SMALL_BODY}";
+        }}
+        location / {{
+            root {docroot};
+        }}
+    }}""")
+            else:
+                self.upstream_kind = "bench/upstream.py"
+                argv = [sys.executable, str(BENCH_DIR / "upstream.py"), "--port", str(port),
+                        "--download-bytes", str(self.settings.download_bytes)]
+            proc = self.procs.spawn(name, argv, self.load_core)
+            try:
+                wait_ready(port, proc, self.procs, name)
+            except TargetFailure as exc:
+                raise HarnessError(f"upstream {index} did not start: {exc}") from None
+            self.upstream_ports.append(port)
+            if index == 1 and "direct" in self.args.targets:
+                self.targets["direct"] = Target("direct", "direct", port, proc, name, argv)
+        if self.upstream_kind != "nginx":
+            self.notes.append("nginx is missing: the two upstreams are bench/upstream.py "
+                              "(slower than nginx, so every figure is lower)")
+
+    def start_nginx_lb(self, name: str, upstreams: Sequence[int], method: str = "",
+                       rate_limit: bool = False) -> Target:
+        """
+        nginx as load balancer: one process, upstream keepalive (32), HTTP/1.1 to
+        upstreams, X-Forwarded-For added, no buffering to temp files.
+        """
+        port = free_port(self.used_ports)
+        servers = "\n".join(f"        server {HOST}:{p};" for p in upstreams)
+        zone = ""
+        limit = ""
+        if rate_limit:
+            zone = (f"    limit_req_zone $binary_remote_addr zone=bench:10m "
+                    f"rate={NEVER_HIT_LIMIT}r/m;\n    limit_req_status 429;")
+            limit = "            limit_req zone=bench burst=100000 nodelay;"
+        argv = self._nginx_conf(name, f"""{zone}
+    upstream backend {{
+{servers}
+        {method}
+        keepalive {self.args.nginx_keepalive};
+        keepalive_requests 100000000;
+        keepalive_timeout 60s;
+    }}
+    server {{
+        listen {HOST}:{port} backlog=4096;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_max_temp_file_size 0;
+{limit}
+        }}
+    }}""")
+        return self._start(name, "nginx", port, argv)
+
+    def start_haproxy(self, name: str, upstreams: Sequence[int], balance: str = "roundrobin",
+                      rate_limit: bool = False) -> Target:
+        """
+        HAProxy: one thread, http-reuse, HTTP health checks every 10 s,
+        X-Forwarded-For added; in the foreground (C{-db}).
+        """
+        port = free_port(self.used_ports)
+        servers = "\n".join(f"    server u{i} {HOST}:{p} check inter 10s"
+                            for i, p in enumerate(upstreams, 1))
+        limit = ""
+        if rate_limit:
+            limit = f"""    stick-table type ip size 100k expire 60s store http_req_rate(60s)
+    http-request track-sc0 src
+    http-request deny deny_status 429 if {{ sc_http_req_rate(0) gt {NEVER_HIT_LIMIT} }}"""
+        conf = f"""global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    option http-keep-alive
+    option forwardfor
+    http-reuse {self.args.haproxy_reuse}
+    timeout connect 5s
+    timeout client 75s
+    timeout server 75s
+    timeout http-keep-alive 75s
+    timeout http-request 10s
+frontend fe
+    bind {HOST}:{port}
+{limit}
+    default_backend be
+backend be
+    balance {balance}
+    option httpchk GET /
+{servers}
+"""
+        path = self.tmp / f"{name}.cfg"
+        path.write_text(conf)
+        argv = [str(self.tools["haproxy"]), "-f", str(path), "-db"]
+        return self._start(name, "haproxy", port, argv)
+
+    def balancebeam_argv(self, port: int, upstreams: Sequence[int],
+                         extra: Sequence[str] = ()) -> list[str]:
+        """
+        The balancebeam command line: twistd in the foreground, one process,
+        active health checks and in-memory rate limiting on (never hit).
+        """
+        twistd = [sys.executable, "-c",
+                  "import sys; sys.argv[0] = 'twistd'; "
+                  "from twisted.scripts.twistd import run; run()"]
+        argv = twistd + ["-n", "--pidfile="] + self.twistd_args + [
+            "balancebeam", "--bind", f"{HOST}:{port}"]
+        for upstream in upstreams:
+            argv += ["--upstream", f"{HOST}:{upstream}"]
+        argv += ["--active-health-check-interval", "10",
+                 "--max-requests-per-minute", str(NEVER_HIT_LIMIT)]
+        return argv + list(extra) + self.balancer_args
+
+    def balancebeam_env(self) -> dict[str, str]:
+        """
+        The environment for twistd: the checkout first on C{PYTHONPATH}.
+        """
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+        return env
+
+    def probe_balancebeam(self) -> None:
+        """
+        Check that C{twistd balancebeam --help} works and remember the help
+        text (to find out which flags exist); record why not otherwise.
+        """
+        argv = self.balancebeam_argv(1, [])[:3] + ["balancebeam", "--help"]
+        try:
+            result = subprocess.run(argv, cwd=REPO, env=self.balancebeam_env(),
+                                    capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            self.bb_unavailable = "`twistd balancebeam --help` did not finish within 60 s"
+            return
+        if result.returncode != 0 or "--upstream" not in result.stdout:
+            lines = (result.stdout + result.stderr).strip().splitlines() or ["no output"]
+            tail = "\n".join(lines[-8:])
+            self.bb_unavailable = (f"`twistd balancebeam --help` failed: {lines[-1].strip()}\n"
+                                   f"{tail}")
+            return
+        self.bb_help = result.stdout
+
+    def bb_has(self, flag: str) -> bool:
+        """
+        Whether balancebeam's --help mentions C{flag}.
+        """
+        return flag in self.bb_help
+
+    def start_balancebeam(self, name: str, upstreams: Sequence[int],
+                          extra: Sequence[str] = ()) -> Target:
+        """
+        Start balancebeam from the checkout, pinned to the balancer core.
+        """
+        if self.bb_unavailable:
+            raise TargetFailure(self.bb_unavailable)
+        port = free_port(self.used_ports)
+        argv = self.balancebeam_argv(port, upstreams, extra)
+        return self._start(name, "balancebeam", port, argv, env=self.balancebeam_env(), cwd=REPO)
+
+    def _start(self, name: str, kind: str, port: int, argv: list[str],
+               env: dict[str, str] | None = None, cwd: Path | None = None) -> Target:
+        """
+        Spawn a balancer on the balancer core and wait for it to answer.
+
+        @raise TargetFailure: it did not come up.
+        """
+        proc = self.procs.spawn(name, argv, self._lb_core(), env=env, cwd=cwd)
+        target = Target(name, kind, port, proc, name, argv)
+        try:
+            wait_ready(port, proc, self.procs, name)
+        except TargetFailure:
+            self.procs.stop(proc)
+            raise
+        return target
+
+    def add_target(self, key: str, starter: Callable[[], Target]) -> None:
+        """
+        Start a target and register it under C{key}, or register its failure.
+        """
+        self.starters[key] = starter
+        try:
+            target = starter()
+            self.targets[key] = target
+            say(f"started {key} on port {target.port} "
+                f"(pid {target.proc.pid if target.proc else '-'})")
+        except TargetFailure as exc:
+            say(f"{key}: FAILED to start: {exc}")
+            self.targets[key] = Target(key, key, 0, None, key, failed=str(exc).splitlines()[0])
+            self.notes.append(f"{key} did not start: {exc}")
+
+    def start_targets(self) -> None:
+        """
+        Start every balancer the selected scenarios need.
+        """
+        wanted = set(self.args.targets)
+        scenarios = set(self.args.scenarios)
+        ups = self.upstream_ports
+        if "nginx" in wanted:
+            if self.tools["nginx"]:
+                self.add_target("nginx", lambda: self.start_nginx_lb("nginx", ups))
+                if "ratelimit" in scenarios:
+                    self.add_target("nginx-rl", lambda: self.start_nginx_lb(
+                        "nginx-rl", ups, rate_limit=True))
+            else:
+                self.notes.append(f"nginx not installed: nginx target skipped ({APT_LINE})")
+        if "haproxy" in wanted:
+            if self.tools["haproxy"]:
+                self.add_target("haproxy", lambda: self.start_haproxy("haproxy", ups))
+                if "ratelimit" in scenarios:
+                    self.add_target("haproxy-rl", lambda: self.start_haproxy(
+                        "haproxy-rl", ups, rate_limit=True))
+            else:
+                self.notes.append(f"haproxy not installed: haproxy target skipped ({APT_LINE})")
+        if "balancebeam" in wanted:
+            self.probe_balancebeam()
+            self.add_target("balancebeam", lambda: self.start_balancebeam("balancebeam", ups))
+
+    def live(self, key: str) -> Target | None:
+        """
+        The target registered as C{key} if it is running, else C{None}.
+        """
+        target = self.targets.get(key)
+        if target is None or target.failed or target.proc is None:
+            return None
+        if target.proc.poll() is not None:
+            code = target.proc.returncode
+            if code < 0:
+                target.failed = (f"was killed by {signal.Signals(-code).name} "
+                                 "(not sent by this script)")
+            else:
+                target.failed = f"exited with status {code}"
+            self.notes.append(f"{key} {target.failed}:\n{self.procs.log_tail(target.log_name)}")
+            say(f"{key} {target.failed}; skipped from now on")
+            return None
+        return target
+
+    def revive(self) -> None:
+        """
+        Restart targets that died during an earlier scenario (at most twice
+        each), so one crash does not blank the rest of the run; the death
+        stays in the notes and in that scenario's rows.
+        """
+        for key, target in list(self.targets.items()):
+            if target.proc is None or key not in self.starters:
+                continue
+            if target.proc.poll() is None and not target.failed:
+                continue
+            self.live(key)  # records the death if not yet noticed
+            if self.restarts.get(key, 0) >= 2:
+                continue
+            self.restarts[key] = self.restarts.get(key, 0) + 1
+            self.procs.stop(target.proc)
+            say(f"restarting {key} (it {target.failed})")
+            self.notes.append(f"{key} was restarted after it {target.failed}")
+            self.add_target(key, self.starters[key])
+            revived = self.live(key)
+            if revived is not None:
+                try:
+                    warm_up_python(revived.port)
+                except OSError as exc:
+                    say(f"warm-up of {key} failed: {exc}")
+
+    # ----------------------------------------------------------------- measuring
+
+    def run_wrk(self, port: int, path: str, connections: int, duration: int,
+                headers: Sequence[str] = (), lua: Path | None = None) -> dict[str, Any]:
+        """
+        Run wrk on the load core for C{duration} seconds and parse its
+        C{done()} line.
+
+        @raise HarnessError: wrk failed or printed no result.
+        """
+        argv = [str(self.tools["wrk"]), "-t", str(min(self.settings.wrk_threads, connections)),
+                "-c", str(connections), "-d", f"{duration}s", "--latency", "--timeout", "5s",
+                "-s", str(lua or self.lua)]
+        for header in headers:
+            argv += ["-H", header]
+        argv.append(f"http://{HOST}:{port}{path}")
+        name = "wrk"
+        log = self.procs.log_path(name)
+        log.write_bytes(b"")
+        proc = self.procs.spawn(name, argv, self.load_core)
+        try:
+            proc.wait(duration + 30)
+        except subprocess.TimeoutExpired:
+            raise HarnessError(f"wrk did not finish within {duration + 30}s") from None
+        finally:
+            self.procs.stop(proc)
+        text = log.read_text(errors="replace")
+        for line in text.splitlines():
+            if line.startswith("BENCHJSON "):
+                raw = json.loads(line[len("BENCHJSON "):])
+                break
+        else:
+            raise HarnessError(f"wrk printed no result (status {proc.returncode}):\n"
+                               f"{text[-2000:]}")
+        seconds = raw["duration_us"] / 1e6
+        errors = {k: int(raw[k]) for k in ("connect", "read", "write", "status", "timeout")}
+        return {
+            "requests": int(raw["requests"]),
+            "seconds": round(seconds, 3),
+            "rps": raw["requests"] / seconds if seconds else 0.0,
+            "p50_ms": raw["p50_us"] / 1000, "p90_ms": raw["p90_us"] / 1000,
+            "p99_ms": raw["p99_us"] / 1000, "p999_ms": raw["p999_us"] / 1000,
+            "max_ms": raw["max_us"] / 1000, "mean_ms": raw["mean_us"] / 1000,
+            "errors": errors, "errors_total": sum(errors.values()),
+            "bytes": int(raw["bytes"]),
+            "slow_share": raw["slow_share"] if raw["slow_share"] >= 0 else None,
+        }
+
+    def measure_wrk(self, target: Target, path: str, duration: int,
+                    headers: Sequence[str] = (), connections: int | None = None,
+                    lua: Path | None = None) -> dict[str, Any]:
+        """
+        One wrk round against a target, with the target's CPU time and peak RSS.
+        """
+        pids = target.pids()
+        rss_start = rss_kib(pids)
+        ticks = cpu_ticks(pids)
+        with RssSampler(pids, 0.05) as sampler:
+            result = self.run_wrk(target.port, path, connections or self.settings.connections,
+                                  duration, headers, lua)
+        cpu_us = (cpu_ticks(pids) - ticks) * 1e6 / CLK_TCK
+        result.update({
+            "cpu_us": cpu_us,
+            "cpu_us_per_req": cpu_us / result["requests"] if result["requests"] else None,
+            "cpu_util": cpu_us / 1e6 / result["seconds"] if result["seconds"] else None,
+            "rss_start_kib": rss_start, "rss_peak_kib": sampler.peak,
+        })
+        return result
+
+    def record(self, scenario: str, row: str, round_no: int, data: dict[str, Any]) -> None:
+        """
+        Keep one measurement and print a one-line summary.
+        """
+        data = {"scenario": scenario, "target": row, "round": round_no, **data}
+        self.measurements.append(data)
+        if "rps" in data:
+            say(f"  {scenario:<9} {row:<28} r{round_no} {data['rps']:>9.0f} req/s "
+                f"p99 {data['p99_ms']:.2f} ms errors {data['errors_total']} "
+                f"cpu {fmt(data.get('cpu_us_per_req'), 1)} us/req")
+        elif "mib_s" in data:
+            say(f"  {scenario:<9} {row:<28} r{round_no} {fmt(data.get('mib_s'), 0)} MiB/s "
+                f"rss +{fmt(data.get('rss_growth_kib'), 0)} KiB {data.get('error') or ''}")
+        elif "per_conn_kib" in data:
+            say(f"  {scenario:<9} {row:<28} r{round_no} {fmt(data.get('per_conn_kib'), 2)} "
+                f"KiB/conn, open {data['open']}/{data['conns']} {data.get('error') or ''}")
+
+    def record_failure(self, scenario: str, row: str, round_no: int, reason: str) -> None:
+        """
+        Keep a failed measurement.
+        """
+        self.measurements.append({"scenario": scenario, "target": row, "round": round_no,
+                                  "failed": reason})
+        say(f"  {scenario:<9} {row:<28} r{round_no} FAILED: {reason}")
+
+    def rotation(self, keys: Sequence[str], round_no: int) -> list[str]:
+        """
+        Targets in the order for this round: rotated each round so that no
+        target always goes first.
+        """
+        shift = round_no % len(keys) if keys else 0
+        return list(keys[shift:]) + list(keys[:shift])
+
+    def after(self, target: Target, key: str) -> bool:
+        """
+        Check a target survived a measurement; mark it failed otherwise.
+        """
+        return self.live(key) is not None
+
+    def warm_up(self) -> None:
+        """
+        Warm every running target (pools filled, code paths hot).
+        """
+        for key, target in list(self.targets.items()):
+            if self.live(key) is None:
+                continue
+            try:
+                if self.settings.warmup:
+                    self.run_wrk(target.port, "/", self.settings.connections, self.settings.warmup)
+                else:
+                    warm_up_python(target.port)
+            except (OSError, HarnessError) as exc:
+                say(f"warm-up of {key} failed: {exc}")
+
+    # ----------------------------------------------------------------- scenarios
+
+    def scenario_wrk(self, scenario: str, path: str, headers: Sequence[str] = (),
+                     keys: Sequence[str] = ALL_TARGETS,
+                     rows: dict[str, str] | None = None, rounds: int | None = None) -> None:
+        """
+        Alternating wrk rounds over C{keys}; C{rows} renames targets in the table.
+        """
+        rows = rows or {}
+        present = [k for k in keys if k in self.targets]
+        for round_no in range(1, (rounds or self.settings.rounds) + 1):
+            for key in self.rotation(present, round_no):
+                row = rows.get(key, key)
+                target = self.live(key)
+                if target is None:
+                    self.record_failure(scenario, row, round_no,
+                                        self.targets[key].failed or "not running")
+                    continue
+                data = self.measure_wrk(target, path, self.settings.duration, headers)
+                data["alive_after"] = self.after(target, key)
+                self.record(scenario, row, round_no, data)
+
+    def scenario_idle(self) -> None:
+        """
+        Hold 1,000 idle connections (each served one request) and measure the
+        resident set growth per connection; a small wrk load runs meanwhile.
+        Quick mode leaves out C{direct}.
+        """
+        present = [k for k in ALL_TARGETS if k in self.targets
+                   and not (self.quick and k == "direct")]
+        for round_no in range(1, self.settings.rounds + 1):
+            for key in self.rotation(present, round_no):
+                target = self.live(key)
+                if target is None:
+                    self.record_failure("idle", key, round_no,
+                                        self.targets[key].failed or "not running")
+                    continue
+                data = self.measure_idle(target)
+                data["alive_after"] = self.after(target, key)
+                self.record("idle", key, round_no, data)
+
+    def measure_idle(self, target: Target) -> dict[str, Any]:
+        """
+        Open the idle connections in batches of 50 (each sends C{GET /} and
+        reads the response), sample RSS, run a short wrk load, check the idle
+        connections are still open, close them.
+        """
+        pids = target.pids()
+        count = self.settings.idle_conns
+        baseline = settled_rss(pids)
+        socks: list[socket.socket] = []
+        served: list[socket.socket] = []
+        failed = 0
+        error = None
+        selector = selectors.DefaultSelector()
+        try:
+            for start in range(0, count, 50):
+                batch: dict[socket.socket, ResponseReader] = {}
+                for _ in range(min(50, count - start)):
+                    try:
+                        sock = socket.create_connection((HOST, target.port), timeout=5)
+                        sock.sendall(request_bytes("/", target.port))
+                        sock.setblocking(False)
+                    except OSError as exc:
+                        failed += 1
+                        error = f"connect/send: {exc}"
+                        continue
+                    batch[sock] = ResponseReader()
+                    socks.append(sock)
+                    selector.register(sock, selectors.EVENT_READ)
+                deadline = time.monotonic() + 10
+                while batch and time.monotonic() < deadline:
+                    for key, _ in selector.select(timeout=0.5):
+                        sock = key.fileobj  # type: ignore[assignment]
+                        assert isinstance(sock, socket.socket)
+                        try:
+                            data = sock.recv(65536)
+                        except BlockingIOError:
+                            continue
+                        except OSError as exc:
+                            data = b""
+                            error = f"recv: {exc}"
+                        reader = batch.get(sock)
+                        if reader is None:
+                            continue
+                        if not data:
+                            failed += 1
+                            error = error or "closed before the response completed"
+                            selector.unregister(sock)
+                            del batch[sock]
+                            continue
+                        reader.feed(data)
+                        if reader.done:
+                            if reader.status != 200:
+                                failed += 1
+                                error = f"status {reader.status}"
+                            else:
+                                served.append(sock)
+                            selector.unregister(sock)
+                            del batch[sock]
+                if batch:
+                    failed += len(batch)
+                    error = "response timeout"
+                    for sock in batch:
+                        selector.unregister(sock)
+            time.sleep(0.3)
+            held = settled_rss(pids)
+            with RssSampler(pids, 0.05) as sampler:
+                load = self.run_wrk(target.port, "/", 10, self.settings.idle_load_duration)
+            closed_early = 0
+            for sock in served:
+                try:
+                    if sock.recv(1) == b"":
+                        closed_early += 1
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    closed_early += 1
+        finally:
+            selector.close()
+            for sock in socks:
+                sock.close()
+        return {
+            "conns": count, "open": len(served), "failed_conns": failed,
+            "closed_early": closed_early,
+            "error": error, "rss_base_kib": baseline, "rss_idle_kib": held,
+            "rss_peak_kib": sampler.peak,
+            "per_conn_kib": (held - baseline) / len(served) if served else None,
+            "load_rps": load["rps"], "load_p99_ms": load["p99_ms"],
+            "load_errors": load["errors_total"],
+        }
+
+    def scenario_download(self) -> None:
+        """
+        Stream the big file through each target, timing it and sampling RSS.
+        """
+        present = [k for k in ALL_TARGETS if k in self.targets]
+        for round_no in range(1, self.settings.rounds + 1):
+            for key in self.rotation(present, round_no):
+                for _ in range(self.settings.downloads_per_round):
+                    target = self.live(key)
+                    if target is None:
+                        self.record_failure("download", key, round_no,
+                                            self.targets[key].failed or "not running")
+                        break
+                    data = self.measure_download(target)
+                    data["alive_after"] = self.after(target, key)
+                    self.record("download", key, round_no, data)
+
+    def measure_download(self, target: Target) -> dict[str, Any]:
+        """
+        One C{GET /100m}, body read and discarded, with the target's RSS
+        sampled every 10 ms and its CPU time.
+        """
+        pids = target.pids()
+        expected = self.settings.download_bytes
+        baseline = settled_rss(pids, samples=3)
+        ticks = cpu_ticks(pids)
+        error = None
+        got = 0
+        reader = ResponseReader()
+        buf = bytearray(1024 * 1024)
+        view = memoryview(buf)
+        with RssSampler(pids, 0.01) as sampler:
+            start = time.monotonic()
+            try:
+                with socket.create_connection((HOST, target.port), timeout=10) as sock:
+                    sock.sendall(request_bytes("/100m", target.port, close=True))
+                    while not reader.head_done:
+                        n = sock.recv_into(buf)
+                        if not n:
+                            break
+                        reader.feed(bytes(view[:n]))
+                    got = reader.body
+                    deadline = start + 60
+                    while got < expected:
+                        n = sock.recv_into(buf)
+                        if not n:
+                            break
+                        got += n
+                        if time.monotonic() > deadline:
+                            error = "gave up after 60 s"
+                            break
+            except OSError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            elapsed = time.monotonic() - start
+        cpu_us = (cpu_ticks(pids) - ticks) * 1e6 / CLK_TCK
+        if error is None:
+            if reader.status != 200:
+                error = f"status {reader.status}"
+            elif reader.length not in (None, expected):
+                error = f"Content-Length {reader.length}, expected {expected}"
+            elif got != expected:
+                error = f"received {got} of {expected} body bytes"
+        mib = got / (1024 * 1024)
+        return {
+            "bytes": got, "seconds": round(elapsed, 4),
+            "mib_s": mib / elapsed if elapsed and not error else None,
+            "rss_base_kib": baseline, "rss_peak_kib": sampler.peak,
+            "rss_growth_kib": sampler.peak - baseline,
+            "cpu_us": cpu_us, "cpu_us_per_mib": cpu_us / mib if mib else None,
+            "error": error,
+        }
+
+    def scenario_pool(self) -> None:
+        """
+        balancebeam with its upstream pool on (the default) and off, on
+        keep-alive and fresh client connections.
+        """
+        if "balancebeam" not in self.targets:
+            return
+        if self.live("balancebeam") is None:
+            self.record_failure("pool", "pool on", 1,
+                                self.targets["balancebeam"].failed or "not running")
+            return
+        off_args = self.pool_off_args()
+        if off_args is None:
+            self.notes.append("pool scenario skipped: balancebeam --help shows no way to turn "
+                              "the pool off (pass --pool-off-args)")
+            return
+        self.add_target("balancebeam-pool-off", lambda: self.start_balancebeam(
+            "balancebeam-pool-off", self.upstream_ports, off_args))
+        target = self.live("balancebeam-pool-off")
+        try:
+            if target is not None:
+                if self.settings.warmup:
+                    self.run_wrk(target.port, "/", self.settings.connections,
+                                 self.settings.warmup)
+                else:
+                    warm_up_python(target.port)
+            rows = {"balancebeam": "pool on", "balancebeam-pool-off": "pool off"}
+            keys = ("balancebeam", "balancebeam-pool-off")
+            rounds = min(self.settings.rounds, 2)
+            self.scenario_wrk("pool", "/", (), keys,
+                              {k: f"{v} keep-alive" for k, v in rows.items()}, rounds)
+            self.scenario_wrk("pool", "/", ("Connection: close",), keys,
+                              {k: f"{v} close" for k, v in rows.items()}, rounds)
+        except OSError as exc:
+            self.record_failure("pool", "pool off", 1, str(exc))
+        finally:
+            if target is not None and target.proc is not None:
+                self.procs.stop(target.proc)
+            self.targets.pop("balancebeam-pool-off", None)
+
+    def pool_off_args(self) -> list[str] | None:
+        """
+        The balancebeam flags that turn the upstream pool off, from
+        C{--pool-off-args} or from what C{--help} offers.
+        """
+        if self.args.pool_off_args is not None:
+            return shlex.split(self.args.pool_off_args)
+        for flag in ("--no-pool", "--pool-off", "--disable-pool"):
+            if self.bb_has(flag):
+                return [flag]
+        if self.bb_has("--pool-max-idle-per-upstream"):
+            return ["--pool-max-idle-per-upstream", "0"]
+        return None
+
+    def scenario_slow(self) -> None:
+        """
+        Three bench/upstream.py upstreams, the third adding 50 ms per
+        response; balancebeam under each strategy, nginx and HAProxy for
+        reference. One process per configuration, started and stopped here.
+        """
+        ports = [free_port(self.used_ports) for _ in range(3)]
+        upstream_procs = []
+        try:
+            for index, port in enumerate(ports, 1):
+                delay = str(SLOW_DELAY_MS) if index == 3 else "0"
+                name = f"slow-upstream{index}"
+                label = "slow" if index == 3 else f"fast{index}"
+                proc = self.procs.spawn(name, [sys.executable, str(BENCH_DIR / "upstream.py"),
+                                               "--port", str(port), "--delay-ms", delay,
+                                               "--name", label],
+                                        self.load_core)
+                upstream_procs.append(proc)
+                try:
+                    wait_ready(port, proc, self.procs, name)
+                except TargetFailure as exc:
+                    raise HarnessError(f"slow-scenario upstream did not start: {exc}") from None
+            configs: list[tuple[str, Callable[[], Target]]] = []
+            if "nginx" in self.args.targets and self.tools["nginx"] and not self.quick:
+                configs.append(("nginx round-robin",
+                                lambda: self.start_nginx_lb("slow-nginx-rr", ports)))
+                configs.append(("nginx least_conn",
+                                lambda: self.start_nginx_lb("slow-nginx-lc", ports,
+                                                            "least_conn;")))
+            if "haproxy" in self.args.targets and self.tools["haproxy"] and not self.quick:
+                configs.append(("haproxy leastconn",
+                                lambda: self.start_haproxy("slow-haproxy-lc", ports, "leastconn")))
+                configs.append(("haproxy random(2)",
+                                lambda: self.start_haproxy("slow-haproxy-p2c", ports,
+                                                           "random(2)")))
+            if "balancebeam" in self.args.targets:
+                if self.bb_unavailable:
+                    self.record_failure("slow", "balancebeam", 1,
+                                        self.bb_unavailable.splitlines()[0])
+                elif self.bb_has("--strategy"):
+                    for strategy in STRATEGIES:
+                        configs.append((f"balancebeam {strategy}", self._bb_slow(
+                            f"slow-bb-{strategy}", ports, ["--strategy", strategy])))
+                else:
+                    self.notes.append("balancebeam has no --strategy flag yet: "
+                                      "slow scenario runs its default only")
+                    configs.append(("balancebeam default", self._bb_slow("slow-bb", ports, [])))
+            for row, starter in configs:
+                try:
+                    target = starter()
+                except TargetFailure as exc:
+                    self.record_failure("slow", row, 1, str(exc).splitlines()[0])
+                    continue
+                try:
+                    assert target.proc is not None
+                    warm_up_python(target.port, per_connection=2)
+                    data = self.measure_wrk(target, "/", self.settings.slow_duration,
+                                            lua=self.slow_lua)
+                    data["alive_after"] = target.proc.poll() is None
+                    self.record("slow", row, 1, data)
+                except OSError as exc:
+                    self.record_failure("slow", row, 1, f"warm-up failed: {exc}")
+                finally:
+                    if target.proc is not None:
+                        self.procs.stop(target.proc)
+        finally:
+            for proc in upstream_procs:
+                self.procs.stop(proc)
+
+    def _bb_slow(self, name: str, ports: Sequence[int],
+                 extra: Sequence[str]) -> Callable[[], Target]:
+        """
+        A starter for a balancebeam over the slow-scenario upstreams.
+        """
+        return lambda: self.start_balancebeam(name, ports, extra)
+
+    def scenario_profile(self) -> None:
+        """
+        Sample balancebeam with py-spy while wrk runs C{GET /} on 50
+        keep-alive connections, keep the collapsed stacks next to the JSON
+        and summarise the functions where the time goes. The profiled round
+        is recorded under its own scenario: sampling slows the target.
+        """
+        target = self.live("balancebeam")
+        if target is None or target.proc is None:
+            self.notes.append("profile skipped: balancebeam is not running")
+            return
+        pyspy = shutil.which("py-spy")
+        if not pyspy:
+            self.notes.append("profile skipped: py-spy is not installed (pip install py-spy)")
+            return
+        duration = max(self.settings.duration, 3)
+        path = self.profile_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        argv = [pyspy, "record", "--pid", str(target.proc.pid), "--duration",
+                str(duration + 1), "--rate", "250", "--format", "raw", "--function",
+                "--nonblocking", "--output", str(path)]
+        proc = self.procs.spawn("py-spy", argv, self.load_core)
+        try:
+            time.sleep(0.5)
+            data = self.measure_wrk(target, "/", duration)
+            self.record("profile", "balancebeam (profiled)", 1, data)
+            proc.wait(duration + 30)
+        except subprocess.TimeoutExpired:
+            self.notes.append("profile: py-spy did not finish")
+        finally:
+            self.procs.stop(proc)
+        if proc.returncode != 0 or not path.exists():
+            self.notes.append(f"profile: py-spy failed:\n{self.procs.log_tail('py-spy')}")
+            return
+        self.profile = summarise_profile(path)
+        self.profile["file"] = str(path)
+
+    # ----------------------------------------------------------------- driving
+
+    def run(self) -> None:
+        """
+        Start everything, run the selected scenarios in order, stop everything.
+        """
+        scenarios = self.args.scenarios
+        self.start_upstreams()
+        say(f"upstreams ({self.upstream_kind}) on ports {self.upstream_ports}")
+        self.start_targets()
+        self.warm_up()
+        for scenario in ALL_SCENARIOS:
+            if scenario not in scenarios:
+                continue
+            self.revive()
+            say(f"scenario {scenario}: {SCENARIO_TITLES[scenario]}")
+            began = time.monotonic()
+            if scenario == "small":
+                self.scenario_wrk("small", "/")
+            elif scenario == "16k":
+                self.scenario_wrk("16k", "/16k")
+            elif scenario == "close":
+                self.scenario_wrk("close", "/", ("Connection: close",))
+            elif scenario == "ratelimit":
+                self.scenario_wrk("ratelimit", "/", (), ("nginx-rl", "haproxy-rl", "balancebeam"),
+                                  {"nginx-rl": "nginx", "haproxy-rl": "haproxy"})
+            elif scenario == "idle":
+                self.scenario_idle()
+            elif scenario == "download":
+                self.scenario_download()
+            elif scenario == "pool":
+                self.scenario_pool()
+            elif scenario == "slow":
+                self.scenario_slow()
+            elif scenario == "profile":
+                self.scenario_profile()
+            self.timings[scenario] = round(time.monotonic() - began, 1)
+            say(f"scenario {scenario} took {self.timings[scenario]:.1f}s")
+
+
+def summarise_profile(path: Path, top: int = 15) -> dict[str, Any]:
+    """
+    Read py-spy's collapsed stacks (C{frame;frame;... count} per line) and
+    rank functions by self samples (innermost frame) and balancebeam's own
+    functions by inclusive samples (anywhere on the stack, once per stack;
+    the reactor's frames would otherwise fill the list).
+    """
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        total += count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in set(frames):
+            if "balancebeam/" in frame:
+                inclusive[frame] = inclusive.get(frame, 0) + count
+
+    def ranked(table: dict[str, int]) -> list[dict[str, Any]]:
+        rows = sorted(table.items(), key=lambda item: -item[1])[:top]
+        return [{"function": f, "samples": n, "share": n / total if total else 0.0}
+                for f, n in rows]
+
+    return {"samples": total, "top_self": ranked(own), "top_inclusive": ranked(inclusive)}
+
+
+def render_profile(profile: dict[str, Any]) -> str:
+    """
+    The profile summary as text.
+    """
+    lines = ["", f"== profile: balancebeam, GET / keep-alive ({profile['samples']} py-spy "
+             f"samples; collapsed stacks in {profile.get('file')})"]
+    for key, title in (("top_self", "self time"),
+                       ("top_inclusive", "inclusive time, balancebeam's functions")):
+        lines.append(f"  by {title}:")
+        for row in profile[key]:
+            lines.append(f"    {row['share'] * 100:5.1f}%  {row['function']}")
+    return "\n".join(lines)
+
+
+def find_tool(name: str, override: str | None) -> str | None:
+    """
+    The path of a program: C{override} when given (an empty string means
+    "pretend it is not installed"), else from C{PATH} or C{/usr/sbin}.
+    """
+    if override is not None:
+        return shutil.which(override) if override else None
+    found = shutil.which(name)
+    if found:
+        return found
+    sbin = f"/usr/sbin/{name}"
+    return sbin if os.access(sbin, os.X_OK) else None
+
+
+def split_balancer_args(twistd_args: Sequence[str],
+                        balancer_args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """
+    Split each C{--twistd-arg}/C{--balancer-arg} value shell-style; a
+    C{--reactor} given as a balancer argument is moved to twistd, where it belongs.
+    """
+    twistd: list[str] = []
+    for value in twistd_args:
+        twistd += shlex.split(value)
+    balancer: list[str] = []
+    words: list[str] = []
+    for value in balancer_args:
+        words += shlex.split(value)
+    index = 0
+    while index < len(words):
+        word = words[index]
+        if word.startswith("--reactor="):
+            twistd.append(word)
+        elif word in ("--reactor", "-r") and index + 1 < len(words):
+            twistd += [word, words[index + 1]]
+            index += 1
+        else:
+            balancer.append(word)
+        index += 1
+    return twistd, balancer
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def fmt(value: Any, digits: int = 1) -> str:
+    """
+    A number for the table, or C{-} when missing.
+    """
+    if value is None:
+        return "-"
+    if isinstance(value, float) and value != value:
+        return "-"
+    return f"{value:,.{digits}f}" if digits else f"{value:,.0f}"
+
+
+def median(values: Sequence[float]) -> float | None:
+    """
+    The median of the values that exist.
+    """
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def aggregate(measurements: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """
+    Combine rounds per scenario and row: medians for rates and latencies,
+    sums for errors, total CPU over total requests, maxima for RSS.
+    """
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for m in measurements:
+        grouped.setdefault((m["scenario"], m["target"]), []).append(m)
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for (scenario, row), items in grouped.items():
+        ok = [m for m in items if "failed" not in m]
+        agg: dict[str, Any] = {"rounds": len(ok), "failed_rounds": len(items) - len(ok)}
+        failures = [m["failed"] for m in items if "failed" in m]
+        if failures:
+            agg["failure"] = failures[0]
+        if ok and "rps" in ok[0]:
+            requests = sum(m["requests"] for m in ok)
+            cpu = sum(m["cpu_us"] for m in ok)
+            agg.update({
+                "rps": median([m["rps"] for m in ok]),
+                "p50_ms": median([m["p50_ms"] for m in ok]),
+                "p90_ms": median([m["p90_ms"] for m in ok]),
+                "slow_share": median([m["slow_share"] for m in ok]),
+                "p99_ms": median([m["p99_ms"] for m in ok]),
+                "p999_ms": median([m["p999_ms"] for m in ok]),
+                "requests": requests,
+                "errors": sum(m["errors_total"] for m in ok),
+                "errors_by_kind": {k: sum(m["errors"][k] for m in ok) for k in ok[0]["errors"]},
+                "cpu_us_per_req": cpu / requests if requests else None,
+                "cpu_util": median([m["cpu_util"] for m in ok]),
+                "rss_peak_kib": max(m["rss_peak_kib"] for m in ok),
+                "died": any(not m.get("alive_after", True) for m in ok),
+            })
+        elif ok and "per_conn_kib" in ok[0]:
+            agg.update({
+                "per_conn_kib": max((m["per_conn_kib"] for m in ok
+                                     if m["per_conn_kib"] is not None), default=None),
+                "rss_base_kib": min(m["rss_base_kib"] for m in ok),
+                "rss_idle_kib": max(m["rss_idle_kib"] for m in ok),
+                "rss_peak_kib": max(m["rss_peak_kib"] for m in ok),
+                "failed_conns": sum(m["failed_conns"] for m in ok),
+                "closed_early": sum(m["closed_early"] for m in ok),
+                "load_rps": median([m["load_rps"] for m in ok]),
+                "load_p99_ms": median([m["load_p99_ms"] for m in ok]),
+                "errors": sum(m["failed_conns"] + m["closed_early"] + m["load_errors"]
+                              for m in ok),
+                "error": next((m["error"] for m in ok if m["error"]), None),
+                "died": any(not m.get("alive_after", True) for m in ok),
+            })
+        elif ok and "mib_s" in ok[0]:
+            good = [m for m in ok if not m["error"]]
+            agg.update({
+                "mib_s": median([m["mib_s"] for m in good]),
+                "rss_growth_kib": max(m["rss_growth_kib"] for m in ok),
+                "rss_peak_kib": max(m["rss_peak_kib"] for m in ok),
+                "cpu_us_per_mib": median([m["cpu_us_per_mib"] for m in good]),
+                "errors": len(ok) - len(good),
+                "error": next((m["error"] for m in ok if m["error"]), None),
+                "died": any(not m.get("alive_after", True) for m in ok),
+            })
+        out.setdefault(scenario, {})[row] = agg
+    return out
+
+
+def add_ratios(summary: dict[str, dict[str, dict[str, Any]]],
+               measurements: Sequence[dict[str, Any]]) -> None:
+    """
+    Put each row's ratios to nginx in the same scenario (same run) into the
+    summary: ratios of the combined figures, and (C{*_paired}) the median of
+    the ratios of each round, where the two ran a few seconds apart.
+    """
+    by_round: dict[tuple[str, str, int], dict[str, Any]] = {
+        (m["scenario"], m["target"], m["round"]): m for m in measurements
+        if "failed" not in m and "rps" in m}
+    for scenario, rows in summary.items():
+        ref_rounds = {r: m for (s, t, r), m in by_round.items() if s == scenario and t == "nginx"}
+        for row, agg in rows.items():
+            pairs = [(m, ref_rounds[r]) for (s, t, r), m in by_round.items()
+                     if s == scenario and t == row and r in ref_rounds]
+            if pairs:
+                agg["rps_x_nginx_paired"] = median(
+                    [m["rps"] / ref["rps"] for m, ref in pairs if ref["rps"]])
+                agg["cpu_eff_x_nginx_paired"] = median(
+                    [ref["cpu_us_per_req"] / m["cpu_us_per_req"] for m, ref in pairs
+                     if ref["cpu_us_per_req"] and m["cpu_us_per_req"]])
+    for rows in summary.values():
+        ref = rows.get("nginx")
+        if not ref:
+            continue
+        for agg in rows.values():
+            def ratio(a: Any, b: Any) -> float | None:
+                return a / b if a is not None and b else None
+            if "rps" in agg and "rps" in ref:
+                agg["rps_x_nginx"] = ratio(agg["rps"], ref["rps"])
+                agg["cpu_eff_x_nginx"] = ratio(ref["cpu_us_per_req"], agg["cpu_us_per_req"])
+                agg["p99_x_nginx"] = ratio(agg["p99_ms"], ref["p99_ms"])
+            if "mib_s" in agg and "mib_s" in ref:
+                agg["mib_s_x_nginx"] = ratio(agg["mib_s"], ref["mib_s"])
+
+
+def render_tables(summary: dict[str, dict[str, dict[str, Any]]], rounds: int,
+                  duration: int) -> str:
+    """
+    The human-readable report: one table per scenario.
+    """
+    out: list[str] = []
+
+    def table(headers: list[str], lines: list[list[str]]) -> None:
+        widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h)
+                  for i, h in enumerate(headers)]
+        out.append("  ".join(h.rjust(w) if i else h.ljust(w)
+                             for i, (h, w) in enumerate(zip(headers, widths))))
+        for line in lines:
+            out.append("  ".join(c.rjust(w) if i else c.ljust(w)
+                                 for i, (c, w) in enumerate(zip(line, widths))))
+
+    for scenario in ALL_SCENARIOS:
+        rows = summary.get(scenario)
+        if not rows:
+            continue
+        out.append("")
+        label = f"{rounds} round(s) x {duration}s" if scenario not in ("idle", "download") \
+            else f"{rounds} round(s)"
+        if scenario == "profile":
+            label = f"{max(duration, 3)}s, 1 round"
+        if scenario in ("pool", "slow"):
+            label = f"{duration}s each" + (f", {min(rounds, 2)} round(s)"
+                                           if scenario == "pool" else ", 1 round")
+        out.append(f"== {scenario}: {SCENARIO_TITLES[scenario]} ({label})")
+        lines: list[list[str]] = []
+        if scenario == "idle":
+            headers = ["target", "KiB/conn", "base RSS MiB", "held RSS MiB", "failed",
+                       "closed early", "load req/s", "load p99 ms", "note"]
+            for row, a in rows.items():
+                if "per_conn_kib" not in a:
+                    lines.append([row] + ["-"] * 7 + [a.get("failure", "")[:60]])
+                    continue
+                lines.append([row, fmt(a["per_conn_kib"], 2), fmt(a["rss_base_kib"] / 1024, 1),
+                              fmt(a["rss_idle_kib"] / 1024, 1), str(a["failed_conns"]),
+                              str(a["closed_early"]), fmt(a["load_rps"], 0),
+                              fmt(a["load_p99_ms"], 2),
+                              (a.get("error") or "") + (" DIED" if a.get("died") else "")])
+        elif scenario == "download":
+            headers = ["target", "MiB/s", "x nginx", "RSS growth MiB", "peak RSS MiB",
+                       "CPU us/MiB", "errors", "note"]
+            for row, a in rows.items():
+                if "rss_growth_kib" not in a:
+                    lines.append([row] + ["-"] * 6 + [a.get("failure", "")[:60]])
+                    continue
+                lines.append([row, fmt(a["mib_s"], 0), fmt(a.get("mib_s_x_nginx"), 2),
+                              fmt(a["rss_growth_kib"] / 1024, 2),
+                              fmt(a["rss_peak_kib"] / 1024, 1), fmt(a["cpu_us_per_mib"], 0),
+                              str(a["errors"]),
+                              (a.get("error") or "") + (" DIED" if a.get("died") else "")])
+        else:
+            slow = scenario == "slow"
+            headers = ["target", "req/s", "p50 ms"] + (["p90 ms"] if slow else []) + [
+                "p99 ms", "p99.9 ms", "errors", "CPU us/req", "CPU %", "peak RSS MiB"]
+            if slow:
+                headers.append("to slow %")
+            with_ratios = any("rps_x_nginx" in a for a in rows.values())
+            if with_ratios:
+                headers += ["req/s x nginx", "CPU eff x nginx", "p99 x nginx"]
+            headers.append("note")
+            for row, a in rows.items():
+                if "rps" not in a:
+                    lines.append([row] + ["-"] * (len(headers) - 2) +
+                                 [a.get("failure", "")[:60]])
+                    continue
+                line = [row, fmt(a["rps"], 0), fmt(a["p50_ms"], 2)]
+                if slow:
+                    line.append(fmt(a["p90_ms"], 2))
+                line += [fmt(a["p99_ms"], 2),
+                         fmt(a["p999_ms"], 2), str(a["errors"]), fmt(a["cpu_us_per_req"], 1),
+                         fmt(a["cpu_util"] * 100 if a["cpu_util"] is not None else None, 0),
+                         fmt(a["rss_peak_kib"] / 1024, 1)]
+                if slow:
+                    share = a.get("slow_share")
+                    line.append(fmt(share * 100 if share is not None else None, 1))
+                if with_ratios:
+                    line += [fmt(a.get("rps_x_nginx"), 2), fmt(a.get("cpu_eff_x_nginx"), 2),
+                             fmt(a.get("p99_x_nginx"), 2)]
+                note = []
+                if a["errors"]:
+                    note.append(",".join(f"{k}={v}" for k, v in a["errors_by_kind"].items() if v))
+                if a.get("died"):
+                    note.append("DIED")
+                if a.get("failed_rounds"):
+                    note.append(f"{a['failed_rounds']} round(s) failed")
+                line.append(" ".join(note))
+                lines.append(line)
+        table(headers, lines)
+    return "\n".join(out)
+
+
+def check_targets(summary: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """
+    Issue 6's targets for balancebeam, each with the measured figure and a verdict.
+    """
+    checks: list[dict[str, Any]] = []
+
+    def add(name: str, value: float | None, limit: float, higher_is_better: bool,
+            unit: str = "") -> None:
+        if value is None:
+            verdict = "n/a"
+        elif higher_is_better:
+            verdict = "met" if value >= limit else "MISSED"
+        else:
+            verdict = "met" if value <= limit else "MISSED"
+        checks.append({"target": name, "measured": value, "limit": limit,
+                       "higher_is_better": higher_is_better, "unit": unit, "verdict": verdict})
+
+    def get(scenario: str, key: str) -> float | None:
+        value = summary.get(scenario, {}).get("balancebeam", {}).get(key)
+        return value if isinstance(value, (int, float)) else None
+
+    add("/ keep-alive req/s x nginx", get("small", "rps_x_nginx"), 0.6, True, "x")
+    add("/ keep-alive CPU efficiency x nginx", get("small", "cpu_eff_x_nginx"), 0.6, True, "x")
+    add("/ keep-alive p99 x nginx", get("small", "p99_x_nginx"), 2.0, False, "x")
+    add("/16k req/s x nginx", get("16k", "rps_x_nginx"), 0.85, True, "x")
+    add("/16k CPU efficiency x nginx", get("16k", "cpu_eff_x_nginx"), 0.85, True, "x")
+    add("/16k p99 x nginx", get("16k", "p99_x_nginx"), 2.0, False, "x")
+    add("fresh connection req/s x nginx", get("close", "rps_x_nginx"), 0.5, True, "x")
+    add("idle connection RSS KiB/conn", get("idle", "per_conn_kib"), 10.0, False, "KiB")
+    growth = get("download", "rss_growth_kib")
+    add("100 MiB download RSS growth MiB", growth / 1024 if growth is not None else None,
+        8.0, False, "MiB")
+    add("100 MiB download errors", get("download", "errors"), 0, False)
+    return checks
+
+
+def saturation_warnings(summary: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """
+    Warnings for scenarios where nginx did not use most of its core, so that
+    something other than the balancer limited the round.
+    """
+    warnings = []
+    for scenario in ("small", "16k", "close", "ratelimit"):
+        util = summary.get(scenario, {}).get("nginx", {}).get("cpu_util")
+        if isinstance(util, float) and util < 0.85:
+            warnings.append(
+                f"in '{scenario}' nginx used only {util:.0%} of its core: the load side (wrk, "
+                "upstreams, other work on the machine) was the limit, so req/s ratios there "
+                "understate the difference; trust CPU efficiency")
+    return warnings
+
+
+def render_checks(checks: Sequence[dict[str, Any]]) -> str:
+    """
+    The targets as a short list.
+    """
+    lines = ["", "== issue 6 targets for balancebeam (same-run ratios to nginx)"]
+    for c in checks:
+        op = ">=" if c["higher_is_better"] else "<="
+        if c["target"].endswith("growth MiB"):
+            op = "<"
+        lines.append(f"  {c['verdict']:<7} {c['target']:<38} measured {fmt(c['measured'], 2):>8}"
+                     f"  target {op} {c['limit']}")
+    return "\n".join(lines)
+
+
+def environment(bench: Bench) -> dict[str, Any]:
+    """
+    What the run ran on, for the JSON record.
+    """
+    def version(argv: list[str]) -> str | None:
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return (r.stdout + r.stderr).strip().splitlines()[0] if (r.stdout + r.stderr).strip() \
+            else None
+
+    model = None
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    t = bench.tools
+    return {
+        "python": sys.version.split()[0], "platform": platform.platform(),
+        "cpu_model": model, "cpus": os.cpu_count(),
+        "balancer_core": bench.balancer_core, "load_core": bench.load_core,
+        "niceness": os.getpriority(os.PRIO_PROCESS, 0),
+        "loadavg_at_end": os.getloadavg(),
+        "wrk": version([t["wrk"], "-v"]) if t["wrk"] else None,
+        "nginx": version([t["nginx"], "-v"]) if t["nginx"] else None,
+        "haproxy": version([t["haproxy"], "-v"]) if t["haproxy"] else None,
+        "upstreams": bench.upstream_kind,
+        "git": version(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """
+    The command line.
+    """
+    p = argparse.ArgumentParser(
+        description="Benchmark balancebeam against nginx and HAProxy (see doc/benchmark.md).")
+    p.add_argument("--quick", action="store_true",
+                   help="1 round of 1 s per scenario (development and CI smoke); "
+                        "well under a minute")
+    p.add_argument("--duration", type=int, help="seconds per wrk round (default 3, quick 1)")
+    p.add_argument("--rounds", type=int,
+                   help="alternating rounds per scenario (default 3, quick 1)")
+    p.add_argument("--connections", type=int, default=50,
+                   help="wrk connections (default 50)")
+    p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (default 1)")
+    p.add_argument("--idle-connections", type=int, default=1000,
+                   help="idle connections in the idle scenario (default 1000)")
+    p.add_argument("--download-mib", type=int, default=100,
+                   help="size of the streamed download in MiB (default 100)")
+    p.add_argument("--targets", default=",".join(ALL_TARGETS),
+                   help=f"comma-separated subset of {','.join(ALL_TARGETS)}")
+    p.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS),
+                   help=f"comma-separated subset of {','.join(ALL_SCENARIOS)} "
+                        "(default: all but profile)")
+    p.add_argument("--profile", action="store_true",
+                   help="also sample balancebeam with py-spy under GET / keep-alive and "
+                        "print where the time goes (adds the 'profile' scenario)")
+    p.add_argument("--balancer-arg", action="append", default=[], metavar="ARGS",
+                   help="extra balancebeam arguments, split shell-style; repeatable, e.g. "
+                        "--balancer-arg='--strategy p2c' (a --reactor is passed to twistd)")
+    p.add_argument("--twistd-arg", action="append", default=[], metavar="ARGS",
+                   help="extra twistd arguments before 'balancebeam', "
+                        "e.g. --twistd-arg='--reactor epoll'")
+    p.add_argument("--pool-off-args", metavar="ARGS",
+                   help="balancebeam arguments that turn its upstream pool off (default: "
+                        "guessed from --help, --pool-max-idle-per-upstream 0)")
+    p.add_argument("--nginx-keepalive", type=int, default=32, metavar="N",
+                   help="idle upstream connections nginx keeps "
+                        "(its upstream keepalive; default 32)")
+    p.add_argument("--haproxy-reuse", choices=("safe", "aggressive", "always"), default="always",
+                   help="HAProxy http-reuse mode (default always, like nginx's keepalive pool)")
+    for tool in ("wrk", "nginx", "haproxy"):
+        p.add_argument(f"--{tool}", metavar="PATH",
+                       help=f"the {tool} binary (default: found on PATH or in /usr/sbin; "
+                            f"--{tool}= pretends it is missing)")
+    p.add_argument("--cores", help="BALANCER,LOAD cores to pin to (default: first two available)")
+    p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    p.add_argument("--nice", type=int, default=-10,
+                   help="scheduling niceness for this script and everything it starts "
+                        "(default -10, so other work on the machine disturbs less; needs root, "
+                        "ignored otherwise; 0 leaves it alone)")
+    p.add_argument("--output", type=Path, help="JSON output (default bench/results/<time>.json)")
+    p.add_argument("--keep-temp", action="store_true",
+                   help="keep the temp dir (configs and logs) and print its path")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 3 when a target failed to start, died or returned errors")
+    args = p.parse_args(argv)
+    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    if args.profile and "profile" not in args.scenarios:
+        args.scenarios.append("profile")
+    for t in args.targets:
+        if t not in ALL_TARGETS:
+            p.error(f"unknown target {t!r}; choose from {', '.join(ALL_TARGETS)}")
+    for s in args.scenarios:
+        if s not in ALL_SCENARIOS:
+            p.error(f"unknown scenario {s!r}; choose from {', '.join(ALL_SCENARIOS)}")
+    if args.cores is not None:
+        parts = args.cores.split(",")
+        if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
+            p.error("--cores takes two core numbers, BALANCER,LOAD (e.g. 0,1)")
+    for name in ("duration", "rounds"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            p.error(f"--{name} must be at least 1")
+    return args
+
+
+def raise_fd_limit() -> None:
+    """
+    Raise the open-files soft limit to the hard limit (children inherit it).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """
+    Run the benchmark; return the exit status.
+    """
+    args = parse_args(argv)
+    started = time.monotonic()
+    raise_fd_limit()
+    if not find_tool("wrk", args.wrk):
+        say(f"wrk is not installed; it is required. Install the tools with: {APT_LINE}")
+        return 1
+    tmp = Path(tempfile.mkdtemp(prefix="balancebeam-bench-"))
+    bench = Bench(args, tmp)
+    output = args.output or BENCH_DIR / "results" / time.strftime(
+        f"%Y%m%dT%H%M%SZ-{'quick' if args.quick else 'full'}.json", time.gmtime())
+    bench.profile_path = output.with_suffix(".profile.txt")
+    if args.nice:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, args.nice)
+        except PermissionError:
+            bench.notes.append(f"could not set niceness {args.nice} (not root): "
+                               "other work on the machine may disturb the figures more")
+    if bench.load_core is not None:
+        os.sched_setaffinity(0, {bench.load_core})  # this script is load: wrk's core
+    for name in ("nginx", "haproxy"):
+        if not bench.tools[name]:
+            say(f"{name} is not installed: its target is skipped ({APT_LINE})")
+    if not bench.tools["taskset"] and bench.load_core is not None:
+        bench.notes.append("taskset not found: pinned with sched_setaffinity instead")
+
+    def on_signal(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGINT, on_signal)  # also when started with SIGINT ignored
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    atexit.register(bench.procs.stop_all)
+    status = 0
+    harness_error: str | None = None
+    try:
+        say(f"{'quick' if args.quick else 'full'} run; temp dir {tmp}; balancer core "
+            f"{bench.balancer_core}, load core {bench.load_core}")
+        bench.run()
+    except HarnessError as exc:
+        harness_error = str(exc)
+        say(f"HARNESS ERROR: {exc}")
+        status = 1
+    except KeyboardInterrupt:
+        say("interrupted; stopping everything")
+        harness_error = "interrupted"
+        status = 130
+    except Exception:
+        harness_error = traceback.format_exc()
+        say(f"HARNESS ERROR (a bug in bench/run.py):\n{harness_error}")
+        status = 1
+    finally:
+        bench.procs.stop_all()
+        if args.keep_temp:
+            say(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    summary = aggregate(bench.measurements)
+    add_ratios(summary, bench.measurements)
+    checks = check_targets(summary)
+    s = bench.settings
+    report = render_tables(summary, s.rounds, s.duration)
+    print(f"balancebeam benchmark ({'quick' if args.quick else 'full'}), "
+          f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}, "
+          f"balancer on core {bench.balancer_core}, wrk/upstreams on core {bench.load_core}, "
+          f"wrk -c{s.connections} -t{s.wrk_threads}")
+    if bench.balancer_args or bench.twistd_args:
+        print(f"balancebeam extra args: twistd {bench.twistd_args} balancer {bench.balancer_args}")
+    print(report)
+    warnings = saturation_warnings(summary)
+    if "balancebeam" in summary.get("small", {}) or "balancebeam" in summary.get("idle", {}):
+        print(render_checks(checks))
+    if bench.profile:
+        print(render_profile(bench.profile))
+    if warnings:
+        print("\nwarnings:")
+        for warning in warnings:
+            print("  - " + warning)
+    if bench.notes:
+        print("\nnotes:")
+        for note in bench.notes:
+            print("  - " + note.replace("\n", "\n    "))
+    elapsed = time.monotonic() - started
+    print(f"\ntotal time {elapsed:.0f}s")
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "mode": "quick" if args.quick else "full", "argv": sys.argv[1:],
+        "settings": s.__dict__, "environment": environment(bench),
+        "commands": {k: t.command for k, t in bench.targets.items()},
+        "summary": summary, "checks": checks, "warnings": warnings,
+        "measurements": bench.measurements,
+        "notes": bench.notes, "harness_error": harness_error, "elapsed_s": round(elapsed, 1),
+        "scenario_seconds": bench.timings, "profile": bench.profile,
+    }
+    output.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    print(f"JSON written to {output}")
+    if status:
+        return status
+    if args.strict:
+        bad = [k for k, t in bench.targets.items() if t.failed] + [
+            f"{sc}/{row}" for sc, rows in summary.items() for row, a in rows.items()
+            if a.get("errors") or a.get("died") or a.get("failed_rounds")]
+        if bad:
+            say(f"--strict: problems with {', '.join(bad)}")
+            return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
