@@ -488,13 +488,16 @@ class BalancerProtocol(Protocol):
         else:
             key = self.client_ip
         decision = limiter.check(key)
-        if isinstance(decision, Deferred):
+        # Deferred's metaclass is ABCMeta, whose isinstance is slow: test the
+        # in-memory limiter's answer first.
+        if type(decision) is RateLimitDecision:
+            self._rate_limit_decided(decision)
+        else:
+            assert isinstance(decision, Deferred)
             self._state = "limit"
             self._pause(_PAUSE_WAITING)
             self._limiting = decision
             decision.addCallbacks(self._rate_limit_answered, self._rate_limit_failed)
-        else:
-            self._rate_limit_decided(decision)
 
     def _rate_limit_answered(self, decision: RateLimitDecision) -> None:
         if self._state != "limit":
@@ -563,13 +566,14 @@ class BalancerProtocol(Protocol):
         max_idle_age = None if self._replayable() else SAFE_REUSE_AGE
         self._state = "connect"
         connection = self.factory.pool.checkout(upstream, max_idle_age)
-        if isinstance(connection, Deferred):
+        if type(connection) is UpstreamConnection:
+            self._connected(connection)
+        else:
+            assert isinstance(connection, Deferred)
             self._connecting = connection
             connection.addCallbacks(
                 self._connected, self._connect_failed, errbackArgs=(upstream,)
             )
-        else:
-            self._connected(connection)
 
     def _replayable(self) -> bool:
         request = self._request

@@ -8,8 +8,7 @@ policy can be replaced, and tested, on its own.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
@@ -18,8 +17,7 @@ if TYPE_CHECKING:
     from balancebeam.registry import UpstreamState
 
 
-@dataclass(frozen=True)
-class RateLimitDecision:
+class RateLimitDecision(NamedTuple):
     """
     The answer of a rate limiter for one request.
 
@@ -29,6 +27,9 @@ class RateLimitDecision:
     @ivar reset_after: seconds until the current window ends.
     @ivar retry_after: seconds until a request from this key would be allowed
         (0 when allowed).
+
+    A named tuple rather than a frozen dataclass: one is made per request,
+    and a tuple is several times cheaper to build.
     """
 
     allowed: bool

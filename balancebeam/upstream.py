@@ -18,6 +18,8 @@ from zope.interface import implementer
 
 from balancebeam.transport import StreamTransport, enable_no_delay, send_now
 from balancebeam.wire import (
+    BODY_LENGTH,
+    BODY_NONE,
     BODY_UNTIL_CLOSE,
     HEAD_END,
     BodyReader,
@@ -229,23 +231,28 @@ class UpstreamConnection(Protocol):
             if not response.reusable:
                 self.reusable = False
             self._state = "body"
-            self._reader = BodyReader(
-                response.body_kind, response.content_length, owner.upstream_data, 502
-            )
             owner.upstream_head(self, response)
+            rest, self._buffer = self._buffer, b""
             if self._state == "tunnel":
-                rest, self._buffer = self._buffer, b""
                 if rest and self.owner is not None:
                     self.owner.upstream_data(rest)
                 return
-            if self._state != "body":
+            if self._state != "body" or self.owner is None:
                 return
-            rest, self._buffer = self._buffer, b""
-            if self._reader.done:
-                if rest:
+            kind = response.body_kind
+            length = response.content_length
+            if kind == BODY_NONE or (kind == BODY_LENGTH and len(rest) >= length):
+                # The common case: the whole body came with the head.
+                if len(rest) > length:
                     self.reusable = False
-                self._complete()
-            elif rest:
+                    rest = rest[:length]
+                if rest:
+                    self.owner.upstream_data(rest)
+                if self._state == "body":
+                    self._complete()
+                return
+            self._reader = BodyReader(kind, length, self.owner.upstream_data, 502)
+            if rest:
                 self._received(rest)
 
     def _complete(self) -> None:

@@ -435,6 +435,14 @@ def parse_request_head(head: bytes, max_fields: int) -> RequestHead:
     if major != b"1" or minor_text not in (b"0", b"1"):
         raise HTTPError(505, "only HTTP/1.0 and HTTP/1.1 are supported")
     request = RequestHead(method, target, int(minor_text), head, block_start, fields, spans)
+    if len(fields) == 1 and fields[0][0] == b"host" and target[:1] == b"/" and method != b"CONNECT":
+        # The common case, a request with no body and no special field but
+        # Host: nothing else to decide.
+        host = fields[0][1]
+        if _HOST.fullmatch(host) is None:
+            raise HTTPError(400, "invalid Host header")
+        request.host = host
+        return request
 
     if method == b"CONNECT":
         raise HTTPError(501, "CONNECT is not supported")
@@ -540,23 +548,32 @@ def parse_response_head(
         fields,
         spans,
     )
-    connection = _tokens(fields, b"connection")
-    response.connection_names = frozenset(connection)
+    # One pass sorts the few special fields; lists are made only when needed.
+    connection: list[bytes] = []
+    has_codings = has_length = False
+    for name, value, _ in fields:
+        if name == b"connection":
+            connection += _tokens([(name, value, b"")], name)
+        elif name == b"keep-alive":
+            timeout = _keep_alive_timeout(value)
+            if timeout is not None:
+                response.keep_alive_timeout = timeout
+        elif name == b"transfer-encoding":
+            has_codings = True
+        elif name == b"content-length":
+            has_length = True
+    if connection:
+        response.connection_names = frozenset(connection)
     if response.minor >= 1:
         response.reusable = b"close" not in connection
     else:
         response.reusable = b"keep-alive" in connection and b"close" not in connection
-    for name, value, _ in fields:
-        if name == b"keep-alive":
-            timeout = _keep_alive_timeout(value)
-            if timeout is not None:
-                response.keep_alive_timeout = timeout
 
     status = response.status
     if request_method == b"HEAD" or status < 200 or status in (204, 304):
         return response
-    codings = _tokens(fields, b"transfer-encoding")
-    length = _content_length(fields, 502)
+    codings = _tokens(fields, b"transfer-encoding") if has_codings else []
+    length = _content_length(fields, 502) if has_length else None
     if codings:
         if codings[-1] == b"chunked":
             response.body_kind = BODY_CHUNKED

@@ -6,6 +6,7 @@ This directory has no C{__init__.py} on purpose: C{twisted.plugins} gathers
 plugin modules from every C{twisted/plugins/} directory on C{sys.path}.
 """
 
+from twisted.application.reactors import Reactor
 from twisted.application.service import ServiceMaker
 
 balancebeam = ServiceMaker(
@@ -13,4 +14,11 @@ balancebeam = ServiceMaker(
     "balancebeam.tap",
     "An HTTP/1.1 load balancer",
     "balancebeam",
+)
+
+
+balancebeam_epoll = Reactor(
+    "balancebeam-epoll",
+    "balancebeam.reactor",
+    "epoll without the legacy per-event log context: less CPU per request",
 )
