@@ -268,8 +268,9 @@ class BalancerProtocol(Protocol):
         transport = self._stream = cast(StreamTransport, self.transport)
         peer = transport.getPeer()
         # Normal form (IPv4-mapped IPv6 as IPv4), for X-Forwarded-For, logs
-        # and the rate-limiting key.
-        self.client_ip = client_key(getattr(peer, "host", "-"), None, ())
+        # and the rate-limiting key; IPv4 hosts are already in that form.
+        host = getattr(peer, "host", "-")
+        self.client_ip = client_key(host, None, ()) if ":" in host else host
         transport.registerProducer(self, True)
         enable_no_delay(transport)
         self.factory.connections.add(self)
