@@ -49,6 +49,7 @@ from balancebeam.wire import (
     HTTPError,
     RequestHead,
     ResponseHead,
+    check_partial_request_head,
     chunk,
     error_response,
     parse_request_head,
@@ -234,6 +235,7 @@ class BalancerProtocol(Protocol):
         self._paused = 0
         self._writes_paused = False
         self._head_started: float | None = None
+        self._head_checked = 0
         self._request: RequestHead | None = None
         self._request_reader: BodyReader | None = None
         self._request_done = False
@@ -433,13 +435,21 @@ class BalancerProtocol(Protocol):
         if end == -1:
             if len(buffer) > limits.max_head_size:
                 self._client_error(HTTPError(431, "request head too large"))
-            elif self._head_started is None:
+                return False
+            try:
+                check_partial_request_head(buffer, self._head_checked)
+            except HTTPError as error:
+                self._client_error(error)
+                return False
+            self._head_checked = len(buffer)
+            if self._head_started is None:
                 self._head_started = now
                 self.deadline = now + self.factory.timeouts.client_header
             return False
         head = buffer[:end]
         self._buffer = buffer[end + 4 :]
         self._head_started = None
+        self._head_checked = 0
         try:
             request = parse_request_head(head, limits.max_header_count)
         except HTTPError as error:

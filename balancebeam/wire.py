@@ -494,6 +494,36 @@ def parse_request_head(head: bytes, max_fields: int) -> RequestHead:
     return request
 
 
+_TOKEN_BYTES: Final = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+def check_partial_request_head(data: bytes, checked: int) -> None:
+    """
+    Reject an incomplete request head as soon as it can never become a valid
+    one, instead of waiting for the rest until the header deadline: a first
+    byte that cannot start a method (a TLS handshake on the plain port, say),
+    a bare LF line ending, or a complete first line that is not a request line.
+
+    @param data: the bytes received so far of this head.
+    @param checked: how many of them earlier calls have already checked.
+    @raise HTTPError: 400 or 505, as L{parse_request_head} would.
+    """
+    if checked == 0 and data[0] not in _TOKEN_BYTES:
+        raise HTTPError(400, "not an HTTP/1.x request")
+    newline = data.find(b"\n", max(checked - 1, 0))
+    while newline != -1:
+        if data[newline - 1] != 13:
+            raise HTTPError(400, "bare LF in request head")
+        newline = data.find(b"\n", newline + 1)
+    first_line_end = data.find(CRLF)
+    if first_line_end != -1 and first_line_end + 2 > checked:
+        request_line = _REQUEST_LINE.fullmatch(data, 0, first_line_end)
+        if request_line is None:
+            raise HTTPError(400, "malformed request line")
+        if request_line[3] != b"1" or request_line[4] not in (b"0", b"1"):
+            raise HTTPError(505, "only HTTP/1.0 and HTTP/1.1 are supported")
+
+
 def _absolute_to_origin_form(request: RequestHead) -> None:
     """
     Rewrite an absolute-form target (C{http://host/path}) to origin form and

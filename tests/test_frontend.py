@@ -723,3 +723,56 @@ class ConnectionLimitTests(SynchronousTestCase):
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 503 Service Unavailable\r\n"))
         self.assertTrue(transport.disconnecting)
         self.assertEqual(harness.stats.refused_connections, 1)
+
+
+class EarlyRejectionTests(SynchronousTestCase):
+    """
+    Heads that can never become valid are rejected before they are complete.
+    """
+
+    def _first_answer(self, *pieces: bytes) -> bytes:
+        harness = Harness()
+        client, client_transport = harness.client()
+        for piece in pieces:
+            client.dataReceived(piece)
+        self.assertEqual(harness.pending_connects(), 0)
+        return bytes(client_transport.value())
+
+    def test_tls_handshake_on_plain_port(self) -> None:
+        """
+        A TLS ClientHello gets 400 at once instead of waiting for a head end.
+        """
+        answer = self._first_answer(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"))
+
+    def test_bare_lf(self) -> None:
+        """
+        A head using bare LF line endings gets 400 at once.
+        """
+        answer = self._first_answer(b"GET / HTTP/1.1\nHost: a\n\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"))
+
+    def test_bad_first_line_before_head_end(self) -> None:
+        """
+        A malformed request line is answered as soon as it is complete.
+        """
+        answer = self._first_answer(b"GET  / HTTP/1.1\r\n", b"Host: a\r\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"))
+
+    def test_http2_preface(self) -> None:
+        """
+        The HTTP/2 connection preface gets 505 without waiting.
+        """
+        answer = self._first_answer(b"PRI * HTTP/2.0\r\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 505 "))
+
+    def test_trickled_valid_head_accepted(self) -> None:
+        """
+        A valid head sent one byte at a time is not rejected early.
+        """
+        harness = Harness()
+        client, client_transport = harness.client()
+        for byte in GET:
+            client.dataReceived(bytes([byte]))
+        self.assertEqual(client_transport.value(), b"")
+        self.assertEqual(harness.pending_connects(), 1)
