@@ -125,32 +125,22 @@ class HTTPError(Exception):
         self.reason = reason
 
 
-class RequestHead:
+class _Head:
     """
-    A parsed request head.
+    What request and response heads share: the bytes as received, where the
+    header block starts, and the few fields the balancer acts on.
 
-    @ivar method: the method token, e.g. C{b"GET"}.
-    @ivar target: the request target in origin form (C{b"/path?q"}) or C{b"*"}.
-    @ivar minor: the HTTP/1 minor version (0 or 1).
-    @ivar fields: the header fields in order (see L{Field}).
-    @ivar body_kind: L{BODY_NONE}, L{BODY_LENGTH} or L{BODY_CHUNKED}.
-    @ivar content_length: the body length when C{body_kind} is L{BODY_LENGTH}.
-    @ivar keep_alive: whether the client wants the connection kept open.
-    @ivar upgrade: the C{Upgrade} header value when the client asks to switch
-        protocols (C{Connection: upgrade}), else C{None}.
-    @ivar expect_continue: whether the client sent C{Expect: 100-continue}.
-    @ivar host: the C{Host} value (from an absolute-form target if given), or C{None}.
-    @ivar connection_names: lower-cased tokens of the C{Connection} header.
+    @ivar minor: the HTTP/1 minor version.
     @ivar raw: the head as received.
+    @ivar block_start: the offset in C{raw} of the CRLF before the first field.
     @ivar special: the fields the balancer reads or rewrites (see L{Field}),
-        with their positions in C{raw} in C{spans}.
-    @ivar host_replaced: whether C{host} came from an absolute-form target
-        and replaces the C{Host} fields.
+        with their C{(start, end)} positions in C{raw} in C{spans}.
+    @ivar body_kind: how the body is framed (L{BODY_NONE}, L{BODY_LENGTH}, ...).
+    @ivar content_length: the body length for L{BODY_LENGTH}.
+    @ivar connection_names: lower-cased tokens of the C{Connection} header.
     """
 
     __slots__ = (
-        "method",
-        "target",
         "minor",
         "raw",
         "block_start",
@@ -159,12 +149,64 @@ class RequestHead:
         "_fields",
         "body_kind",
         "content_length",
+        "connection_names",
+    )
+
+    def __init__(
+        self,
+        minor: int,
+        raw: bytes,
+        block_start: int,
+        special: list[Field],
+        spans: list[tuple[int, int]],
+    ) -> None:
+        self.minor = minor
+        self.raw = raw
+        self.block_start = block_start
+        self.special = special
+        self.spans = spans
+        self._fields: list[Field] | None = None
+        self.body_kind = BODY_NONE
+        self.content_length = 0
+        self.connection_names: frozenset[bytes] = frozenset()
+
+    @property
+    def fields(self) -> list[Field]:
+        """
+        Every header field in order (see L{Field}); built on first use.
+        """
+        if self._fields is None:
+            self._fields = self._all_fields()
+        return self._fields
+
+    def _all_fields(self) -> list[Field]:
+        return _all_fields(self.raw, self.block_start)
+
+
+class RequestHead(_Head):
+    """
+    A parsed request head.
+
+    @ivar method: the method token, e.g. C{b"GET"}.
+    @ivar target: the request target in origin form (C{b"/path?q"}) or C{b"*"}.
+    @ivar fields: the header fields in order (see L{Field}).
+    @ivar keep_alive: whether the client wants the connection kept open.
+    @ivar upgrade: the C{Upgrade} header value when the client asks to switch
+        protocols (C{Connection: upgrade}), else C{None}.
+    @ivar expect_continue: whether the client sent C{Expect: 100-continue}.
+    @ivar host: the C{Host} value (from an absolute-form target if given), or C{None}.
+    @ivar host_replaced: whether C{host} came from an absolute-form target
+        and replaces the C{Host} fields.
+    """
+
+    __slots__ = (
+        "method",
+        "target",
         "keep_alive",
         "upgrade",
         "expect_continue",
         "host",
         "host_replaced",
-        "connection_names",
     )
 
     def __init__(
@@ -177,22 +219,14 @@ class RequestHead:
         special: list[Field],
         spans: list[tuple[int, int]],
     ) -> None:
+        super().__init__(minor, raw, block_start, special, spans)
         self.method = method
         self.target = target
-        self.minor = minor
-        self.raw = raw
-        self.block_start = block_start
-        self.special = special
-        self.spans = spans
-        self._fields: list[Field] | None = None
         self.host_replaced = False
-        self.body_kind = BODY_NONE
-        self.content_length = 0
         self.keep_alive = minor >= 1
         self.upgrade: bytes | None = None
         self.expect_continue = False
         self.host: bytes | None = None
-        self.connection_names: frozenset[bytes] = frozenset()
 
     @property
     def idempotent(self) -> bool:
@@ -204,50 +238,28 @@ class RequestHead:
             return True
         return any(name == b"idempotency-key" for name, _, _ in self.special)
 
-    @property
-    def fields(self) -> list[Field]:
-        """
-        Every header field in order (see L{Field}); built on first use.
-        """
-        if self._fields is None:
-            self._fields = _all_fields(self.raw, self.block_start)
-            if self.host_replaced:
-                assert self.host is not None
-                self._fields = [f for f in self._fields if f[0] != b"host"]
-                self._fields.append((b"host", self.host, b"Host: " + self.host))
-        return self._fields
+    def _all_fields(self) -> list[Field]:
+        fields = super()._all_fields()
+        if self.host_replaced:
+            assert self.host is not None
+            fields = [f for f in fields if f[0] != b"host"]
+            fields.append((b"host", self.host, b"Host: " + self.host))
+        return fields
 
 
-class ResponseHead:
+class ResponseHead(_Head):
     """
     A parsed response head.
 
     @ivar status: the status code.
     @ivar status_line: the raw status line.
-    @ivar minor: the HTTP/1 minor version.
     @ivar fields: the header fields in order.
-    @ivar body_kind: how the body is framed (for the request it answers).
-    @ivar content_length: the body length for L{BODY_LENGTH}.
     @ivar reusable: whether the upstream connection may carry another request
         once this response is complete.
     @ivar keep_alive_timeout: seconds from C{Keep-Alive: timeout=N}, if sent.
     """
 
-    __slots__ = (
-        "status",
-        "status_line",
-        "minor",
-        "raw",
-        "block_start",
-        "special",
-        "spans",
-        "_fields",
-        "body_kind",
-        "content_length",
-        "reusable",
-        "keep_alive_timeout",
-        "connection_names",
-    )
+    __slots__ = ("status", "status_line", "reusable", "keep_alive_timeout")
 
     def __init__(
         self,
@@ -259,28 +271,11 @@ class ResponseHead:
         special: list[Field],
         spans: list[tuple[int, int]],
     ) -> None:
+        super().__init__(minor, raw, block_start, special, spans)
         self.status = status
         self.status_line = status_line
-        self.minor = minor
-        self.raw = raw
-        self.block_start = block_start
-        self.special = special
-        self.spans = spans
-        self._fields: list[Field] | None = None
-        self.body_kind = BODY_NONE
-        self.content_length = 0
         self.reusable = minor >= 1
         self.keep_alive_timeout: float | None = None
-        self.connection_names: frozenset[bytes] = frozenset()
-
-    @property
-    def fields(self) -> list[Field]:
-        """
-        Every header field in order (see L{Field}); built on first use.
-        """
-        if self._fields is None:
-            self._fields = _all_fields(self.raw, self.block_start)
-        return self._fields
 
 
 def _split_head(

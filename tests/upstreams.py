@@ -81,8 +81,36 @@ def large_body_sha256(size: int) -> str:
     return digest.hexdigest()
 
 
+class _HeaderLookup:
+    """
+    Case-insensitive header lookup over a C{headers} list of C{(name, value)}.
+    """
+
+    headers: list[tuple[bytes, bytes]]
+
+    def header(self, name: bytes) -> bytes | None:
+        """
+        The first value of a header, matched case-insensitively.
+
+        @param name: the header name.
+        @return: its value, or C{None} when absent.
+        """
+        values = self.header_values(name)
+        return values[0] if values else None
+
+    def header_values(self, name: bytes) -> list[bytes]:
+        """
+        Every value of a header, in order, matched case-insensitively.
+
+        @param name: the header name.
+        @return: the values.
+        """
+        lowered = name.lower()
+        return [value for key, value in self.headers if key.lower() == lowered]
+
+
 @dataclass
-class RecordedRequest:
+class RecordedRequest(_HeaderLookup):
     """
     One request as an upstream received it.
 
@@ -104,26 +132,6 @@ class RecordedRequest:
     body: bytes = b""
     chunked: bool = False
     connection_number: int = 0
-
-    def header(self, name: bytes) -> bytes | None:
-        """
-        The first value of a header, matched case-insensitively.
-
-        @param name: the header name.
-        @return: its value, or C{None} when absent.
-        """
-        values = self.header_values(name)
-        return values[0] if values else None
-
-    def header_values(self, name: bytes) -> list[bytes]:
-        """
-        Every value of a header, in order, matched case-insensitively.
-
-        @param name: the header name.
-        @return: the values.
-        """
-        lowered = name.lower()
-        return [value for key, value in self.headers if key.lower() == lowered]
 
     @property
     def is_probe(self) -> bool:
@@ -578,7 +586,7 @@ def start_upstream(
 
 
 @dataclass
-class RawResponse:
+class RawResponse(_HeaderLookup):
     """
     One response as a client received it.
 
@@ -595,26 +603,6 @@ class RawResponse:
     body: bytes = b""
     raw: bytes = b""
     digest: Any = field(default=None, repr=False)
-
-    def header(self, name: bytes) -> bytes | None:
-        """
-        The first value of a header, matched case-insensitively.
-
-        @param name: the header name.
-        @return: its value, or C{None} when absent.
-        """
-        values = self.header_values(name)
-        return values[0] if values else None
-
-    def header_values(self, name: bytes) -> list[bytes]:
-        """
-        Every value of a header, in order, matched case-insensitively.
-
-        @param name: the header name.
-        @return: the values.
-        """
-        lowered = name.lower()
-        return [value for key, value in self.headers if key.lower() == lowered]
 
 
 class RawClient(Protocol):
