@@ -193,6 +193,21 @@ class BalancerService(MultiService):
             upstreams=", ".join(u.name for u in self.registry.upstreams),
         )
 
+    def snapshot(self) -> dict[str, object]:
+        """
+        Every counter: requests and answers, upstream connections opened and
+        reused, and health probes (counted apart from client requests).
+        """
+        values = self.stats.snapshot()
+        values["pool_connections_opened"] = self.pool.opened
+        values["pool_connections_reused"] = self.pool.reused
+        if self.health is not None:
+            values["health_probes_sent"] = self.health.probes_sent
+            values["health_probes_failed"] = self.health.probes_failed
+        values["upstreams_up"] = [u.name for u in self.registry.upstreams if u.alive]
+        values["upstreams_down"] = [u.name for u in self.registry.upstreams if not u.alive]
+        return values
+
     def stopService(self) -> Deferred[None]:
         """
         Stop listening, stop the health checks, close connections and the
@@ -218,8 +233,11 @@ class BalancerService(MultiService):
             return gatherResults(steps)
 
         children = super().stopService()
+        def report(_: object) -> None:
+            self.log.info("stopped; counters: {counters}", counters=self.snapshot())
+
         done = DeferredList([listening.addCallback(drain), children]).addCallback(close_rest)
-        return done.addCallback(lambda _: None)
+        return done.addCallback(report)
 
 
 def _describe(port: IListeningPort) -> str:

@@ -1584,3 +1584,28 @@ class AddressTests(IntegrationTestCase):
         self.assertEqual(response.status, 200)
         [received] = upstream.requests
         self.assertEqual(received.header(b"host"), upstream.address.encode())
+
+
+class SnapshotTests(IntegrationTestCase):
+    """
+    The service's counters.
+    """
+
+    async def test_counters_after_requests(self) -> None:
+        """
+        After three requests on one connection the snapshot counts three
+        requests, three 2xx answers, one upstream connection opened and two
+        reuses, and the upstream as up.
+        """
+        upstream = self.start_upstream("counted")
+        service = self.start_balancer([upstream])
+        client = await self.connect()
+        for index in range(3):
+            await self.exchange(client, build_request(target=b"/c%d" % index), b"GET")
+        await self.close(client)
+        snapshot = service.snapshot()
+        self.assertEqual(snapshot["requests"], 3)
+        self.assertEqual(snapshot["responses"], {"1xx": 0, "2xx": 3, "3xx": 0, "4xx": 0, "5xx": 0})
+        self.assertEqual(snapshot["pool_connections_opened"], 1)
+        self.assertEqual(snapshot["pool_connections_reused"], 2)
+        self.assertEqual(snapshot["upstreams_up"], [upstream.address])
