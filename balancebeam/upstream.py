@@ -99,6 +99,8 @@ class UpstreamConnection(Protocol):
         - C{"head"}: a request was sent, waiting for the response head;
         - C{"body"}: relaying the response body;
         - C{"tunnel"}: after a 101, relaying raw bytes both ways;
+        - C{"done"}: the response is complete, not yet taken back by the pool;
+        - C{"closing"}: we dropped the connection; nothing more is read;
         - C{"closed"}: the connection is gone.
     """
 
@@ -152,7 +154,8 @@ class UpstreamConnection(Protocol):
         """
         self.owner = None
         self.reusable = False
-        if self._state != "closed" and self.transport is not None:
+        if self._state not in ("closing", "closed") and self.transport is not None:
+            self._state = "closing"
             self.stream.abortConnection()
 
     def finish_tunnel(self) -> None:
@@ -183,6 +186,8 @@ class UpstreamConnection(Protocol):
 
     def _received(self, data: bytes) -> None:
         state = self._state
+        if state == "closing" or state == "closed":
+            return
         if state == "body":
             reader = self._reader
             assert reader is not None
@@ -269,6 +274,7 @@ class UpstreamConnection(Protocol):
         self.reusable = False
         self.owner = None
         if self._state != "closed":
+            self._state = "closing"
             self.stream.abortConnection()
         if owner is not None:
             owner.upstream_failed(self, error, self.received_any)

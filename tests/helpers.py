@@ -92,9 +92,18 @@ class Harness:
 
     def pending_connects(self) -> int:
         """
-        Upstream connection attempts not yet accepted or refused.
+        Upstream connection attempts not yet accepted, refused or cancelled.
         """
+        self._skip_cancelled()
         return len(self.reactor.tcpClients) - self._accepted
+
+    def _skip_cancelled(self) -> None:
+        """
+        Pass over attempts the balancer cancelled: they never connect.
+        """
+        connectors = self.reactor.connectors
+        while self._accepted < len(connectors) and connectors[self._accepted].stoppedConnecting:
+            self._accepted += 1
 
     def accept(self) -> tuple[IProtocol, StringTransport, int]:
         """
@@ -102,6 +111,7 @@ class Harness:
 
         @return: the protocol, its transport and the upstream port it targets.
         """
+        self._skip_cancelled()
         host, port, factory, _, _ = self.reactor.tcpClients[self._accepted]
         connector = self.reactor.connectors[self._accepted]
         self._accepted += 1
@@ -118,6 +128,7 @@ class Harness:
 
         @return: the upstream port it targeted.
         """
+        self._skip_cancelled()
         _, port, factory, _, _ = self.reactor.tcpClients[self._accepted]
         connector = self.reactor.connectors[self._accepted]
         self._accepted += 1
