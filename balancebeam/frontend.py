@@ -199,7 +199,9 @@ class BalancerFactory(Factory):
                 protocol.deadline_passed()
                 protocol.flush()
             except Exception:
-                self.log.failure("deadline handling failed for {client}", client=protocol.client_ip)
+                self.log.failure(
+                    "deadline handling failed for {client}", client=protocol.client_ip
+                )
                 protocol.abort()
 
 
@@ -624,8 +626,9 @@ class BalancerProtocol(Protocol):
             self._continue_sent = True
             self._out.append(CONTINUE)
         self._resume(_PAUSE_WAITING)
+        timeouts = self.factory.timeouts
         self.deadline = self.factory.clock.seconds() + (
-            self.factory.timeouts.upstream if self._request_done else self.factory.timeouts.client_body
+            timeouts.upstream if self._request_done else timeouts.client_body
         )
         if self._buffer and self._state == "relay":
             self._process()

@@ -10,9 +10,9 @@ from collections import deque
 from collections.abc import Callable
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
-from twisted.internet.protocol import ClientFactory
 from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IAddress, IProtocol, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import ClientFactory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -144,7 +144,8 @@ class UpstreamPool:
         idle = self._idle.get(upstream)
         if idle:
             connection = idle.pop()
-            if max_idle_age is None or self._clock.seconds() - connection.idle_since < max_idle_age:
+            idle_for = self._clock.seconds() - connection.idle_since
+            if max_idle_age is None or idle_for < max_idle_age:
                 self.reused += 1
                 if self._warm:
                     self._top_up(upstream)

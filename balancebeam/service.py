@@ -166,7 +166,7 @@ class BalancerService(MultiService):
         for description in self.config.listen:
             endpoint = serverFromString(self._reactor, description)
             endpoint.listen(self.factory).addBoth(results.append)
-        for description, result in zip(self.config.listen, results):
+        for description, result in zip(self.config.listen, results, strict=False):
             if isinstance(result, Failure):
                 for port in results:
                     if not isinstance(port, Failure):

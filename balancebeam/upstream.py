@@ -9,7 +9,8 @@ idle in the L{balancebeam.pool.UpstreamPool}.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol as TypingProtocol, cast
+from typing import TYPE_CHECKING, cast
+from typing import Protocol as TypingProtocol
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone

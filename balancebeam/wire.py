@@ -430,7 +430,8 @@ def parse_request_head(head: bytes, max_fields: int) -> RequestHead:
     if major != b"1" or minor_text not in (b"0", b"1"):
         raise HTTPError(505, "only HTTP/1.0 and HTTP/1.1 are supported")
     request = RequestHead(method, target, int(minor_text), head, block_start, fields, spans)
-    if len(fields) == 1 and fields[0][0] == b"host" and target[:1] == b"/" and method != b"CONNECT":
+    simple = len(fields) == 1 and fields[0][0] == b"host"
+    if simple and target[:1] == b"/" and method != b"CONNECT":
         # The common case, a request with no body and no special field but
         # Host: nothing else to decide.
         host = fields[0][1]
@@ -489,7 +490,9 @@ def parse_request_head(head: bytes, max_fields: int) -> RequestHead:
     return request
 
 
-_TOKEN_BYTES: Final = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_TOKEN_BYTES: Final = frozenset(
+    b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+)
 
 
 def check_partial_request_head(data: bytes, checked: int) -> None:
@@ -637,7 +640,7 @@ def request_head_for_upstream(
     forwarded: list[bytes] = []
     vias: list[bytes] = []
     cuts: list[tuple[int, int]] = []
-    for (name, value, _), span in zip(request.special, request.spans):
+    for (name, value, _), span in zip(request.special, request.spans, strict=True):
         if name in _REQUEST_DROPPED:
             cuts.append(span)
             if name == b"x-forwarded-for":
@@ -695,7 +698,7 @@ def response_head_for_client(
     if response.status == 101:
         cuts = [
             span
-            for (name, _, _), span in zip(special, response.spans)
+            for (name, _, _), span in zip(special, response.spans, strict=True)
             if name == b"content-length"
         ]
         return status_line + b"".join(_splice(response.raw, response.block_start, cuts)) + HEAD_END

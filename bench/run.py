@@ -42,9 +42,10 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -1724,10 +1725,10 @@ def render_tables(summary: dict[str, dict[str, dict[str, Any]]], rounds: int,
         widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h)
                   for i, h in enumerate(headers)]
         out.append("  ".join(h.rjust(w) if i else h.ljust(w)
-                             for i, (h, w) in enumerate(zip(headers, widths))))
+                             for i, (h, w) in enumerate(zip(headers, widths, strict=True))))
         for line in lines:
             out.append("  ".join(c.rjust(w) if i else c.ljust(w)
-                                 for i, (c, w) in enumerate(zip(line, widths))))
+                                 for i, (c, w) in enumerate(zip(line, widths, strict=True))))
 
     for scenario in ALL_SCENARIOS:
         rows = summary.get(scenario)

@@ -51,6 +51,8 @@ def split_response(response: bytes) -> tuple[bytes, dict[bytes, bytes], bytes]:
     return status, headers, body
 
 
+_RESPONSE_DONE = Failure(ResponseDone())
+
 class BodyCollector(Protocol):
     """
     Collects a response body and fires L{done} with it once it is complete.
@@ -68,7 +70,7 @@ class BodyCollector(Protocol):
         """
         self._parts.append(data)
 
-    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
+    def connectionLost(self, reason: Failure = _RESPONSE_DONE) -> None:
         """
         Fire L{done} with the body when it ended cleanly, else with the failure.
         """

@@ -16,6 +16,7 @@ from balancebeam.config import Limits, Timeouts
 from balancebeam.interfaces import IRateLimiter, RateLimitDecision
 from tests.helpers import Harness, response
 
+
 def connection_done() -> Failure:
     """
     The failure a cleanly closed connection reports.
@@ -120,7 +121,8 @@ class RelayTests(SynchronousTestCase):
         protocol, upstream, _ = harness.accept()
         self.assertIn(b"Host: 127.0.0.1:8081\r\n", upstream.value())
         protocol.dataReceived(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
         )
         self.assertEqual(
             client_transport.value(),
@@ -509,8 +511,8 @@ class FlowControlTests(SynchronousTestCase):
         self.assertIn(b"Connection: upgrade\r\nUpgrade: websocket\r\n", upstream.value())
         upstream.clear()
         protocol.dataReceived(
-            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
-            b"server-bytes"
+            b"HTTP/1.1 101 Switching Protocols\r\n"
+            b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\nserver-bytes"
         )
         self.assertTrue(client_transport.value().startswith(b"HTTP/1.1 101 Switching Protocols"))
         self.assertTrue(client_transport.value().endswith(b"\r\n\r\nserver-bytes"))

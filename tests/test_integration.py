@@ -18,9 +18,9 @@ from typing import Any
 from twisted.internet import reactor as _global_reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.task import deferLater
-from twisted.internet.interfaces import IPushProducer
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface import implementer
 
@@ -1160,7 +1160,8 @@ class MoreErrorTests(IntegrationTestCase):
         for headers in variants:
             client = await self.connect()
             client.send(build_request(b"POST", b"/s", headers) + b"abcd", b"POST")
-            await client.wait_for(lambda: client.is_closed)
+            # Awaited within this iteration, so the late binding is harmless.
+            await client.wait_for(lambda: client.is_closed)  # noqa: B023
             self.assertEqual([r.status for r in client.responses], [400], headers)
         self.assertEqual(upstream.requests, [])
 
@@ -1577,7 +1578,7 @@ class AddressTests(IntegrationTestCase):
         try:
             upstream = self.start_upstream("six", interface="::1")
         except CannotListenError as error:
-            raise SkipTest(f"cannot listen on ::1: {error}")
+            raise SkipTest(f"cannot listen on ::1: {error}") from error
         self.start_balancer([upstream])
         self.assertEqual(upstream.address, f"[::1]:{upstream.port}")
         response = await self.fetch(b"GET /six HTTP/1.0\r\n\r\n")

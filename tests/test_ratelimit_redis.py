@@ -372,9 +372,8 @@ class RedisLimitTests(RedisTestCase):
             await decide(limiter, "192.0.2.1")
         reply = self.server.command("HGETALL", "balancebeam:rl:192.0.2.1")
         fields = reply.split(b"\r\n")[2::2]
-        self.assertEqual(
-            dict(zip(fields[0::2], fields[1::2])), {b"w": b"2", b"c": b"2", b"p": b"0"}
-        )
+        stored = dict(zip(fields[0::2], fields[1::2], strict=True))
+        self.assertEqual(stored, {b"w": b"2", b"c": b"2", b"p": b"0"})
         ttl = int(self.server.command("PTTL", "balancebeam:rl:192.0.2.1")[1:].strip())
         self.assertTrue(110_000 < ttl <= 120_000, ttl)
 

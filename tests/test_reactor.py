@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.internet.error import ConnectionDone
-from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -25,7 +25,7 @@ class _Client(Protocol):
         self.received = b""
         self.lost = False
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost = True
 
     def connectionMade(self) -> None:

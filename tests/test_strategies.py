@@ -82,7 +82,7 @@ def set_in_flight(registry: UpstreamRegistry, *loads: int) -> None:
     """
     Set each upstream's C{in_flight}, in configuration order.
     """
-    for upstream, load in zip(registry.upstreams, loads):
+    for upstream, load in zip(registry.upstreams, loads, strict=True):
         upstream.in_flight = load
 
 
