@@ -48,9 +48,9 @@ _HOP_NAMES += rb"|proxy-authenticate|proxy-authorization|content-length"
 # every other line is forwarded as it came, without being looked at again.
 _REQUEST_SPECIAL = re.compile(
     rb"\r\n(" + _HOP_NAMES + rb"|host|expect|via|x-forwarded-for|x-forwarded-proto"
-    rb"|idempotency-key|content_length|transfer_encoding):[ \t]*"
+    rb"|idempotency-key|content_length|transfer_encoding):[ \t]*([^\r]*)"
 )
-_RESPONSE_SPECIAL = re.compile(rb"\r\n(" + _HOP_NAMES + rb"):[ \t]*")
+_RESPONSE_SPECIAL = re.compile(rb"\r\n(" + _HOP_NAMES + rb"):[ \t]*([^\r]*)")
 
 #: Headers that describe one connection, never forwarded (RFC 9110 section 7.6.1).
 HOP_BY_HOP: Final = frozenset(
@@ -310,11 +310,9 @@ def _split_head(
     fields: list[Field] = []
     spans: list[tuple[int, int]] = []
     for found in special.finditer(head.lower(), block_start):
-        start = found.start()
-        end = head.find(CRLF, start + 2)
-        if end == -1:
-            end = len(head)
-        fields.append((found[1], head[found.end() : end].rstrip(b" \t"), head[start + 2 : end]))
+        # The pattern runs to the end of the line ([^\r]*: the block has no bare CR).
+        start, end = found.span()
+        fields.append((found[1], head[found.start(2) : end].rstrip(b" \t"), head[start + 2 : end]))
         spans.append((start, end))
     return matched, block_start, fields, spans
 
