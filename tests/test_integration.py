@@ -778,7 +778,7 @@ class PoolTests(IntegrationTestCase):
 
     async def test_connections_reused(self) -> None:
         """
-        1000 sequential requests on one client connection and 200 on fresh
+        1000 sequential requests on one client connection and 1000 on fresh
         client connections open at most three upstream connections.
         """
         upstream = self.start_upstream("only")
@@ -788,10 +788,10 @@ class PoolTests(IntegrationTestCase):
             [response] = await self.exchange(client, build_request(target=b"/k%d" % index), b"GET")
             self.assertEqual(response.status, 200)
         await self.close(client)
-        for index in range(200):
+        for index in range(1000):
             response = await self.fetch(build_request(target=b"/f%d" % index))
             self.assertEqual(response.status, 200)
-        self.assertEqual(len(upstream.requests), 1200)
+        self.assertEqual(len(upstream.requests), 2000)
         self.assertLessEqual(upstream.accepted, 3)
 
     async def test_warm_connections_opened_at_start(self) -> None:
