@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from typing import Union
 
-TrustedNetworks = tuple[IPv4Network | IPv6Network, ...]
+TrustedNetworks = tuple[Union[IPv4Network, IPv6Network], ...]
 """
 The parsed form of the C{--trust-forwarded-for} values.
 """

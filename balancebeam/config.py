@@ -231,3 +231,6 @@ class BalancerConfig:
     access_log: bool = False
     shutdown_timeout: float = 10.0
     max_client_connections: int = 10000
+    #: Seed for the strategies' random source; C{None} (the default) seeds
+    #: from the operating system. Tests fix it to make choices reproducible.
+    random_seed: int | None = None

@@ -97,7 +97,7 @@ class BalancerService(MultiService):
         self.factory = BalancerFactory(
             reactor,
             self.registry,
-            build_strategy(config.strategy, random.Random()),
+            build_strategy(config.strategy, random.Random(config.random_seed)),
             self.pool,
             self.stats,
             timeouts=config.timeouts,
@@ -166,7 +166,7 @@ class BalancerService(MultiService):
         for description in self.config.listen:
             endpoint = serverFromString(self._reactor, description)
             endpoint.listen(self.factory).addBoth(results.append)
-        for description, result in zip(self.config.listen, results, strict=False):
+        for description, result in zip(self.config.listen, results):
             if isinstance(result, Failure):
                 for port in results:
                     if not isinstance(port, Failure):

@@ -173,7 +173,7 @@ class RoundRobinStrategy:
         else:
             old_scores: dict[UpstreamState, int] = {}
             if not self._equal:
-                old_scores = dict(zip(self._members, self._scores, strict=True))
+                old_scores = dict(zip(self._members, self._scores))
             kept = [old_scores[u] for u in members if u in old_scores]
             start = sum(kept) // len(kept) if kept else 0
             self._scores = [old_scores.get(u, start) for u in members]

@@ -638,7 +638,7 @@ def request_head_for_upstream(
     forwarded: list[bytes] = []
     vias: list[bytes] = []
     cuts: list[tuple[int, int]] = []
-    for (name, value, _), span in zip(request.special, request.spans, strict=True):
+    for (name, value, _), span in zip(request.special, request.spans):
         if name in _REQUEST_DROPPED:
             cuts.append(span)
             if name == b"x-forwarded-for":
@@ -696,7 +696,7 @@ def response_head_for_client(
     if response.status == 101:
         cuts = [
             span
-            for (name, _, _), span in zip(special, response.spans, strict=True)
+            for (name, _, _), span in zip(special, response.spans)
             if name == b"content-length"
         ]
         return status_line + b"".join(_splice(response.raw, response.block_start, cuts)) + HEAD_END

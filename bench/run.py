@@ -633,6 +633,8 @@ class Bench:
         self.bb_unavailable: str | None = None
         self.twistd_args, self.balancer_args = split_balancer_args(args.twistd_arg,
                                                                    args.balancer_arg)
+        self.balancer_python = args.balancer_python or sys.executable
+        self.balancer_warmup = args.balancer_warmup
 
     # ----------------------------------------------------------------- starting servers
 
@@ -814,7 +816,7 @@ backend be
         The balancebeam command line: twistd in the foreground, one process,
         active health checks and in-memory rate limiting on (never hit).
         """
-        twistd = [sys.executable, "-c",
+        twistd = [self.balancer_python, "-c",
                   "import sys; sys.argv[0] = 'twistd'; "
                   "from twisted.scripts.twistd import run; run()"]
         argv = twistd + ["-n", "--pidfile="] + self.twistd_args + [
@@ -868,7 +870,13 @@ backend be
             raise TargetFailure(self.bb_unavailable)
         port = free_port(self.used_ports)
         argv = self.balancebeam_argv(port, upstreams, extra)
-        return self._start(name, "balancebeam", port, argv, env=self.balancebeam_env(), cwd=REPO)
+        target = self._start(name, "balancebeam", port, argv, env=self.balancebeam_env(),
+                             cwd=REPO)
+        if self.balancer_warmup:
+            # A JIT (PyPy) compiles the hot path under load: measure after it has.
+            say(f"warming {name} up for {self.balancer_warmup}s")
+            self.run_wrk(port, "/", self.settings.connections, self.balancer_warmup)
+        return target
 
     def _start(self, name: str, kind: str, port: int, argv: list[str],
                env: dict[str, str] | None = None, cwd: Path | None = None) -> Target:
@@ -1944,6 +1952,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--balancer-arg", action="append", default=[], metavar="ARGS",
                    help="extra balancebeam arguments, split shell-style; repeatable, e.g. "
                         "--balancer-arg='--strategy p2c' (a --reactor is passed to twistd)")
+    p.add_argument("--balancer-python", metavar="PATH",
+                   help="the Python that runs balancebeam (default: this one), e.g. a PyPy "
+                        "virtualenv's python; it needs the project's dependencies")
+    p.add_argument("--balancer-warmup", type=int, default=0, metavar="SECONDS",
+                   help="load balancebeam for this long after each start, before measuring "
+                        "(for a JIT such as PyPy's; default 0)")
     p.add_argument("--twistd-arg", action="append", default=[], metavar="ARGS",
                    help="extra twistd arguments before 'balancebeam', "
                         "e.g. --twistd-arg='--reactor epoll'")
@@ -2073,6 +2087,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"wrk -c{s.connections} -t{s.wrk_threads}")
     if bench.balancer_args or bench.twistd_args:
         print(f"balancebeam extra args: twistd {bench.twistd_args} balancer {bench.balancer_args}")
+    print(f"balancebeam runs on: {bench.balancer_python} "
+          f"(warm-up {bench.balancer_warmup}s after each start)")
     print(report)
     warnings = saturation_warnings(summary)
     if "balancebeam" in summary.get("small", {}) or "balancebeam" in summary.get("idle", {}):
