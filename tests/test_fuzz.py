@@ -7,8 +7,11 @@ must not log a bug, and must give back every upstream's in-flight count.
 from __future__ import annotations
 
 import random
+import re
+from typing import Any
 
 from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -125,3 +128,61 @@ class FuzzTests(SynchronousTestCase):
         for seed in range(1500):
             _exercise(seed)
             self.assertEqual(bugs, [], f"seed {seed} logged a failure")
+
+
+class CrossTalkTests(SynchronousTestCase):
+    """
+    Responses never reach the wrong client, however requests interleave.
+    """
+
+    def test_interleaved_clients_get_their_own_answers(self) -> None:
+        """
+        Three clients sending pipelined requests in a seeded random order over
+        shared, reused upstream connections, answered in a random order,
+        receive exactly the answers to their own requests, in order.
+        """
+        for seed in range(200):
+            self._conversation(seed)
+
+    def _conversation(self, seed: int) -> None:
+        """
+        One seeded interleaving (see L{test_interleaved_clients_get_their_own_answers}).
+        """
+        rng = random.Random(seed)
+        harness = Harness(upstream_count=2)
+        clients = [harness.client(40000 + n) for n in range(3)]
+        sent: list[list[bytes]] = [[], [], []]
+        upstreams: list[tuple[Any, StringTransport]] = []
+        waiting: list[tuple[Any, bytes]] = []
+
+        def collect() -> None:
+            while harness.pending_connects():
+                protocol, transport, _ = harness.accept()
+                upstreams.append((protocol, transport))
+            for protocol, transport in upstreams:
+                data = transport.value()
+                if data:
+                    transport.clear()
+                    waiting.append((protocol, data.split(b" ", 2)[1]))
+
+        def answer(count: int) -> None:
+            rng.shuffle(waiting)
+            for protocol, requested in waiting[:count]:
+                waiting.remove((protocol, requested))
+                protocol.dataReceived(response(b"answer for " + requested + b"\n"))
+
+        for step in range(30):
+            number = rng.randrange(3)
+            target = b"/c%d-r%d" % (number, step)
+            clients[number][0].dataReceived(b"GET " + target + b" HTTP/1.1\r\nHost: h\r\n\r\n")
+            sent[number].append(target)
+            collect()
+            answer(rng.randint(0, len(waiting)))
+            collect()
+        while waiting or harness.pending_connects():
+            collect()
+            answer(len(waiting))
+            collect()
+        for number, (_, transport) in enumerate(clients):
+            answers = re.findall(rb"answer for (/c\d-r\d+)\n", transport.value())
+            self.assertEqual(answers, sent[number], f"seed {seed}, client {number}")
