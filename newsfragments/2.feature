@@ -1,0 +1,1 @@
+balancebeam relays HTTP/1.1 to several upstreams as a twistd plugin (`twistd -n balancebeam --upstream HOST:PORT`), with streaming bodies, keep-alive, pipelining, strict request parsing, passive failover, clear 4xx/5xx answers, timeouts, graceful shutdown and a `--demo` mode.

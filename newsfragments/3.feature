@@ -1,0 +1,1 @@
+Active health checks probe each upstream every `--active-health-check-interval` seconds and take it out of rotation after two failed probes (back after two good ones); with every upstream down, clients get 503 with Retry-After.

@@ -1,0 +1,1 @@
+Per-client rate limiting (`--max-requests-per-minute`) with fixed or sliding windows, kept in memory or shared by several balancers through Redis (`--rate-limit-backend redis://...`), answered with 429 and Retry-After.
