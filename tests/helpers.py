@@ -5,6 +5,7 @@ on a L{MemoryReactorClock}.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -143,3 +144,13 @@ def response(body: bytes = b"hello", status: bytes = b"200 OK", extra: bytes = b
     return (
         b"HTTP/1.1 " + status + b"\r\nContent-Length: %d\r\n" % len(body) + extra + b"\r\n" + body
     )
+
+
+def unused_port() -> int:
+    """
+    A loopback TCP port that nothing listens on (bound, then released).
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port

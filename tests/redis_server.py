@@ -21,15 +21,7 @@ import tempfile
 import time
 from unittest import SkipTest
 
-
-def _free_port() -> int:
-    """
-    Ask the kernel for a free TCP port on 127.0.0.1.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+from tests.helpers import unused_port
 
 
 def find_redis_server() -> str:
@@ -82,7 +74,7 @@ class RedisServer:
         if self._process is not None:
             raise RuntimeError("redis-server is already running")
         if not self.port:
-            self.port = _free_port()
+            self.port = unused_port()
         log = open(os.path.join(self._directory, "redis.log"), "ab")
         with log:
             self._process = subprocess.Popen(

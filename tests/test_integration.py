@@ -26,6 +26,7 @@ from zope.interface import implementer
 
 from balancebeam.config import BalancerConfig, Limits, Timeouts, parse_upstream
 from balancebeam.service import BalancerService
+from tests.helpers import unused_port
 from tests.upstreams import (
     RawClient,
     RawResponse,
@@ -65,16 +66,6 @@ def chunked(data: bytes, size: int) -> bytes:
         for i in range(0, len(data), size)
     ]
     return b"".join(pieces) + b"0\r\n\r\n"
-
-
-def unused_port() -> int:
-    """
-    A loopback port that nothing listens on (bound, then released).
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 def hanging_port(case: TestCase) -> int:

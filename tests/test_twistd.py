@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 import tempfile
 from typing import Any
@@ -20,6 +19,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 import balancebeam
+from tests.helpers import unused_port
 from tests.upstreams import UpstreamServer, connect_client
 
 reactor: Any = _global_reactor
@@ -29,16 +29,6 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(balancebeam.__file__
 
 #: Runs twistd from a given interpreter (C{twisted.scripts.twistd} has no C{__main__}).
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
-
-
-def unused_port() -> int:
-    """
-    A loopback port that nothing listens on (bound, then released).
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 class TwistdProcess(ProcessProtocol):
