@@ -172,6 +172,8 @@ class Timeouts:
     @ivar client_header: whole request head, from its first byte.
     @ivar client_idle: an idle keep-alive client connection.
     @ivar client_body: inactivity while a request body is being received.
+    @ivar tunnel_idle: a tunnel (after C{101 Switching Protocols}) with no
+        byte in either direction.
     """
 
     connect: float = 5.0
@@ -179,6 +181,7 @@ class Timeouts:
     client_header: float = 10.0
     client_idle: float = 60.0
     client_body: float = 60.0
+    tunnel_idle: float = 3600.0
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from balancebeam.config import UpstreamSpec
 from balancebeam.errors import QueueTimeout, UpstreamDown
 from balancebeam.registry import UpstreamState
-from balancebeam.upstream import UpstreamConnection
+from balancebeam.relay.upstream import UpstreamConnection
 
 Connector = Callable[[UpstreamSpec], IStreamClientEndpoint]
 

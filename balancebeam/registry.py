@@ -89,7 +89,7 @@ class UpstreamRegistry:
     def live(self) -> list[UpstreamState]:
         """
         The upstreams that may receive traffic now. Empty when all are down:
-        the caller answers 503 (see L{balancebeam.frontend}).
+        the caller answers 503 (see L{balancebeam.relay.client}).
         """
         if self._next_retry_at is not None and self._clock.seconds() >= self._next_retry_at:
             self._retry_due()

@@ -24,12 +24,12 @@ from twisted.python.failure import Failure
 
 from balancebeam.clientip import parse_trusted_networks
 from balancebeam.config import BalancerConfig, UpstreamSpec
-from balancebeam.frontend import BalancerFactory
-from balancebeam.health import HealthChecker, default_timeout
+from balancebeam.health.checker import HealthChecker, default_timeout
+from balancebeam.health.probe import HTTPProbe
 from balancebeam.pool import UpstreamPool
-from balancebeam.probe import HTTPProbe
-from balancebeam.ratelimit_factory import build_rate_limiter
+from balancebeam.ratelimit.build import build_rate_limiter
 from balancebeam.registry import UpstreamRegistry, UpstreamState
+from balancebeam.relay.client import BalancerFactory
 from balancebeam.stats import Stats
 from balancebeam.strategies import build_strategy
 

@@ -21,7 +21,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from balancebeam import config
-from balancebeam.ratelimit import ALGORITHMS
+from balancebeam.ratelimit.memory import ALGORITHMS
 from balancebeam.strategies import STRATEGY_NAMES
 
 _T = TypeVar("_T")

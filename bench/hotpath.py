@@ -20,13 +20,13 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 
 from balancebeam.config import UpstreamSpec
-from balancebeam.frontend import BalancerFactory, BalancerProtocol
 from balancebeam.pool import UpstreamPool
-from balancebeam.ratelimit import MemoryRateLimiter
+from balancebeam.ratelimit.memory import MemoryRateLimiter
 from balancebeam.registry import UpstreamRegistry
+from balancebeam.relay.client import BalancerFactory, BalancerProtocol
+from balancebeam.relay.upstream import UpstreamConnection
 from balancebeam.stats import Stats
 from balancebeam.strategies import build_strategy
-from balancebeam.upstream import UpstreamConnection
 
 REQUEST = (
     b"GET / HTTP/1.1\r\nHost: 127.0.0.1:1100\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"

@@ -18,10 +18,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from balancebeam.config import Limits, Timeouts, UpstreamSpec
-from balancebeam.frontend import BalancerFactory, BalancerProtocol
 from balancebeam.interfaces import IBalancingStrategy, IRateLimiter
 from balancebeam.pool import UpstreamPool
 from balancebeam.registry import UpstreamRegistry, UpstreamState
+from balancebeam.relay.client import BalancerFactory, BalancerProtocol
 from balancebeam.stats import Stats
 
 

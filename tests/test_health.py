@@ -1,5 +1,5 @@
 """
-Tests for L{balancebeam.health}.
+Tests for L{balancebeam.health.checker}.
 
 A L{FakeProbe} hands each probe's L{Deferred} to the test, which fires it
 (or lets it hang) and moves a L{Clock} across round and timeout boundaries.
@@ -16,8 +16,13 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from balancebeam.config import UpstreamSpec
-from balancebeam.health import HealthChecker, ProbeResult, default_timeout, describe_failure
-from balancebeam.probe import ProbeFailed
+from balancebeam.health.checker import (
+    HealthChecker,
+    ProbeResult,
+    default_timeout,
+    describe_failure,
+)
+from balancebeam.health.probe import ProbeFailed
 from balancebeam.registry import UpstreamRegistry, UpstreamState
 
 A = "127.0.0.1:8081"

@@ -87,7 +87,7 @@ class JSONLinesObserverTests(SynchronousTestCase):
             {
                 "log_format": "{method} {path} -> {status}",
                 "log_level": LogLevel.info,
-                "log_namespace": "balancebeam.frontend",
+                "log_namespace": "balancebeam.relay.client",
                 "log_time": 86400.25,
                 "log_system": "-",
                 "client": "127.0.0.1",
@@ -107,7 +107,7 @@ class JSONLinesObserverTests(SynchronousTestCase):
                 "latency_ms": 1.5,
                 "time": "1970-01-02T00:00:00.250000Z",
                 "level": "info",
-                "namespace": "balancebeam.frontend",
+                "namespace": "balancebeam.relay.client",
                 "system": "-",
                 "text": "GET /a -> 200",
             },

@@ -11,7 +11,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from balancebeam.errors import QueueTimeout, UpstreamDown
-from balancebeam.upstream import UpstreamConnection
+from balancebeam.relay.upstream import UpstreamConnection
 from tests.helpers import Harness, response
 
 GET = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"

@@ -1,5 +1,5 @@
 """
-Tests for L{balancebeam.probe}.
+Tests for L{balancebeam.health.probe}.
 
 Most tests run the probe on a L{MemoryReactorClock}: the test takes the
 connection attempt from C{reactor.tcpClients}, connects it to a
@@ -32,7 +32,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from balancebeam.config import UpstreamSpec
-from balancebeam.probe import MAX_STATUS_LINE, HTTPProbe, ProbeFailed
+from balancebeam.health.probe import MAX_STATUS_LINE, HTTPProbe, ProbeFailed
 from balancebeam.registry import UpstreamState
 
 EXPECTED_REQUEST = (

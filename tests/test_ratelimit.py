@@ -1,5 +1,5 @@
 """
-Tests for L{balancebeam.ratelimit} and L{balancebeam.ratelimit_factory}.
+Tests for L{balancebeam.ratelimit.memory} and L{balancebeam.ratelimit.build}.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from balancebeam.interfaces import IRateLimiter, RateLimitDecision
-from balancebeam.ratelimit import MemoryRateLimiter, sliding_retry_after
-from balancebeam.ratelimit_factory import build_rate_limiter, validate_backend
+from balancebeam.ratelimit.build import build_rate_limiter, validate_backend
+from balancebeam.ratelimit.memory import MemoryRateLimiter, sliding_retry_after
 
 
 def _allowed(limiter: MemoryRateLimiter, key: str, count: int) -> int:

@@ -1,5 +1,5 @@
 """
-Tests for L{balancebeam.ratelimit_redis}.
+Tests for L{balancebeam.ratelimit.redis}.
 
 L{RedisPolicyTests} run on a L{MemoryReactorClock} with no Redis at all. The
 other classes start a real C{redis-server} for each test (see
@@ -19,9 +19,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from balancebeam.interfaces import IRateLimiter, RateLimitDecision
-from balancebeam.ratelimit import MemoryRateLimiter
-from balancebeam.ratelimit_factory import build_rate_limiter
-from balancebeam.ratelimit_redis import RedisRateLimiter, parse_redis_url
+from balancebeam.ratelimit.build import build_rate_limiter
+from balancebeam.ratelimit.memory import MemoryRateLimiter
+from balancebeam.ratelimit.redis import RedisRateLimiter, parse_redis_url
 from tests.redis_server import RedisServer
 
 reactor: IReactorTime = _global_reactor

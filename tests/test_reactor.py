@@ -1,5 +1,5 @@
 """
-Tests for L{balancebeam.reactor}, the lean epoll reactor.
+Tests for L{balancebeam.twisted_internals}, the lean epoll reactor.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from twisted.internet.protocol import ClientFactory, Factory, Protocol, connecti
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from balancebeam.reactor import LeanEPollReactor
+from balancebeam.twisted_internals import LeanEPollReactor
 
 
 class _Echo(Protocol):

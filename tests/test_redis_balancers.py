@@ -10,7 +10,7 @@ from __future__ import annotations
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
-from balancebeam.ratelimit_redis import RedisRateLimiter
+from balancebeam.ratelimit.redis import RedisRateLimiter
 from balancebeam.service import BalancerService
 from tests.redis_server import RedisServer
 from tests.test_integration import IntegrationTestCase, build_request, sleep

@@ -19,7 +19,7 @@ from zope.interface import implementer
 from balancebeam import tap
 from balancebeam.config import BalancerConfig, Limits, Timeouts, UpstreamSpec
 from balancebeam.demo import DemoUpstreamsService
-from balancebeam.ratelimit_redis import ON_ERROR_POLICIES
+from balancebeam.ratelimit.redis import ON_ERROR_POLICIES
 from balancebeam.service import BalancerService
 
 

@@ -11,7 +11,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from balancebeam.transport import StreamTransport, send_now
+from balancebeam.relay.transport import StreamTransport
+from balancebeam.twisted_internals import send_now
 
 
 class _Collector(Protocol):

@@ -9,23 +9,27 @@ from collections.abc import Iterable
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from balancebeam.wire import (
+from balancebeam.http1.framing import (
+    LAST_CHUNK,
+    BodyReader,
+    chunk,
+)
+from balancebeam.http1.heads import (
     BODY_CHUNKED,
     BODY_LENGTH,
     BODY_NONE,
     BODY_UNTIL_CLOSE,
     HEAD_END,
-    HOP_BY_HOP,
     IDEMPOTENT_METHODS,
-    LAST_CHUNK,
-    BodyReader,
     HTTPError,
     RequestHead,
     ResponseHead,
-    chunk,
-    error_response,
     parse_request_head,
     parse_response_head,
+)
+from balancebeam.http1.rewrite import (
+    HOP_BY_HOP,
+    error_response,
     request_head_for_upstream,
     response_head_for_client,
 )

@@ -19,6 +19,6 @@ balancebeam = ServiceMaker(
 
 balancebeam_epoll = Reactor(
     "balancebeam-epoll",
-    "balancebeam.reactor",
+    "balancebeam.twisted_internals",
     "epoll without the legacy per-event log context: less CPU per request",
 )

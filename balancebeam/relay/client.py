@@ -32,30 +32,35 @@ from zope.interface import implementer
 from balancebeam.clientip import client_key
 from balancebeam.config import Limits, Timeouts
 from balancebeam.errors import BalancerError
-from balancebeam.interfaces import IBalancingStrategy, IRateLimiter, RateLimitDecision
-from balancebeam.pool import SAFE_REUSE_AGE, UpstreamPool
-from balancebeam.registry import UpstreamRegistry, UpstreamState
-from balancebeam.stats import Stats
-from balancebeam.transport import StreamTransport, enable_no_delay, send_now
-from balancebeam.upstream import UpstreamConnection
-from balancebeam.wire import (
+from balancebeam.http1.framing import (
+    LAST_CHUNK,
+    BodyReader,
+    chunk,
+)
+from balancebeam.http1.heads import (
     BODY_CHUNKED,
     BODY_LENGTH,
     BODY_NONE,
     BODY_UNTIL_CLOSE,
     HEAD_END,
-    LAST_CHUNK,
-    BodyReader,
     HTTPError,
     RequestHead,
     ResponseHead,
     check_partial_request_head,
-    chunk,
-    error_response,
     parse_request_head,
+)
+from balancebeam.http1.rewrite import (
+    error_response,
     request_head_for_upstream,
     response_head_for_client,
 )
+from balancebeam.interfaces import IBalancingStrategy, IRateLimiter, RateLimitDecision
+from balancebeam.pool import SAFE_REUSE_AGE, UpstreamPool
+from balancebeam.registry import UpstreamRegistry, UpstreamState
+from balancebeam.relay.transport import StreamTransport, enable_no_delay
+from balancebeam.relay.upstream import UpstreamConnection
+from balancebeam.stats import Stats
+from balancebeam.twisted_internals import send_now
 
 #: Request body bytes held while no upstream connection is ready yet.
 MAX_PENDING_BODY: Final = 64 * 1024

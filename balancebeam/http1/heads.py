@@ -1,23 +1,19 @@
 """
-HTTP/1.x on the wire: strict parsing of message heads, body framing, and the
-rewriting of heads for the next hop.
+HTTP/1.x message heads: strict parsing of request and response heads.
 
 Parsing is strict where laxness enables request smuggling (RFC 9112 section
 6.3 and 11.2): both Content-Length and Transfer-Encoding, differing
 Content-Length values, signed or non-numeric lengths, a Transfer-Encoding
-other than C{chunked}, bad chunk sizes, obsolete line folding, bare CR or LF,
-whitespace before a header's colon, an invalid C{Host} and framing header
-names spelled with underscores are all rejected.
+other than C{chunked}, obsolete line folding, bare CR or LF, whitespace
+before a header's colon, an invalid C{Host} and framing header names spelled
+with underscores are all rejected.
 
-Everything here is pure: bytes in, records or bytes out, L{HTTPError} on bad
-input. The protocols in L{balancebeam.frontend} and L{balancebeam.upstream}
-drive it.
+Everything here is pure: bytes in, records out, L{HTTPError} on bad input.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Final
 
 CRLF: Final = b"\r\n"
@@ -32,7 +28,6 @@ _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([^\x00-\x20\x7f]+) HTTP/([0-9])\.([0-9])")
 _STATUS_LINE = re.compile(rb"HTTP/([0-9])\.([0-9]) ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
 _HEADER_LINE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*")
-_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
 # RFC 9110 section 7.2: uri-host [ ":" port ]; reg-name without the comma,
 # which some servers read as a list separator.
@@ -52,60 +47,9 @@ _REQUEST_SPECIAL = re.compile(
 )
 _RESPONSE_SPECIAL = re.compile(rb"\r\n(" + _HOP_NAMES + rb"):[ \t]*([^\r]*)")
 
-#: Headers that describe one connection, never forwarded (RFC 9110 section 7.6.1).
-HOP_BY_HOP: Final = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"content-length",  # re-framed for each hop
-    }
-)
-
-REASONS: Final = {
-    100: "Continue",
-    101: "Switching Protocols",
-    200: "OK",
-    400: "Bad Request",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    408: "Request Timeout",
-    413: "Content Too Large",
-    417: "Expectation Failed",
-    429: "Too Many Requests",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    501: "Not Implemented",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-    505: "HTTP Version Not Supported",
-}
-
 IDEMPOTENT_METHODS: Final = frozenset(
     {b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"}
 )
-
-#: Request fields never forwarded as they came: hop-by-hop ones, and the
-#: ones the balancer writes itself.
-_REQUEST_DROPPED: Final = HOP_BY_HOP | {
-    b"x-forwarded-for",
-    b"x-forwarded-proto",
-    b"via",
-    b"expect",
-}
-_REQUEST_SPECIAL_NAMES: Final = _REQUEST_DROPPED | {
-    b"host",
-    b"idempotency-key",
-    b"content_length",
-    b"transfer_encoding",
-}
 
 Field = tuple[bytes, bytes, bytes]
 """A header: lower-cased name, value without surrounding whitespace, the raw line."""
@@ -325,36 +269,6 @@ def _all_fields(head: bytes, block_start: int) -> list[Field]:
         return []
     return _parse_fields(head[block_start + 2 :].split(CRLF), len(head), 400, 400)
 
-
-def _lines_named(head: bytes, block_start: int, names: frozenset[bytes]) -> list[tuple[int, int]]:
-    """
-    The spans of every field of C{head} whose lower-cased name is in C{names}.
-    """
-    lowered = head.lower()
-    spans = []
-    for name in names:
-        needle = CRLF + name + b":"
-        start = lowered.find(needle, block_start)
-        while start != -1:
-            end = head.find(CRLF, start + 2)
-            spans.append((start, len(head) if end == -1 else end))
-            start = lowered.find(needle, start + 2)
-    return spans
-
-
-def _splice(head: bytes, start: int, cuts: list[tuple[int, int]]) -> list[bytes]:
-    """
-    The pieces of C{head} from C{start} on, without the C{cuts} spans.
-    """
-    if not cuts:
-        return [head[start:]]
-    pieces = []
-    for cut_start, cut_end in sorted(cuts):
-        if cut_start > start:
-            pieces.append(head[start:cut_start])
-        start = max(start, cut_end)
-    pieces.append(head[start:])
-    return pieces
 
 
 def _parse_fields(
@@ -624,269 +538,3 @@ def _keep_alive_timeout(value: bytes) -> float | None:
     return None
 
 
-def request_head_for_upstream(
-    request: RequestHead,
-    client_ip: str,
-    upstream_host: str,
-    proto: bytes = b"http",
-) -> bytes:
-    """
-    Build the head sent upstream: HTTP/1.1, origin form, hop-by-hop fields
-    removed, C{X-Forwarded-For}/C{X-Forwarded-Proto}/C{Via} added, and framing
-    headers for the body as it will be sent on this hop.
-    """
-    forwarded: list[bytes] = []
-    vias: list[bytes] = []
-    cuts: list[tuple[int, int]] = []
-    for (name, value, _), span in zip(request.special, request.spans):
-        if name in _REQUEST_DROPPED:
-            cuts.append(span)
-            if name == b"x-forwarded-for":
-                if value:
-                    forwarded.append(value)
-            elif name == b"via":
-                if value:
-                    vias.append(value)
-        elif name == b"host" and request.host_replaced:
-            cuts.append(span)
-    # Host is needed by every HTTP/1.1 upstream, whatever Connection says;
-    # the other names in Connection are hop-by-hop.
-    named = request.connection_names - _REQUEST_SPECIAL_NAMES
-    if named:
-        cuts += _lines_named(request.raw, request.block_start, named)
-    lines = [
-        request.method + b" " + request.target + b" HTTP/1.1"
-        + b"".join(_splice(request.raw, request.block_start, cuts))
-    ]
-    if request.host_replaced:
-        assert request.host is not None
-        lines.append(b"Host: " + request.host)
-    elif request.host is None:
-        lines.append(b"Host: " + upstream_host.encode("ascii"))
-    forwarded.append(client_ip.encode("ascii"))
-    lines.append(b"X-Forwarded-For: " + b", ".join(forwarded))
-    lines.append(b"X-Forwarded-Proto: " + proto)
-    vias.append(b"1.%d balancebeam" % request.minor)
-    lines.append(b"Via: " + b", ".join(vias))
-    if request.body_kind == BODY_LENGTH:
-        lines.append(b"Content-Length: %d" % request.content_length)
-    elif request.body_kind == BODY_CHUNKED:
-        lines.append(b"Transfer-Encoding: chunked")
-    if request.upgrade is not None:
-        lines.append(b"Connection: upgrade")
-        lines.append(b"Upgrade: " + request.upgrade)
-    lines.append(CRLF)
-    return CRLF.join(lines)
-
-
-def response_head_for_client(
-    response: ResponseHead, client_minor: int, keep_alive: bool, chunked: bool
-) -> bytes:
-    """
-    Build the head sent to the client: hop-by-hop fields removed, C{Via}
-    added, and framing and C{Connection} headers for the client's hop.
-
-    @param keep_alive: whether the client connection stays open afterwards.
-    @param chunked: whether the body is sent chunked on the client's hop.
-    """
-    status_line = b"HTTP/1.1" + response.status_line[8:]
-    if len(response.status_line) == 12:
-        status_line += b" " + REASONS.get(response.status, "Unknown").encode("ascii")
-    special = response.special
-    if response.status == 101:
-        cuts = [
-            span
-            for (name, _, _), span in zip(special, response.spans)
-            if name == b"content-length"
-        ]
-        return status_line + b"".join(_splice(response.raw, response.block_start, cuts)) + HEAD_END
-    cuts = list(response.spans)
-    named = response.connection_names - HOP_BY_HOP
-    if named:
-        cuts += _lines_named(response.raw, response.block_start, named)
-    lines = [
-        status_line + b"".join(_splice(response.raw, response.block_start, cuts)),
-        b"Via: 1.%d balancebeam" % response.minor,
-    ]
-    kind = response.body_kind
-    if kind == BODY_LENGTH:
-        lines.append(b"Content-Length: %d" % response.content_length)
-    elif chunked:
-        # The upstream's final "chunked" was undone by the body reader; any
-        # other transfer coding (gzip, ...) is still applied to the payload.
-        codings = _tokens(special, b"transfer-encoding")
-        if kind == BODY_CHUNKED:
-            codings = codings[:-1]
-        codings.append(b"chunked")
-        lines.append(b"Transfer-Encoding: " + b", ".join(codings))
-    elif kind == BODY_NONE and response.status >= 200 and response.status != 204:
-        # HEAD and 304 answers keep the length of the body they describe;
-        # 1xx and 204 never carry one (RFC 9110 section 8.6).
-        lines.extend(raw for name, _, raw in special if name == b"content-length")
-    if response.status >= 200:
-        if not keep_alive:
-            lines.append(b"Connection: close")
-        elif client_minor == 0:
-            lines.append(b"Connection: keep-alive")
-    lines.append(CRLF)
-    return CRLF.join(lines)
-
-
-def error_response(
-    status: int, message: str, keep_alive: bool, extra: tuple[tuple[str, str], ...] = ()
-) -> bytes:
-    """
-    A complete, short C{text/plain} response generated by the balancer.
-    """
-    body = f"{status} {REASONS.get(status, 'Error')}: {message}\n".encode()
-    lines = [
-        f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}",
-        "Content-Type: text/plain; charset=utf-8",
-        f"Content-Length: {len(body)}",
-        "Connection: keep-alive" if keep_alive else "Connection: close",
-    ]
-    lines.extend(f"{name}: {value}" for name, value in extra)
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
-
-def chunk(data: bytes) -> list[bytes]:
-    """
-    Frame C{data} (non-empty) as one chunk, as a list for C{writeSequence}.
-    """
-    return [b"%x\r\n" % len(data), data, CRLF]
-
-
-LAST_CHUNK: Final = b"0\r\n\r\n"
-
-
-class BodyReader:
-    """
-    Reads one message body from a byte stream, incrementally.
-
-    L{feed} hands each piece of payload (de-chunked) to C{on_data} and
-    returns how many bytes of its input belonged to the body; once L{done}
-    is true the rest of the input is the next message.
-
-    @ivar done: whether the body is complete.
-    @ivar received: payload bytes seen so far.
-    """
-
-    __slots__ = (
-        "_kind",
-        "_remaining",
-        "_on_data",
-        "_state",
-        "_line",
-        "_max_line",
-        "_trailer_bytes",
-        "_error_status",
-        "done",
-        "received",
-    )
-
-    _SIZE = 0
-    _DATA = 1
-    _DATA_END = 2
-    _TRAILER = 3
-
-    def __init__(
-        self,
-        kind: int,
-        length: int,
-        on_data: Callable[[bytes], object],
-        error_status: int = 400,
-        max_line: int = 4096,
-    ) -> None:
-        self._kind = kind
-        self._remaining = length
-        self._on_data = on_data
-        self._state = self._SIZE
-        self._line = b""
-        self._max_line = max_line
-        self._trailer_bytes = 0
-        self._error_status = error_status
-        self.done = kind == BODY_NONE or (kind == BODY_LENGTH and length == 0)
-        self.received = 0
-
-    def feed(self, data: bytes) -> int:
-        """
-        Consume body bytes from the start of C{data}.
-
-        @return: the number of bytes consumed.
-        @raise HTTPError: on bad chunked framing.
-        """
-        kind = self._kind
-        if kind == BODY_LENGTH:
-            count = len(data)
-            if count >= self._remaining:
-                count = self._remaining
-                piece = data[:count] if count < len(data) else data
-                self.done = True
-            else:
-                piece = data
-            self._remaining -= count
-            self.received += count
-            if count:
-                self._on_data(piece)
-            return count
-        if kind == BODY_UNTIL_CLOSE:
-            self.received += len(data)
-            if data:
-                self._on_data(data)
-            return len(data)
-        if kind == BODY_CHUNKED:
-            return self._feed_chunked(data)
-        return 0
-
-    def _feed_chunked(self, data: bytes) -> int:
-        position = 0
-        end = len(data)
-        while position < end and not self.done:
-            state = self._state
-            if state == self._DATA:
-                count = min(self._remaining, end - position)
-                if position == 0 and count == end:
-                    piece = data
-                else:
-                    piece = data[position : position + count]
-                position += count
-                self._remaining -= count
-                self.received += count
-                self._on_data(piece)
-                if self._remaining == 0:
-                    self._state = self._DATA_END
-                continue
-            newline = data.find(b"\n", position)
-            if newline == -1:
-                self._line += data[position:]
-                if len(self._line) > self._max_line:
-                    raise HTTPError(self._error_status, "chunk framing line too long")
-                return end
-            line = self._line + data[position : newline + 1]
-            self._line = b""
-            position = newline + 1
-            if len(line) > self._max_line:
-                raise HTTPError(self._error_status, "chunk framing line too long")
-            if line[-2:] != CRLF:
-                raise HTTPError(self._error_status, "bare LF in chunked body")
-            line = line[:-2]
-            if state == self._SIZE:
-                size = _CHUNK_SIZE.fullmatch(line)
-                if size is None:
-                    raise HTTPError(self._error_status, "invalid chunk size")
-                self._remaining = int(size[1], 16)
-                self._state = self._DATA if self._remaining else self._TRAILER
-            elif state == self._DATA_END:
-                if line:
-                    raise HTTPError(self._error_status, "chunk data longer than its size")
-                self._state = self._SIZE
-            else:
-                if not line:
-                    self.done = True
-                else:
-                    self._trailer_bytes += len(line)
-                    if self._trailer_bytes > self._max_line * 4:
-                        raise HTTPError(self._error_status, "trailer section too large")
-                    if _HEADER_LINE.fullmatch(line) is None:
-                        raise HTTPError(self._error_status, "malformed trailer field")
-        return position

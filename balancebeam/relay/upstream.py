@@ -17,17 +17,18 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from balancebeam.transport import StreamTransport, enable_no_delay, send_now
-from balancebeam.wire import (
+from balancebeam.http1.framing import BodyReader
+from balancebeam.http1.heads import (
     BODY_LENGTH,
     BODY_NONE,
     BODY_UNTIL_CLOSE,
     HEAD_END,
-    BodyReader,
     HTTPError,
     ResponseHead,
     parse_response_head,
 )
+from balancebeam.relay.transport import StreamTransport, enable_no_delay
+from balancebeam.twisted_internals import send_now
 
 if TYPE_CHECKING:
     from balancebeam.registry import UpstreamState

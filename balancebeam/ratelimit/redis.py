@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from balancebeam.interfaces import IRateLimiter, RateLimitDecision
-from balancebeam.ratelimit import validate_parameters
+from balancebeam.ratelimit.memory import validate_parameters
 
 ON_ERROR_POLICIES = ("allow", "deny")
 """

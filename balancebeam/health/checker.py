@@ -23,7 +23,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from balancebeam.probe import ProbeFailed
+from balancebeam.health.probe import ProbeFailed
 from balancebeam.registry import UpstreamRegistry, UpstreamState
 
 Probe = Callable[[UpstreamState], Deferred[int]]

@@ -1,9 +1,9 @@
 """
 Build the rate limiter the command line asks for.
 
-Kept apart from L{balancebeam.ratelimit} so that the in-memory limiter does not
-depend on the Redis one (L{balancebeam.ratelimit_redis} imports
-L{balancebeam.ratelimit}, not the reverse).
+Kept apart from L{balancebeam.ratelimit.memory} so that the in-memory limiter does not
+depend on the Redis one (L{balancebeam.ratelimit.redis} imports
+L{balancebeam.ratelimit.memory}, not the reverse).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 from twisted.internet.interfaces import IReactorTime
 
 from balancebeam.interfaces import IRateLimiter
-from balancebeam.ratelimit import MemoryRateLimiter, validate_parameters
-from balancebeam.ratelimit_redis import ON_ERROR_POLICIES, RedisRateLimiter, parse_redis_url
+from balancebeam.ratelimit.memory import MemoryRateLimiter, validate_parameters
+from balancebeam.ratelimit.redis import ON_ERROR_POLICIES, RedisRateLimiter, parse_redis_url
 
 
 def validate_backend(backend: str) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from twisted.internet import tcp
 from twisted.internet.interfaces import IAddress
 
 
@@ -43,42 +42,6 @@ class StreamTransport(Protocol):
 
     def getPeer(self) -> IAddress:
         """The remote address."""
-
-
-_DIRECT_TYPES = (tcp.Server, tcp.Client)
-
-
-def send_now(transport: StreamTransport, data: bytes) -> None:
-    """
-    Write C{data} to C{transport}, sending it to the socket at once when
-    nothing is queued before it.
-
-    Twisted's C{write} queues data until the reactor's next turn, which costs
-    two C{epoll_ctl} calls and a loop iteration per response. When the
-    transport is a plain TCP connection with an empty send buffer, this sends
-    directly with C{socket.send}; whatever the kernel does not take (and every
-    other case: TLS, test transports, a transport already holding data or
-    closing) goes through C{transport.write}, so ordering, flow control and
-    error handling stay Twisted's.
-    """
-    if (
-        type(transport) in _DIRECT_TYPES
-        and not transport.dataBuffer  # type: ignore[attr-defined]  # tcp.Connection internals, checked by type above
-        and not transport._tempDataLen  # type: ignore[attr-defined]  # idem
-        and transport.connected  # type: ignore[attr-defined]  # idem
-        and not transport.disconnecting  # type: ignore[attr-defined]  # idem
-        and not transport._writeDisconnected  # type: ignore[attr-defined]  # idem
-    ):
-        try:
-            sent = transport.socket.send(data)  # type: ignore[attr-defined]  # idem
-        except OSError:
-            # EAGAIN, or an error that the queued write will meet and report.
-            sent = 0
-        if sent == len(data):
-            return
-        if sent:
-            data = data[sent:]
-    transport.write(data)
 
 
 def enable_no_delay(transport: object) -> None:
