@@ -158,6 +158,15 @@ class IResponseObserver(Interface):
         The response body is complete and was relayed whole.
         """
 
+    def continue_without_client() -> bool:
+        """
+        The client went away while the response was being relayed: whether
+        to keep reading it from the upstream to the end anyway (a cache
+        filling an entry that other requests wait for says C{True}). The
+        observer then still gets every piece and exactly one of
+        L{response_complete} and L{response_failed}.
+        """
+
     def response_failed(reason: str) -> Answer | None:
         """
         No complete response will come: the upstream failed or timed out,
