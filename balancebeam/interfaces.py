@@ -72,6 +72,12 @@ class IRateLimiter(Interface):
         their failure policy.
         """
 
+    def start() -> None:
+        """
+        Start working (connect, for remote limiters); called when the
+        balancer starts.
+        """
+
     def close() -> Deferred[None] | None:
         """
         Release timers and connections; the result fires when they are gone.

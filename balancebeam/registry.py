@@ -27,7 +27,7 @@ class UpstreamState:
     @ivar down_since: clock time it was last marked down, or C{None} while alive.
     """
 
-    __slots__ = ("spec", "name", "alive", "in_flight", "weight", "down_since", "retry_at")
+    __slots__ = ("spec", "name", "alive", "in_flight", "weight", "down_since")
 
     def __init__(self, spec: UpstreamSpec) -> None:
         self.spec = spec
@@ -36,7 +36,6 @@ class UpstreamState:
         self.in_flight = 0
         self.weight = spec.weight
         self.down_since: float | None = None
-        self.retry_at: float | None = None
 
     def __repr__(self) -> str:
         state = "up" if self.alive else "down"
@@ -47,31 +46,22 @@ class UpstreamRegistry:
     """
     Holds every upstream's state and tells observers when one goes up or down.
 
-    Passive and active health checks write here; strategies read L{live}.
-    When C{passive_retry_interval} is set (active checks off), an upstream
-    marked down is put back into rotation that many seconds later, so that a
-    restarted server is not lost forever; if it is still down, the next
-    failed connect marks it down again.
+    Passive health (the dispatcher, L{balancebeam.routing}) and active
+    health checks (L{balancebeam.health.checker}) write here; the dispatcher
+    reads L{live}. Pure state: no timers, no policy.
 
     @ivar upstreams: every configured upstream, in configuration order.
     """
 
     log = Logger()
 
-    def __init__(
-        self,
-        specs: Sequence[UpstreamSpec],
-        clock: IReactorTime,
-        passive_retry_interval: float | None = None,
-    ) -> None:
+    def __init__(self, specs: Sequence[UpstreamSpec], clock: IReactorTime) -> None:
         if not specs:
             raise ValueError("at least one upstream is required")
         self.upstreams: tuple[UpstreamState, ...] = tuple(UpstreamState(s) for s in specs)
         self._by_name = {u.name: u for u in self.upstreams}
         self._clock = clock
-        self._passive_retry_interval = passive_retry_interval
         self._live: list[UpstreamState] = list(self.upstreams)
-        self._next_retry_at: float | None = None
         self._observers: list[StateObserver] = []
 
     def add_observer(self, observer: StateObserver) -> None:
@@ -88,11 +78,10 @@ class UpstreamRegistry:
 
     def live(self) -> list[UpstreamState]:
         """
-        The upstreams that may receive traffic now. Empty when all are down:
-        the caller answers 503 (see L{balancebeam.relay.client}).
+        The upstreams that may receive traffic now, in configuration order.
+        Empty when all are down. The same list object is returned until a
+        state changes (strategies rely on it; see L{balancebeam.strategies}).
         """
-        if self._next_retry_at is not None and self._clock.seconds() >= self._next_retry_at:
-            self._retry_due()
         return self._live
 
     def mark_down(self, upstream: UpstreamState, reason: str) -> None:
@@ -101,13 +90,8 @@ class UpstreamRegistry:
         """
         if not upstream.alive:
             return
-        now = self._clock.seconds()
         upstream.alive = False
-        upstream.down_since = now
-        if self._passive_retry_interval:
-            upstream.retry_at = now + self._passive_retry_interval
-            if self._next_retry_at is None or upstream.retry_at < self._next_retry_at:
-                self._next_retry_at = upstream.retry_at
+        upstream.down_since = self._clock.seconds()
         self.log.warn(
             "upstream {upstream} is now down: {reason}", upstream=upstream.name, reason=reason
         )
@@ -121,22 +105,10 @@ class UpstreamRegistry:
             return
         upstream.alive = True
         upstream.down_since = None
-        upstream.retry_at = None
         self.log.warn(
             "upstream {upstream} is now up: {reason}", upstream=upstream.name, reason=reason
         )
         self._changed(upstream)
-
-    def _retry_due(self) -> None:
-        now = self._clock.seconds()
-        self._next_retry_at = None
-        for upstream in self.upstreams:
-            if upstream.alive or upstream.retry_at is None:
-                continue
-            if upstream.retry_at <= now:
-                self.mark_up(upstream, "passive retry interval elapsed")
-            elif self._next_retry_at is None or upstream.retry_at < self._next_retry_at:
-                self._next_retry_at = upstream.retry_at
 
     def _changed(self, upstream: UpstreamState) -> None:
         self._live = [u for u in self.upstreams if u.alive]

@@ -1,35 +1,56 @@
 """
-The balancer as a Twisted service: builds the registry, pool, strategy, rate
-limiter, health checker and listeners from a L{BalancerConfig}, and owns the
-order in which they start and stop.
+The balancer as a tree of Twisted services, built from a L{BalancerConfig}.
+
+The tree, in start order (it stops in the reverse order, one child after the
+other):
+  1. the rate limiter (it connects to Redis here, not when built);
+  2. the upstream pool (warm-up connections);
+  3. the active health checker (when on);
+  4. the deadline timer;
+  5. the drain step, which on stop lets requests in progress finish;
+  6. one L{StreamServerEndpointService} per listener.
+So on stop the listeners close first, then the connections drain, and only
+then do the timers, the pool and the limiter go.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import random
+from collections.abc import Callable
 from typing import Any
 
-from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
     serverFromString,
 )
-from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+    IStreamServerEndpoint,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from balancebeam.clientip import parse_trusted_networks
 from balancebeam.config import BalancerConfig, UpstreamSpec
 from balancebeam.health.checker import HealthChecker, default_timeout
 from balancebeam.health.probe import HTTPProbe
+from balancebeam.interfaces import IRateLimiter, IRequestFilter
 from balancebeam.pool import UpstreamPool
 from balancebeam.ratelimit.build import build_rate_limiter
-from balancebeam.registry import UpstreamRegistry, UpstreamState
-from balancebeam.relay.client import BalancerFactory
+from balancebeam.ratelimit.filter import RateLimitFilter
+from balancebeam.registry import UpstreamRegistry
+from balancebeam.relay.client import RelayFactory
+from balancebeam.relay.deadlines import DeadlineTimer, resolution_for
+from balancebeam.routing import Dispatcher
 from balancebeam.stats import Stats
 from balancebeam.strategies import build_strategy
 
@@ -40,18 +61,123 @@ class ListenFailed(Exception):
     """
 
 
-class BalancerService(MultiService):
+class _Lifecycle(Service):
+    """
+    A service made of a start and a stop function, for the objects that are
+    not services themselves (the pool, the rate limiter).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        start: Callable[[], object],
+        stop: Callable[[], Deferred[Any] | None],
+    ) -> None:
+        self.setName(name)
+        self._start = start
+        self._stop = stop
+
+    def startService(self) -> None:
+        """
+        Run the start function.
+        """
+        super().startService()
+        self._start()
+
+    def stopService(self) -> Deferred[Any]:
+        """
+        Run the stop function.
+
+        @return: fires once it has finished.
+        """
+        super().stopService()
+        return maybeDeferred(self._stop)
+
+
+@implementer(IStreamServerEndpoint)
+class _ReportingEndpoint:
+    """
+    Wraps a server endpoint to log where it listens, remember the port, and
+    report a failure to listen with one clear line.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        endpoint: IStreamServerEndpoint,
+        description: str,
+        listening: Callable[[IListeningPort], None],
+    ) -> None:
+        self._endpoint = endpoint
+        self._description = description
+        self._listening = listening
+
+    def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
+        """
+        Listen with the wrapped endpoint.
+        """
+        listening: Deferred[IListeningPort] = self._endpoint.listen(factory)
+        return listening.addCallbacks(self._listened, self._failed)
+
+    def _listened(self, port: IListeningPort) -> IListeningPort:
+        self.log.info("Listening for requests on {address}", address=describe_port(port))
+        self._listening(port)
+        return port
+
+    def _failed(self, failure: Failure) -> Failure:
+        failure.value = ListenFailed(
+            f"cannot listen on {self._description}: {failure.getErrorMessage()}"
+        )
+        return failure
+
+
+class ListenerService(StreamServerEndpointService):
+    """
+    One listener. A failure to listen that is known at once (an address in
+    use) is raised from C{privilegedStartService}, as Twisted's own
+    C{strports.service} arranges, so that startup fails cleanly.
+    """
+
+    _raiseSynchronously = True
+
+
+class _SequentialMultiService(MultiService):
+    """
+    A L{MultiService} that stops its children one after the other, last
+    added first, each once the previous one has finished stopping.
+    """
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop the children in reverse order, one at a time.
+        """
+        Service.stopService(self)
+        done: Deferred[Any] = succeed(None)
+        for child in reversed(list(self)):
+            done.addCallback(_stop_child, child)
+        return done.addCallback(lambda _: None)
+
+
+def _stop_child(_: object, child: IService) -> Deferred[Any]:
+    return maybeDeferred(child.stopService).addErrback(_log_stop_failure, child)
+
+
+def _log_stop_failure(failure: Failure, child: IService) -> None:
+    Logger().failure("stopping {service} failed", failure, service=child.name)
+
+
+class BalancerService(_SequentialMultiService):
     """
     The whole balancer.
 
-    Listening happens in L{privilegedStartService}, before twistd drops
-    privileges, so that C{--bind 0.0.0.0:80} works with C{--uid}.
-    L{stopService} stops listening first, then the health checks, then
-    closes the pool and the rate limiter, and fires once all are done.
-
     @ivar registry: the upstreams and their health.
     @ivar pool: upstream connections.
-    @ivar factory: the client-side protocol factory.
+    @ivar dispatcher: chooses upstreams and applies passive health.
+    @ivar rate_limiter: the rate limiter, or C{None} when off.
+    @ivar filters: the request filters, in order.
+    @ivar factory: the client-side protocol factory of every listener.
+    @ivar health: the active health checker, or C{None} when off.
     @ivar ports: the listening ports, once listening.
     """
 
@@ -66,12 +192,8 @@ class BalancerService(MultiService):
         self._exit_on_listen_failure = exit_on_listen_failure
         self._endpoints: dict[UpstreamSpec, IStreamClientEndpoint] = {}
         active = config.active_health_check_interval > 0
-        self.registry = UpstreamRegistry(
-            config.upstreams,
-            reactor,
-            passive_retry_interval=None if active else config.passive_retry_interval,
-        )
         self.stats = Stats()
+        self.registry = UpstreamRegistry(config.upstreams, reactor)
         self.pool = UpstreamPool(
             reactor,
             self._endpoint_for,
@@ -81,10 +203,22 @@ class BalancerService(MultiService):
             max_connections_per_upstream=config.pool_max_connections_per_upstream,
             queue_timeout=config.queue_timeout,
             warm=config.pool_warm,
-            on_connect_failed=self._warm_connect_failed,
+            on_connect_failed=self._warm_up_failed,
         )
         self.registry.add_observer(self.pool.upstream_changed)
-        self.rate_limiter = build_rate_limiter(
+        retry_after = max(
+            1, round(config.active_health_check_interval or config.passive_retry_interval)
+        )
+        self.dispatcher = Dispatcher(
+            self.registry,
+            build_strategy(config.strategy, random.Random(config.random_seed)),
+            self.pool,
+            self.stats,
+            reactor,
+            passive_retry_interval=None if active else config.passive_retry_interval,
+            retry_after=retry_after,
+        )
+        self.rate_limiter: IRateLimiter | None = build_rate_limiter(
             reactor,
             backend=config.rate_limit_backend,
             limit=config.max_requests_per_minute,
@@ -94,39 +228,62 @@ class BalancerService(MultiService):
             on_error=config.rate_limit_on_error,
             max_keys=config.rate_limit_max_keys,
         )
-        self.factory = BalancerFactory(
+        filters: list[IRequestFilter] = []
+        if self.rate_limiter is not None:
+            filters.append(
+                RateLimitFilter(
+                    self.rate_limiter,
+                    self.stats,
+                    parse_trusted_networks(config.trusted_proxies),
+                    config.rate_limit_headers,
+                )
+            )
+        self.filters = tuple(filters)
+        self.factory = RelayFactory(
             reactor,
-            self.registry,
-            build_strategy(config.strategy, random.Random(config.random_seed)),
-            self.pool,
+            self.dispatcher,
             self.stats,
-            timeouts=config.timeouts,
-            limits=config.limits,
-            rate_limiter=self.rate_limiter,
-            trusted_proxies=parse_trusted_networks(config.trusted_proxies),
-            rate_limit_headers=config.rate_limit_headers,
+            config.timeouts,
+            config.limits,
+            self.filters,
             access_log=config.access_log,
-            retry_after=max(
-                1, round(config.active_health_check_interval or config.passive_retry_interval)
-            ),
+            retry_after=retry_after,
             max_connections=config.max_client_connections,
         )
+        self.ports: list[IListeningPort] = []
+
+        if self.rate_limiter is not None:
+            limiter = self.rate_limiter
+            _Lifecycle("rate limiter", limiter.start, limiter.close).setServiceParent(self)
+        _Lifecycle(
+            "pool", lambda: self.pool.start(self.registry.upstreams), self.pool.close
+        ).setServiceParent(self)
         self.health: HealthChecker | None = None
         if active:
-            interval = config.active_health_check_interval
-            timeout = config.health_check_timeout or default_timeout(interval)
             probe = HTTPProbe(self._probe_endpoint_for, config.active_health_check_path)
             self.health = HealthChecker(
                 self.registry,
                 reactor,
                 probe.probe,
-                interval=interval,
-                timeout=timeout,
+                interval=config.active_health_check_interval,
+                timeout=config.health_check_timeout
+                or default_timeout(config.active_health_check_interval),
                 rise=config.health_check_rise,
                 fall=config.health_check_fall,
             )
+            self.health.setName("health checks")
             self.health.setServiceParent(self)
-        self.ports: list[IListeningPort] = []
+        timer = DeadlineTimer(reactor, [self.factory], resolution_for(config.timeouts))
+        timer.setName("deadlines")
+        timer.setServiceParent(self)
+        _Lifecycle("drain", lambda: None, self._drain).setServiceParent(self)
+        for description in config.listen:
+            endpoint = _ReportingEndpoint(
+                serverFromString(reactor, description), description, self.ports.append
+            )
+            listener = ListenerService(endpoint, self.factory)
+            listener.setName(f"listener {description}")
+            listener.setServiceParent(self)
 
     def _endpoint_for(self, spec: UpstreamSpec) -> IStreamClientEndpoint:
         """
@@ -150,48 +307,47 @@ class BalancerService(MultiService):
             return TCP6ClientEndpoint(self._reactor, spec.host, spec.port, timeout)
         return TCP4ClientEndpoint(self._reactor, spec.host, spec.port, timeout)
 
-    def _warm_connect_failed(self, upstream: UpstreamState, reason: Failure) -> None:
-        self.registry.mark_down(upstream, f"connect failed: {reason.getErrorMessage()}")
+    def _warm_up_failed(self, upstream: Any, reason: Failure) -> None:
+        self.dispatcher.warm_up_failed(upstream, reason)
 
     def privilegedStartService(self) -> None:
         """
-        Listen on every configured endpoint.
+        Listen on every configured endpoint (before twistd drops privileges).
 
-        @raise SystemExit: with a one-line message, when a listener fails and
-            C{exit_on_listen_failure} is set (as under twistd).
-        @raise ListenFailed: when a listener fails otherwise.
+        @raise SystemExit: with a one-line message, when a listener fails at
+            once and C{exit_on_listen_failure} is set (as under twistd).
+        @raise ListenFailed: when a listener fails at once otherwise.
         """
-        super().privilegedStartService()
-        results: list[Any] = []
-        for description in self.config.listen:
-            endpoint = serverFromString(self._reactor, description)
-            endpoint.listen(self.factory).addBoth(results.append)
-        for description, result in zip(self.config.listen, results):
-            if isinstance(result, Failure):
-                for port in results:
-                    if not isinstance(port, Failure):
-                        port.stopListening()
-                message = f"cannot listen on {description}: {result.getErrorMessage()}"
-                if self._exit_on_listen_failure:
-                    raise SystemExit(f"balancebeam: {message}")
-                raise ListenFailed(message)
-            self.ports.append(result)
-            self.log.info("Listening for requests on {address}", address=_describe(result))
-        if len(results) != len(self.config.listen):
-            raise ListenFailed("a listener did not start synchronously")
+        try:
+            super().privilegedStartService()
+        except ListenFailed as error:
+            for child in list(self):
+                if isinstance(child, ListenerService) and child.running:
+                    child.stopService()
+            for port in self.ports:
+                port.stopListening()
+            self.ports.clear()
+            if self._exit_on_listen_failure:
+                raise SystemExit(f"balancebeam: {error}") from None
+            raise
 
     def startService(self) -> None:
         """
-        Start timers, health checks and pool warm-up.
+        Start the children, in order.
         """
         super().startService()
-        self.factory.start_timers()
-        self.pool.start(self.registry.upstreams)
         self.log.info(
             "balancing over {count} upstream(s): {upstreams}",
             count=len(self.registry.upstreams),
             upstreams=", ".join(u.name for u in self.registry.upstreams),
         )
+
+    def _drain(self) -> Deferred[None]:
+        self.log.info(
+            "stopping: draining {count} client connection(s)",
+            count=len(self.factory.connections),
+        )
+        return self.factory.drain(self.config.shutdown_timeout)
 
     def snapshot(self) -> dict[str, object]:
         """
@@ -210,37 +366,21 @@ class BalancerService(MultiService):
 
     def stopService(self) -> Deferred[None]:
         """
-        Stop listening, stop the health checks, close connections and the
-        rate limiter.
+        Stop listening, drain, then stop the rest; log the counters.
 
         @return: fires once everything has stopped.
         """
-        listening = DeferredList([maybeDeferred(port.stopListening) for port in self.ports])
-        self.ports = []
+        stopped = super().stopService()
+        return stopped.addCallback(self._report)
 
-        def drain(_: object) -> Deferred[None]:
-            self.log.info(
-                "stopping: draining {count} client connection(s)",
-                count=len(self.factory.connections),
-            )
-            return self.factory.drain(self.config.shutdown_timeout)
-
-        def close_rest(_: object) -> Deferred[list[Any]]:
-            self.factory.stop_timers()
-            steps: list[Deferred[Any]] = [self.pool.close()]
-            if self.rate_limiter is not None:
-                steps.append(maybeDeferred(self.rate_limiter.close))
-            return gatherResults(steps)
-
-        children = super().stopService()
-        def report(_: object) -> None:
-            self.log.info("stopped; counters: {counters}", counters=self.snapshot())
-
-        done = DeferredList([listening.addCallback(drain), children]).addCallback(close_rest)
-        return done.addCallback(report)
+    def _report(self, _: object) -> None:
+        self.log.info("stopped; counters: {counters}", counters=self.snapshot())
 
 
-def _describe(port: IListeningPort) -> str:
+def describe_port(port: IListeningPort) -> str:
+    """
+    C{host:port} (IPv6 in brackets) of a listening port, for logs.
+    """
     address = port.getHost()
     host = getattr(address, "host", None)
     port_number = getattr(address, "port", None)

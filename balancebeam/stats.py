@@ -20,6 +20,8 @@ class Stats:
     @ivar reuse_retries: of those, retries after the keep-alive race on a reused connection.
     @ivar client_errors: malformed or over-limit requests (400, 408, 413, 431, ...).
     @ivar refused_connections: client connections answered 503 over the connection limit.
+    @ivar filter_errors: request filters that raised or failed (see
+        L{IRequestFilter.fail_open <balancebeam.interfaces.IRequestFilter>}).
     """
 
     __slots__ = (
@@ -34,6 +36,7 @@ class Stats:
         "reuse_retries",
         "client_errors",
         "refused_connections",
+        "filter_errors",
     )
 
     def __init__(self) -> None:
@@ -48,6 +51,7 @@ class Stats:
         self.reuse_retries = 0
         self.client_errors = 0
         self.refused_connections = 0
+        self.filter_errors = 0
 
     def count_status(self, status: int) -> None:
         """

@@ -18,10 +18,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from balancebeam.config import Limits, Timeouts, UpstreamSpec
-from balancebeam.interfaces import IBalancingStrategy, IRateLimiter
+from balancebeam.interfaces import IBalancingStrategy, IRateLimiter, IRequestFilter
 from balancebeam.pool import UpstreamPool
+from balancebeam.ratelimit.filter import RateLimitFilter
 from balancebeam.registry import UpstreamRegistry, UpstreamState
-from balancebeam.relay.client import BalancerFactory, BalancerProtocol
+from balancebeam.relay.client import ClientConnection, RelayFactory
+from balancebeam.relay.deadlines import DeadlineTimer, resolution_for
+from balancebeam.routing import Dispatcher
 from balancebeam.stats import Stats
 
 
@@ -40,8 +43,9 @@ class FirstStrategy:
 
 class Harness:
     """
-    A balancer factory wired to a memory reactor, with helpers to connect
-    clients and to accept or refuse upstream connections.
+    A relay factory, dispatcher, pool and deadline timer wired to a memory
+    reactor, with helpers to connect clients and to accept or refuse
+    upstream connections.
     """
 
     def __init__(
@@ -52,26 +56,31 @@ class Harness:
         rate_limiter: IRateLimiter | None = None,
         rate_limit_headers: bool = False,
         passive_retry_interval: float | None = None,
+        filters: Sequence[IRequestFilter] = (),
         **pool_options: Any,
     ) -> None:
         self.reactor = MemoryReactorClock()
         self.specs = [UpstreamSpec("127.0.0.1", 8081 + i) for i in range(upstream_count)]
-        self.registry = UpstreamRegistry(self.specs, self.reactor, passive_retry_interval)
+        self.registry = UpstreamRegistry(self.specs, self.reactor)
         self.pool = UpstreamPool(self.reactor, self.endpoint, **pool_options)
         self.registry.add_observer(self.pool.upstream_changed)
         self.stats = Stats()
-        self.factory = BalancerFactory(
-            self.reactor,
+        self.dispatcher = Dispatcher(
             self.registry,
             FirstStrategy(),
             self.pool,
             self.stats,
-            timeouts=timeouts,
-            limits=limits,
-            rate_limiter=rate_limiter,
-            rate_limit_headers=rate_limit_headers,
+            self.reactor,
+            passive_retry_interval=passive_retry_interval,
         )
-        self.factory.start_timers()
+        chain = list(filters)
+        if rate_limiter is not None:
+            chain.insert(0, RateLimitFilter(rate_limiter, self.stats, (), rate_limit_headers))
+        self.factory = RelayFactory(
+            self.reactor, self.dispatcher, self.stats, timeouts, limits, chain
+        )
+        self.timer = DeadlineTimer(self.reactor, [self.factory], resolution_for(timeouts))
+        self.timer.startService()
         self.pool.start(self.registry.upstreams)
         self._accepted = 0
 
@@ -81,12 +90,12 @@ class Harness:
         """
         return TCP4ClientEndpoint(self.reactor, spec.host, spec.port, timeout=5)
 
-    def client(self, port: int = 40000) -> tuple[BalancerProtocol, StringTransport]:
+    def client(self, port: int = 40000) -> tuple[ClientConnection, StringTransport]:
         """
         A connected client protocol and its transport.
         """
         protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", port))
-        assert isinstance(protocol, BalancerProtocol)
+        assert isinstance(protocol, ClientConnection)
         transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", port))
         protocol.makeConnection(transport)
         return protocol, transport

@@ -331,11 +331,11 @@ class FailoverTests(SynchronousTestCase):
         client, _ = harness.client()
         client.dataReceived(GET)
         harness.refuse()
-        self.assertEqual(len(harness.registry.live()), 1)
+        self.assertEqual(len(harness.dispatcher.live()), 1)
         harness.reactor.advance(9.9)
-        self.assertEqual(len(harness.registry.live()), 1)
+        self.assertEqual(len(harness.dispatcher.live()), 1)
         harness.reactor.advance(0.2)
-        self.assertEqual(len(harness.registry.live()), 2)
+        self.assertEqual(len(harness.dispatcher.live()), 2)
 
 
 class LimitTests(SynchronousTestCase):

@@ -109,11 +109,17 @@ def request_head_for_upstream(
     client_ip: str,
     upstream_host: str,
     proto: bytes = b"http",
+    remove: frozenset[bytes] = frozenset(),
+    add: bytes = b"",
 ) -> bytes:
     """
     Build the head sent upstream: HTTP/1.1, origin form, hop-by-hop fields
     removed, C{X-Forwarded-For}/C{X-Forwarded-Proto}/C{Via} added, and framing
     headers for the body as it will be sent on this hop.
+
+    @param remove: lower-case names of more fields to leave out (a request
+        filter's rewrite).
+    @param add: more header lines, each ending with CRLF, appended last.
     """
     forwarded: list[bytes] = []
     vias: list[bytes] = []
@@ -132,6 +138,8 @@ def request_head_for_upstream(
     # Host is needed by every HTTP/1.1 upstream, whatever Connection says;
     # the other names in Connection are hop-by-hop.
     named = request.connection_names - _REQUEST_SPECIAL_NAMES
+    if remove:
+        named = named | remove
     if named:
         cuts += _lines_named(request.raw, request.block_start, named)
     lines = [
@@ -155,6 +163,8 @@ def request_head_for_upstream(
     if request.upgrade is not None:
         lines.append(b"Connection: upgrade")
         lines.append(b"Upgrade: " + request.upgrade)
+    if add:
+        lines.append(add[:-2])
     lines.append(CRLF)
     return CRLF.join(lines)
 

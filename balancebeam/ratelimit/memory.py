@@ -253,6 +253,11 @@ class MemoryRateLimiter:
             self._expire(index)
         return self.expirations - before
 
+    def start(self) -> None:
+        """
+        Interim: nothing to start.
+        """
+
     def close(self) -> None:
         """
         Forget every counter; there are no timers to cancel.

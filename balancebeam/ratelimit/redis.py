@@ -397,6 +397,11 @@ class RedisRateLimiter:
                 reason=failure.getErrorMessage(),
             )
 
+    def start(self) -> None:
+        """
+        Interim: nothing to start.
+        """
+
     def close(self) -> Deferred[None]:
         """
         Stop reconnecting and close the connection to Redis.

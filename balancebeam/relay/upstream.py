@@ -2,14 +2,15 @@
 The upstream-facing protocol: one connection to one backend server.
 
 An L{UpstreamConnection} carries one request at a time for its I{owner} (the
-client-side protocol), parses the response incrementally and reports the
-head, each piece of body and the end to the owner. Between requests it sits
-idle in the L{balancebeam.pool.UpstreamPool}.
+exchange, an L{IResponseSink}), parses the response incrementally and reports
+the head, each piece of body and the end to the owner. Between requests it
+sits idle in the L{balancebeam.pool.UpstreamPool}. It only moves bytes and
+reports events: what to do about them is the owner's business.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.interfaces import IPushProducer
@@ -24,48 +25,25 @@ from balancebeam.http1.heads import (
     BODY_UNTIL_CLOSE,
     HEAD_END,
     HTTPError,
-    ResponseHead,
     parse_response_head,
 )
+from balancebeam.relay.interfaces import IResponseSink
+from balancebeam.relay.states import UpstreamConnectionState
 from balancebeam.relay.transport import StreamTransport, enable_no_delay
 from balancebeam.twisted_internals import send_now
 
 if TYPE_CHECKING:
     from balancebeam.registry import UpstreamState
 
-MAX_RESPONSE_HEAD = 64 * 1024
+MAX_RESPONSE_HEAD: Final = 64 * 1024
 
-
-class ResponseSink(TypingProtocol):
-    """
-    What an L{UpstreamConnection} reports to the protocol that owns it.
-    """
-
-    def upstream_informational(self, response: ResponseHead) -> None:
-        """A 1xx response other than 101 arrived."""
-
-    def upstream_head(self, connection: UpstreamConnection, response: ResponseHead) -> None:
-        """The final response head arrived (101 included)."""
-
-    def upstream_data(self, data: bytes) -> None:
-        """A piece of response body (de-chunked), or tunnel bytes after a 101."""
-
-    def upstream_complete(self, connection: UpstreamConnection) -> None:
-        """The response body is complete."""
-
-    def upstream_failed(
-        self, connection: UpstreamConnection, error: HTTPError | None, received_any: bool
-    ) -> None:
-        """The connection failed or closed before the response was complete."""
-
-    def pause_request_body(self) -> None:
-        """The upstream's send buffer is full: stop reading the client."""
-
-    def flush(self) -> None:
-        """Send what was written to the client while handling upstream bytes."""
-
-    def resume_request_body(self) -> None:
-        """The upstream's send buffer has drained."""
+_IDLE: Final = UpstreamConnectionState.IDLE
+_HEAD: Final = UpstreamConnectionState.HEAD
+_BODY: Final = UpstreamConnectionState.BODY
+_TUNNEL: Final = UpstreamConnectionState.TUNNEL
+_DONE: Final = UpstreamConnectionState.DONE
+_CLOSING: Final = UpstreamConnectionState.CLOSING
+_CLOSED: Final = UpstreamConnectionState.CLOSED
 
 
 class ConnectionListener(TypingProtocol):
@@ -89,35 +67,28 @@ class UpstreamConnection(Protocol):
 
     @ivar upstream: the upstream this connection goes to.
     @ivar stream: the transport, once connected.
-    @ivar owner: the protocol whose request is in flight, or C{None} when idle.
+    @ivar owner: the exchange whose request is in flight, or C{None} when idle.
     @ivar requests: how many requests this connection has carried.
     @ivar reusable: whether it may carry another request once the current
         response is complete.
     @ivar received_any: whether any byte of the current response arrived.
     @ivar idle_since: clock time it went idle (set by the pool).
     @ivar keep_alive_timeout: the upstream's C{Keep-Alive: timeout=N}, if sent.
-    @ivar _state: one of:
-        - C{"idle"}: no request in flight; any byte or close retires it;
-        - C{"head"}: a request was sent, waiting for the response head;
-        - C{"body"}: relaying the response body;
-        - C{"tunnel"}: after a 101, relaying raw bytes both ways;
-        - C{"done"}: the response is complete, not yet taken back by the pool;
-        - C{"closing"}: we dropped the connection; nothing more is read;
-        - C{"closed"}: the connection is gone.
+    @ivar state: an L{UpstreamConnectionState}.
     """
 
     stream: StreamTransport
 
     def __init__(self, upstream: UpstreamState, listener: ConnectionListener) -> None:
         self.upstream = upstream
-        self.owner: ResponseSink | None = None
+        self.owner: IResponseSink | None = None
         self.requests = 0
         self.reusable = True
         self.received_any = False
         self.idle_since = 0.0
         self.keep_alive_timeout: float | None = None
+        self.state = _IDLE
         self._listener = listener
-        self._state = "idle"
         self._method = b"GET"
         self._buffer = b""
         self._reader: BodyReader | None = None
@@ -130,25 +101,33 @@ class UpstreamConnection(Protocol):
         self.stream.registerProducer(self, True)
         enable_no_delay(self.stream)
 
-    def send_request(self, owner: ResponseSink, method: bytes, head: bytes) -> None:
+    def send_request(self, owner: IResponseSink, method: bytes, head: bytes) -> None:
         """
         Start a request: from now on response events go to C{owner}.
+
+        @param head: the request head, and whatever body is ready, as sent.
         """
         self.owner = owner
         self._method = method
-        self._state = "head"
+        self.state = _HEAD
         self._buffer = b""
         self._reader = None
         self.received_any = False
         self.requests += 1
         send_now(self.stream, head)
 
+    def send(self, data: bytes) -> None:
+        """
+        Send more request body (or tunnel bytes).
+        """
+        send_now(self.stream, data)
+
     def release(self) -> None:
         """
         Forget the owner: the connection is idle again (used by the pool).
         """
         self.owner = None
-        self._state = "idle"
+        self.state = _IDLE
 
     def close(self) -> None:
         """
@@ -156,8 +135,8 @@ class UpstreamConnection(Protocol):
         """
         self.owner = None
         self.reusable = False
-        if self._state not in ("closing", "closed") and self.transport is not None:
-            self._state = "closing"
+        if self.state < _CLOSING and self.transport is not None:
+            self.state = _CLOSING
             self.stream.abortConnection()
 
     def finish_tunnel(self) -> None:
@@ -166,14 +145,26 @@ class UpstreamConnection(Protocol):
         buffer has drained.
         """
         self.owner = None
-        if self._state != "closed" and self.transport is not None:
+        if self.state != _CLOSED and self.transport is not None:
             self.stream.loseConnection()
+
+    def half_close(self) -> None:
+        """
+        Pass a client's half-close on through a tunnel: the upstream may
+        still answer.
+        """
+        stream = self.stream
+        lose_write = getattr(stream, "loseWriteConnection", None)
+        if lose_write is not None:
+            lose_write()
+        else:
+            stream.loseConnection()
 
     def start_tunnel(self) -> None:
         """
         After a 101, relay everything the upstream sends to the owner raw.
         """
-        self._state = "tunnel"
+        self.state = _TUNNEL
         self.reusable = False
 
     def dataReceived(self, data: bytes) -> None:
@@ -187,10 +178,8 @@ class UpstreamConnection(Protocol):
             owner.flush()
 
     def _received(self, data: bytes) -> None:
-        state = self._state
-        if state == "closing" or state == "closed":
-            return
-        if state == "body":
+        state = self.state
+        if state == _BODY:
             reader = self._reader
             assert reader is not None
             try:
@@ -201,13 +190,15 @@ class UpstreamConnection(Protocol):
             if reader.done:
                 if consumed != len(data):
                     self.reusable = False
-                self._complete()
+                self._complete(reader.trailers)
             return
-        if state == "tunnel":
+        if state == _TUNNEL:
             if self.owner is not None:
                 self.owner.upstream_data(data)
             return
-        if state != "head":
+        if state >= _CLOSING:
+            return
+        if state != _HEAD:
             # Bytes on an idle connection: the upstream is confused; retire it.
             self.close()
             return
@@ -216,7 +207,7 @@ class UpstreamConnection(Protocol):
         self._parse_heads()
 
     def _parse_heads(self) -> None:
-        while self._state == "head":
+        while self.state == _HEAD:
             end = self._buffer.find(HEAD_END)
             if end == -1:
                 if len(self._buffer) > MAX_RESPONSE_HEAD:
@@ -237,14 +228,14 @@ class UpstreamConnection(Protocol):
                 self.keep_alive_timeout = response.keep_alive_timeout
             if not response.reusable:
                 self.reusable = False
-            self._state = "body"
+            self.state = _BODY
             owner.upstream_head(self, response)
             rest, self._buffer = self._buffer, b""
-            if self._state == "tunnel":
+            if self.state == _TUNNEL:
                 if rest and self.owner is not None:
                     self.owner.upstream_data(rest)
                 return
-            if self._state != "body" or self.owner is None:
+            if self.state != _BODY or self.owner is None:
                 return
             kind = response.body_kind
             length = response.content_length
@@ -255,28 +246,28 @@ class UpstreamConnection(Protocol):
                     rest = rest[:length]
                 if rest:
                     self.owner.upstream_data(rest)
-                if self._state == "body":
-                    self._complete()
+                if self.state == _BODY:
+                    self._complete(b"")
                 return
             self._reader = BodyReader(kind, length, self.owner.upstream_data, 502)
             if rest:
                 self._received(rest)
 
-    def _complete(self) -> None:
+    def _complete(self, trailers: bytes) -> None:
         owner = self.owner
-        self._state = "done"
+        self.state = _DONE
         self._reader = None
         # A paused transport must not go back to the pool paused.
         self.stream.resumeProducing()
         if owner is not None:
-            owner.upstream_complete(self)
+            owner.upstream_complete(self, trailers)
 
     def _fail(self, error: HTTPError | None) -> None:
         owner = self.owner
         self.reusable = False
         self.owner = None
-        if self._state != "closed":
-            self._state = "closing"
+        if self.state != _CLOSED:
+            self.state = _CLOSING
             self.stream.abortConnection()
         if owner is not None:
             owner.upstream_failed(self, error, self.received_any)
@@ -285,21 +276,21 @@ class UpstreamConnection(Protocol):
         """
         Finish an until-close body, or report the failure to the owner.
         """
-        state = self._state
+        state = self.state
         reader = self._reader
         owner = self.owner
         self.reusable = False
-        if state == "body" and reader is not None and reader._kind == BODY_UNTIL_CLOSE:
-            self._state = "closed"
+        if state == _BODY and reader is not None and reader.kind == BODY_UNTIL_CLOSE:
+            self.state = _CLOSED
             self._reader = None
             if owner is not None:
-                owner.upstream_complete(self)
-        elif state in ("head", "body", "tunnel"):
+                owner.upstream_complete(self, b"")
+        elif state == _HEAD or state == _BODY or state == _TUNNEL:
             self.owner = None
-            self._state = "closed"
+            self.state = _CLOSED
             if owner is not None:
                 owner.upstream_failed(self, None, self.received_any)
-        self._state = "closed"
+        self.state = _CLOSED
         self._listener.connection_closed(self)
         if owner is not None:
             owner.flush()
