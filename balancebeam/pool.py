@@ -1,7 +1,8 @@
 """
 The upstream connection pool: idle connections kept per upstream and reused
 last-in first-out, opened on demand or ahead of demand (warm-up), capped per
-upstream with a bounded wait queue, and expired on the injected clock.
+upstream with a bounded queue of cancellable waiters, and expired on the
+injected clock.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections import deque
 from collections.abc import Callable
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
-from twisted.internet.error import ConnectError
+from twisted.internet.error import ConnectError, ConnectingCancelledError
 from twisted.internet.interfaces import IAddress, IProtocol, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import ClientFactory
 from twisted.internet.task import LoopingCall
@@ -30,14 +31,83 @@ SAFE_REUSE_AGE = 2.0
 
 class _Waiter:
     """
-    A request queued for a connection slot to a capped upstream.
+    A checkout queued for a connection slot to a capped upstream.
+
+    Its L{deferred} is what the caller of L{UpstreamPool.checkout} holds, and
+    cancelling it leaves the pool as if this checkout had never queued:
+
+        - while queued, the waiter leaves its queue at once, so it no longer
+          counts against C{max_queue_per_upstream} and nothing (checkin, the
+          queue-timeout sweep, an upstream going down, L{UpstreamPool.close})
+          ever sees it again;
+        - once a connection attempt was started for it (a slot came free by a
+          close), the attempt is left to finish: its connection is handed to
+          L{UpstreamPool.checkin} (the next waiter, else the idle list, else
+          closed), and its failure is handled like a warm-up's. Cancelling the
+          attempt instead would only make the next waiter start a new one.
+
+    Invariant: a waiter in a queue has not fired, since firing it (served,
+    failed, cancelled) always takes it out of the queue first.
+
+    @ivar deferred: fires with the connection, or fails.
+    @ivar deadline: clock time after which the queue-timeout sweep fails it.
+    @ivar queue: the queue holding it, or C{None} once it has left the queue.
     """
 
-    __slots__ = ("deferred", "deadline")
+    __slots__ = ("deferred", "deadline", "queue", "_pool", "_upstream")
 
-    def __init__(self, deferred: Deferred[UpstreamConnection], deadline: float) -> None:
-        self.deferred = deferred
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        upstream: UpstreamState,
+        queue: deque[_Waiter],
+        deadline: float,
+    ) -> None:
+        self._pool = pool
+        self._upstream = upstream
+        self.queue: deque[_Waiter] | None = queue
         self.deadline = deadline
+        self.deferred: Deferred[UpstreamConnection] = Deferred(self._cancel)
+
+    def _cancel(self, deferred: Deferred[UpstreamConnection]) -> None:
+        """
+        Leave the queue if still queued; L{Deferred.cancel} then fails
+        C{deferred} with L{CancelledError}. An attempt already started for
+        this waiter is left to L{connected} or L{connect_failed}.
+        """
+        queue = self.queue
+        if queue is not None:
+            self.queue = None
+            queue.remove(self)
+
+    def connected(self, connection: UpstreamConnection) -> None:
+        """
+        The attempt started for this waiter connected: hand the connection
+        over, or back to the pool if the waiter was cancelled meanwhile.
+        """
+        if self.deferred.called:
+            self._pool.checkin(connection)
+        else:
+            self.deferred.callback(connection)
+
+    def connect_failed(self, reason: Failure) -> None:
+        """
+        The attempt started for this waiter failed: fail the waiter, or, if it
+        was cancelled meanwhile, report the failure as a warm-up's would be.
+        """
+        if self.deferred.called:
+            self._pool._background_connect_failed(reason, self._upstream)
+        else:
+            self.deferred.errback(reason)
+
+
+def _next_waiter(waiters: deque[_Waiter]) -> _Waiter:
+    """
+    Take the oldest waiter out of its queue.
+    """
+    waiter = waiters.popleft()
+    waiter.queue = None
+    return waiter
 
 
 class UpstreamPool:
@@ -112,9 +182,11 @@ class UpstreamPool:
         if self._sweeper.running:
             self._sweeper.stop()
         self._warm = 0
-        for waiters in self._waiters.values():
+        for waiters in list(self._waiters.values()):
             while waiters:
-                waiters.popleft().deferred.errback(UpstreamDown("the balancer is shutting down"))
+                _next_waiter(waiters).deferred.errback(
+                    UpstreamDown("the balancer is shutting down")
+                )
         for pending in list(self._pending):
             pending.cancel()
         waiting: list[Deferred[None]] = []
@@ -139,7 +211,11 @@ class UpstreamPool:
             many seconds (for requests that must not be replayed).
         @return: an idle connection at once, or a L{Deferred} firing with a new
             one; it fails with C{ConnectError}/C{TimeoutError} when connecting
-            fails, or L{QueueTimeout} when the upstream stays at its cap.
+            fails, or L{QueueTimeout} when the upstream stays at its cap (or
+            its queue is full). Cancelling the L{Deferred} cancels its new
+            connection attempt; a checkout queued at the cap leaves the queue
+            at once, and a connection already being opened for it goes to the
+            next waiter or the idle list (see L{_Waiter}).
         """
         idle = self._idle.get(upstream)
         if idle:
@@ -171,11 +247,9 @@ class UpstreamPool:
             connection.close()
             return
         waiters = self._waiters.get(upstream)
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.deferred.called:
-                waiter.deferred.callback(connection)
-                return
+        if waiters:
+            _next_waiter(waiters).deferred.callback(connection)
+            return
         idle = self._idle.setdefault(upstream, [])
         if len(idle) >= self._max_idle:
             connection.close()
@@ -213,11 +287,11 @@ class UpstreamPool:
             return
         for connection in self._idle.pop(upstream, []):
             connection.close()
-        waiters = self._waiters.pop(upstream, deque())
+        waiters = self._waiters.pop(upstream, None)
         while waiters:
-            waiter = waiters.popleft()
-            if not waiter.deferred.called:
-                waiter.deferred.errback(UpstreamDown(f"upstream {upstream.name} went down"))
+            _next_waiter(waiters).deferred.errback(
+                UpstreamDown(f"upstream {upstream.name} went down")
+            )
 
     def connection_closed(self, connection: UpstreamConnection) -> None:
         """
@@ -282,19 +356,17 @@ class UpstreamPool:
         waiters = self._waiters.setdefault(upstream, deque())
         if len(waiters) >= self._max_queue:
             return fail(QueueTimeout(f"queue for upstream {upstream.name} is full"))
-        deferred: Deferred[UpstreamConnection] = Deferred()
-        waiters.append(_Waiter(deferred, self._clock.seconds() + self._queue_timeout))
-        return deferred
+        waiter = _Waiter(self, upstream, waiters, self._clock.seconds() + self._queue_timeout)
+        waiters.append(waiter)
+        return waiter.deferred
 
     def _serve_waiters(self, upstream: UpstreamState) -> None:
         waiters = self._waiters.get(upstream)
         while waiters and (
             not self._max_connections or self._open.get(upstream, 0) < self._max_connections
         ):
-            waiter = waiters.popleft()
-            if waiter.deferred.called:
-                continue
-            self._open_connection(upstream).chainDeferred(waiter.deferred)
+            waiter = _next_waiter(waiters)
+            self._open_connection(upstream).addCallbacks(waiter.connected, waiter.connect_failed)
 
     def _top_up(self, upstream: UpstreamState) -> None:
         """
@@ -319,10 +391,19 @@ class UpstreamPool:
 
     def _warm_failed(self, reason: Failure, upstream: UpstreamState) -> None:
         self._warming[upstream] -= 1
-        if reason.check(CancelledError):
+        self._background_connect_failed(reason, upstream)
+
+    def _background_connect_failed(self, reason: Failure, upstream: UpstreamState) -> None:
+        """
+        A connection attempt that no request waits for (a warm-up, or one
+        whose waiter was cancelled) failed: log it, and report a connect
+        failure to C{on_connect_failed}. Cancellations (by L{close}) are not
+        failures of the upstream.
+        """
+        if reason.check(CancelledError, ConnectingCancelledError):
             return
         self.log.debug(
-            "warm-up connection to {upstream} failed: {reason}",
+            "background connection to {upstream} failed: {reason}",
             upstream=upstream.name,
             reason=reason.getErrorMessage(),
         )
@@ -339,12 +420,10 @@ class UpstreamPool:
             if expired:
                 self._top_up(upstream)
         for upstream, waiters in list(self._waiters.items()):
-            while waiters and (waiters[0].deferred.called or waiters[0].deadline <= now):
-                waiter = waiters.popleft()
-                if not waiter.deferred.called:
-                    waiter.deferred.errback(
-                        QueueTimeout(f"no connection to {upstream.name} became free in time")
-                    )
+            while waiters and waiters[0].deadline <= now:
+                _next_waiter(waiters).deferred.errback(
+                    QueueTimeout(f"no connection to {upstream.name} became free in time")
+                )
 
     def _idle_limit(self, connection: UpstreamConnection) -> float:
         limit = self._idle_timeout
