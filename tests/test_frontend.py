@@ -534,6 +534,11 @@ class _FixedLimiter:
         allowed = len(self.keys) <= self.allowed
         return RateLimitDecision(allowed, self.allowed, 0, 30.0, 0 if allowed else 12.5)
 
+    def start(self) -> None:
+        """
+        Nothing to start.
+        """
+
     def close(self) -> None:
         return None
 
