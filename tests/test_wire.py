@@ -2024,11 +2024,11 @@ class ErrorResponseTests(SynchronousTestCase):
         """
         Content-Length counts bytes, not characters, and unknown statuses say C{Error}.
         """
-        data = error_response(418, "caf\u00e9", False)
+        data = error_response(599, "caf\u00e9", False)
         head_part, _, body = data.partition(b"\r\n\r\n")
-        self.assertEqual(body, "418 Error: caf\u00e9\n".encode())
+        self.assertEqual(body, "599 Error: caf\u00e9\n".encode())
         self.assertIn(b"\r\nContent-Length: %d\r\n" % len(body), head_part + b"\r\n")
-        self.assertTrue(head_part.startswith(b"HTTP/1.1 418 Error\r\n"))
+        self.assertTrue(head_part.startswith(b"HTTP/1.1 599 Error\r\n"))
 
     def test_parses_as_response(self) -> None:
         """

@@ -8,6 +8,7 @@ balancer acts on are cut or added, every other line goes on as it came.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from http import HTTPStatus
 from typing import Final
 
 from balancebeam.http1.heads import (
@@ -37,25 +38,9 @@ HOP_BY_HOP: Final = frozenset(
     }
 )
 
-REASONS: Final = {
-    100: "Continue",
-    101: "Switching Protocols",
-    200: "OK",
-    400: "Bad Request",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    408: "Request Timeout",
-    413: "Content Too Large",
-    417: "Expectation Failed",
-    429: "Too Many Requests",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    501: "Not Implemented",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-    505: "HTTP Version Not Supported",
-}
+REASONS: Final[dict[int, str]] = {status.value: status.phrase for status in HTTPStatus}
+"""Reason phrases for the statuses the balancer writes, RFC 9110's names first."""
+REASONS.update({413: "Content Too Large", 422: "Unprocessable Content"})
 
 
 _REQUEST_DROPPED: Final = HOP_BY_HOP | {
