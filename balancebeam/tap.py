@@ -685,10 +685,13 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     # and --help) neither loads the whole balancer nor, through txredisapi,
     # installs the global reactor.
     from balancebeam.service import BalancerService
+    from balancebeam.signals import guard_stop_signals
 
     balancer_config = options.config
     if balancer_config is None:
         raise ValueError("makeService needs options whose postOptions has run")
+    # A second SIGTERM during the drain only logs a line (see balancebeam.signals).
+    reactor.callWhenRunning(guard_stop_signals, reactor)
     if not options["demo"]:
         return BalancerService(balancer_config, reactor, exit_on_listen_failure=True)
 

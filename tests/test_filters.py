@@ -41,7 +41,7 @@ class RecordingFilter:
         self.body_limit: int | None = None
         self.bodies: list[bytes | None] = []
 
-    def on_request(self, exchange: IExchange) -> object:
+    def on_request(self, exchange: IExchange) -> Answer | Deferred[Answer | None] | None:
         """
         Record C{exchange}; observe or read the body when asked; return or
         raise C{result}.
@@ -53,11 +53,11 @@ class RecordingFilter:
             raise self.result
         if self.body_limit is not None:
             return exchange.read_body(self.body_limit).addCallback(self._got_body)
-        return self.result
+        return self.result  # type: ignore[return-value]  # what the test told it to return
 
-    def _got_body(self, body: bytes | None) -> object:
+    def _got_body(self, body: bytes | None) -> Answer | None:
         self.bodies.append(body)
-        return self.result
+        return self.result  # type: ignore[return-value]  # what the test told it to return
 
 
 @implementer(IResponseObserver)
@@ -230,7 +230,10 @@ class FailingFilterTests(SynchronousTestCase):
         A fail-open filter that raises is logged, counted, and the request
         goes upstream.
         """
-        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        # Twisted annotates trial's TestCase, but the method only calls addCleanup.
+        events = EventLoggingObserver.createWithCleanup(
+            self, globalLogPublisher  # type: ignore[arg-type]
+        )
         harness = Harness(filters=[RecordingFilter("broken", RuntimeError("boom"))])
         client, _ = harness.client()
         client.dataReceived(GET)

@@ -783,3 +783,35 @@ class EarlyRejectionTests(SynchronousTestCase):
             client.dataReceived(bytes([byte]))
         self.assertEqual(client_transport.value(), b"")
         self.assertEqual(harness.pending_connects(), 1)
+
+
+class CappedPoolTests(SynchronousTestCase):
+    """
+    A client that leaves while queued for a capped upstream leaves nothing
+    behind (issue 9, defect 3).
+    """
+
+    def test_connection_opened_for_a_departed_client_serves_the_next(self) -> None:
+        """
+        With a cap of one connection, a queued client leaves while a new
+        connection is being opened for it; that connection then serves the
+        next client at once instead of being lost, so nobody gets a 503.
+        """
+        harness = Harness(max_connections_per_upstream=1, queue_timeout=5)
+        first, _ = harness.client(40001)
+        first.dataReceived(GET)
+        first_upstream, _, _ = harness.accept()
+        second, _ = harness.client(40002)
+        second.dataReceived(GET)
+        self.assertEqual(harness.pending_connects(), 0)
+        first_upstream.dataReceived(response(b"1", extra=b"Connection: close\r\n"))
+        first_upstream.connectionLost(connection_done())
+        self.assertEqual(harness.pending_connects(), 1)
+        second.connectionLost(connection_done())
+        _, opened_for_second, _ = harness.accept()
+        third, third_transport = harness.client(40003)
+        third.dataReceived(GET)
+        self.assertTrue(opened_for_second.value().startswith(b"GET /first_url HTTP/1.1\r\n"))
+        harness.reactor.advance(6)
+        self.assertEqual(third_transport.value(), b"")
+        self.assertEqual(harness.pool.open_count(harness.registry.upstreams[0]), 1)

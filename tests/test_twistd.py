@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 import balancebeam
-from tests.helpers import unused_port
+from tests.helpers import unused_port, wait_until
 from tests.upstreams import UpstreamServer, connect_client
 
 reactor: Any = _global_reactor
@@ -155,6 +155,45 @@ class TwistdTests(TestCase):
         self.assertIn(b"Listening for requests on 127.0.0.1:%d" % port, process.output)
         self.assertNotIn(b"Traceback", process.output)
         self.assertNotIn(b"Unhandled", process.output)
+
+    async def test_second_sigterm_during_drain_is_harmless(self) -> None:
+        """
+        A SIGTERM arriving while the balancer drains (as under C{timeout} or a
+        supervisor signalling the process group) logs one info line; the
+        drain goes on, the request in progress is answered, and nothing is
+        logged as an error.
+        """
+        upstream = UpstreamServer(reactor, "slow-upstream", delay=1.5)
+        upstream.start()
+        self.addCleanup(upstream.stop)
+        port = unused_port()
+        process = self.spawn(
+            "--bind", f"127.0.0.1:{port}", "--upstream", upstream.address,
+            "--active-health-check-interval", "0", "--shutdown-timeout", "10",
+        )
+        await process.listening
+        client = await connect_client(self, reactor, port)
+        client.send(b"GET /slow HTTP/1.1\r\nHost: balancer.test\r\n\r\n", b"GET")
+        await wait_until(reactor, lambda: bool(upstream.requests), "the request upstream")
+        assert process.transport is not None
+        process.transport.signalProcess("TERM")
+        await wait_until(
+            reactor, lambda: b"Received SIGTERM" in process.output, "the first SIGTERM logged"
+        )
+        process.transport.signalProcess("TERM")
+        await wait_until(
+            reactor, lambda: b"again while stopping" in process.output, "the second SIGTERM"
+        )
+        await client.wait_responses(1)
+        code = await process.ended
+        output = process.output.decode(errors="replace")
+        self.assertEqual([r.status for r in client.responses], [200])
+        self.assertIn(code, (0, -signal.SIGTERM), output)
+        self.assertEqual(output.count("Received SIGTERM, shutting down"), 1, output)
+        self.assertEqual(output.count("Received SIGTERM again while stopping"), 1, output)
+        self.assertNotIn("ReactorNotRunning", output)
+        self.assertNotIn("Traceback", output)
+        self.assertNotIn("Unhandled", output)
 
     async def test_demo_serves(self) -> None:
         """
