@@ -21,10 +21,12 @@ from twisted.internet.task import Clock
 
 from balancebeam.config import UpstreamSpec
 from balancebeam.pool import UpstreamPool
+from balancebeam.ratelimit.filter import RateLimitFilter
 from balancebeam.ratelimit.memory import MemoryRateLimiter
 from balancebeam.registry import UpstreamRegistry
-from balancebeam.relay.client import BalancerFactory, BalancerProtocol
+from balancebeam.relay.client import ClientConnection, RelayFactory
 from balancebeam.relay.upstream import UpstreamConnection
+from balancebeam.routing import Dispatcher
 from balancebeam.stats import Stats
 from balancebeam.strategies import build_strategy
 
@@ -87,20 +89,23 @@ def main() -> None:
     spec = UpstreamSpec("127.0.0.1", 8081)
     registry = UpstreamRegistry([spec], clock)
     pool = UpstreamPool(clock, lambda _: None)  # type: ignore[arg-type,return-value]  # never connects: the connection is planted below
-    limiter = MemoryRateLimiter(clock, 10**9, 60.0) if arguments.rate_limit else None
+    stats = Stats()
+    filters = []
+    if arguments.rate_limit:
+        filters.append(RateLimitFilter(MemoryRateLimiter(clock, 10**9, 60.0), stats))
     import random
 
-    factory = BalancerFactory(
-        clock, registry, build_strategy("random", random.Random(1)), pool, Stats(),
-        rate_limiter=limiter,
+    dispatcher = Dispatcher(
+        registry, build_strategy("random", random.Random(1)), pool, stats, clock
     )
+    factory = RelayFactory(clock, dispatcher, stats, filters=filters)
     upstream = UpstreamConnection(registry.upstreams[0], pool)
     upstream.makeConnection(NullTransport(IPv4Address("TCP", "127.0.0.1", 8081)))  # type: ignore[arg-type]  # a duck-typed transport
     pool._connections.add(upstream)
     pool._open[registry.upstreams[0]] = 1
     pool.checkin(upstream)
     client = factory.buildProtocol(None)
-    assert isinstance(client, BalancerProtocol)
+    assert isinstance(client, ClientConnection)
     client.makeConnection(NullTransport(IPv4Address("TCP", "127.0.0.1", 40000)))  # type: ignore[arg-type]  # a duck-typed transport
 
     def one_request() -> None:
