@@ -17,11 +17,41 @@ from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
-    from balancebeam.filters import Answer
     from balancebeam.http1.heads import RequestHead, ResponseHead
     from balancebeam.registry import UpstreamState
 
-    FilterResult = Union[Answer, None, Deferred[Union[Answer, None]]]
+
+class Answer:
+    """
+    A complete response the balancer sends instead of an upstream's.
+
+    @ivar status: the status code.
+    @ivar fields: header fields as C{(name, value)} bytes, in order, without
+        C{Content-Length} or C{Connection}, which the relay writes.
+    @ivar body: the whole body (not sent for HEAD requests, 1xx, 204 and 304).
+    @ivar reason: the reason phrase, or C{None} for the standard one.
+    """
+
+    __slots__ = ("status", "fields", "body", "reason")
+
+    def __init__(
+        self,
+        status: int,
+        fields: Sequence[tuple[bytes, bytes]] = (),
+        body: bytes = b"",
+        reason: bytes | None = None,
+    ) -> None:
+        self.status = status
+        self.fields = fields
+        self.body = body
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"<Answer {self.status} fields={len(self.fields)} body={len(self.body)} bytes>"
+
+
+FilterResult = Union[Answer, None, Deferred[Union[Answer, None]]]
+"""What L{IRequestFilter.on_request} returns."""
 
 
 class RateLimitDecision(NamedTuple):

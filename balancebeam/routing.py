@@ -15,7 +15,8 @@ active health checks (L{balancebeam.health.checker}) write it too.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Protocol
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -29,9 +30,59 @@ from balancebeam.registry import UpstreamRegistry, UpstreamState
 from balancebeam.relay.upstream import UpstreamConnection
 from balancebeam.stats import Stats
 
-if TYPE_CHECKING:
-    from balancebeam.relay.exchange import Exchange
-    from balancebeam.relay.exchange_core import ExchangeCore
+
+class Assigned(Protocol):
+    """
+    A request that may occupy an upstream.
+
+    @ivar upstream: the upstream assigned now (set by the dispatcher).
+    @ivar last_upstream: the name of the last upstream assigned.
+    """
+
+    upstream: UpstreamState | None
+    last_upstream: str
+
+
+class Routable(Assigned, Protocol):
+    """
+    A request as the dispatcher sees it (the relay's exchange).
+
+    @ivar tried: the upstreams that failed it, or C{None}.
+    @ivar connecting: the pending connection (set by the dispatcher).
+    @ivar reused_retry: whether its one keep-alive-race retry was used.
+    @ivar request_done: whether the whole request has been received.
+    """
+
+    tried: list[UpstreamState] | None
+    connecting: Deferred[UpstreamConnection] | None
+    reused_retry: bool
+    request_done: bool
+
+    @property
+    def replayable(self) -> bool:
+        """Whether the request may be sent again."""
+
+    @property
+    def method_text(self) -> str:
+        """The method, for logs."""
+
+    @property
+    def path_text(self) -> str:
+        """The target, for logs."""
+
+    def connected(self, connection: UpstreamConnection) -> bool:
+        """A connection is ready; return whether it was taken."""
+
+    def dispatch_failed(
+        self, status: int, message: str, fields: Sequence[tuple[bytes, bytes]]
+    ) -> None:
+        """No upstream can take the request: answer C{status}."""
+
+    def add_tried(self, upstream: UpstreamState) -> None:
+        """Remember that C{upstream} failed the request."""
+
+    def flush(self) -> None:
+        """Send what was written to the client."""
 
 
 class Dispatcher:
@@ -86,7 +137,7 @@ class Dispatcher:
             self._revive_due()
         return self._registry.live()
 
-    def dispatch(self, exchange: Exchange) -> None:
+    def dispatch(self, exchange: Routable) -> None:
         """
         Pick a live upstream not yet tried for C{exchange} and get it a
         connection. This is the one place that decides what happens when no
@@ -125,14 +176,14 @@ class Dispatcher:
             errbackArgs=(exchange, upstream),
         )
 
-    def _connected(self, connection: UpstreamConnection, exchange: Exchange) -> None:
+    def _connected(self, connection: UpstreamConnection, exchange: Routable) -> None:
         exchange.connecting = None
         if not exchange.connected(connection):
             self._pool.checkin(connection)
         exchange.flush()
 
     def _connect_failed(
-        self, reason: Failure, exchange: Exchange, upstream: UpstreamState
+        self, reason: Failure, exchange: Routable, upstream: UpstreamState
     ) -> None:
         exchange.connecting = None
         if reason.check(CancelledError):
@@ -159,7 +210,7 @@ class Dispatcher:
         self.dispatch(exchange)
         exchange.flush()
 
-    def release(self, exchange: ExchangeCore) -> None:
+    def release(self, exchange: Assigned) -> None:
         """
         The exchange no longer occupies its upstream.
         """
@@ -178,7 +229,7 @@ class Dispatcher:
     # Failures
 
     def upstream_failed(
-        self, exchange: Exchange, connection: UpstreamConnection, received_any: bool
+        self, exchange: Routable, connection: UpstreamConnection, received_any: bool
     ) -> bool:
         """
         The upstream connection of C{exchange} failed before a response head

@@ -31,7 +31,6 @@ from zope.interface import implementer
 
 from balancebeam.clientip import client_key
 from balancebeam.config import Limits, Timeouts
-from balancebeam.filters import FilterChain
 from balancebeam.http1.heads import (
     HEAD_END,
     HTTPError,
@@ -39,10 +38,10 @@ from balancebeam.http1.heads import (
     parse_request_head,
 )
 from balancebeam.http1.rewrite import error_response
-from balancebeam.interfaces import IRequestFilter
+from balancebeam.interfaces import IExchange, IRequestFilter
 from balancebeam.relay.detached import DetachedClient
 from balancebeam.relay.exchange import Exchange
-from balancebeam.relay.exchange_core import ExchangeCore
+from balancebeam.relay.filtering import FilterChain
 from balancebeam.relay.interfaces import IClientSide
 from balancebeam.relay.states import (
     PAUSE_PIPELINE,
@@ -328,7 +327,7 @@ class ClientConnection(Protocol):
             if exchange is not None:
                 exchange.tunnel_data(data)
 
-    def exchange_done(self, exchange: ExchangeCore, keep_alive: bool) -> None:
+    def exchange_done(self, exchange: IExchange, keep_alive: bool) -> None:
         """
         The exchange is over: go on with the next request, or close.
         """

@@ -18,9 +18,8 @@ from zope.interface import implementer
 from balancebeam.relay.interfaces import IClientSide
 
 if TYPE_CHECKING:
-    from balancebeam.relay.client import RelayFactory
+    from balancebeam.interfaces import IExchange
     from balancebeam.relay.exchange import Exchange
-    from balancebeam.relay.exchange_core import ExchangeCore
 
 
 @implementer(IClientSide)
@@ -33,19 +32,23 @@ class DetachedClient:
 
     writes_paused = False
 
-    def __init__(self, relay: RelayFactory, client_ip: str, scheme: bytes) -> None:
+    def __init__(self, watched: set[DetachedClient], client_ip: str, scheme: bytes) -> None:
+        """
+        @param watched: the set whose members' deadlines the relay's timer
+            enforces; this stand-in is in it while it serves an exchange.
+        """
         self.client_ip = client_ip
         self.scheme = scheme
         self.deadline = math.inf
         self.exchange: Exchange | None = None
-        self._relay = relay
+        self._watched = watched
 
     def adopt(self, exchange: Exchange) -> None:
         """
         Serve C{exchange} from now on; its deadlines are watched.
         """
         self.exchange = exchange
-        self._relay.detached.add(self)
+        self._watched.add(self)
 
     def write(self, data: bytes) -> None:
         """Nobody reads it: drop it."""
@@ -62,7 +65,7 @@ class DetachedClient:
     def start_tunnel(self) -> None:
         """Never asked: an upgrade is never continued without its client."""
 
-    def exchange_done(self, exchange: ExchangeCore, keep_alive: bool) -> None:
+    def exchange_done(self, exchange: IExchange, keep_alive: bool) -> None:
         """
         The response is complete: forget this stand-in.
         """
@@ -91,4 +94,4 @@ class DetachedClient:
     def _forget(self) -> None:
         self.exchange = None
         self.deadline = math.inf
-        self._relay.detached.discard(self)
+        self._watched.discard(self)

@@ -8,7 +8,7 @@ upstreams tried, the response being relayed, and the state that names the
 current deadline (L{balancebeam.relay.states.ExchangeState}).
 
 Its life, in order:
-  1. the request filters are asked (L{balancebeam.filters.FilterChain}); one
+  1. the request filters are asked (L{balancebeam.relay.filtering.FilterChain}); one
      may answer, or attach response observers;
   2. the dispatcher (L{balancebeam.routing.Dispatcher}) finds a connection;
   3. the request goes upstream, its body streamed as it arrives;
@@ -531,7 +531,7 @@ class Exchange(ExchangeCore):
         """
         Go on reading the response for the observers, without a client.
         """
-        detached = DetachedClient(self.relay, self.client.client_ip, self.client.scheme)
+        detached = DetachedClient(self.relay.detached, self.client.client_ip, self.client.scheme)
         detached.adopt(self)
         self.client = detached
         connection = self.connection

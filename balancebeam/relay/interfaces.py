@@ -12,7 +12,7 @@ from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
     from balancebeam.http1.heads import HTTPError, ResponseHead
-    from balancebeam.relay.exchange_core import ExchangeCore
+    from balancebeam.interfaces import IExchange
     from balancebeam.relay.upstream import UpstreamConnection
 
 
@@ -82,7 +82,7 @@ class IClientSide(Interface):
     def start_tunnel() -> None:
         """The exchange became a tunnel: hand it every further client byte."""
 
-    def exchange_done(exchange: ExchangeCore, keep_alive: bool) -> None:
+    def exchange_done(exchange: IExchange, keep_alive: bool) -> None:
         """
         The exchange is over: go on with the next request, or close once the
         queued bytes are sent when C{keep_alive} is false.
