@@ -96,7 +96,7 @@ class RelayTests(SynchronousTestCase):
     def test_chunked_request_reframed(self) -> None:
         """
         A chunked request body is de-chunked and re-chunked for the upstream,
-        trailers dropped.
+        its trailer fields forwarded.
         """
         harness = Harness()
         client, _ = harness.client()
@@ -108,7 +108,7 @@ class RelayTests(SynchronousTestCase):
         client.dataReceived(b"0\r\nX-Trailer: t\r\n\r\n")
         head, _, body = upstream.value().partition(b"\r\n\r\n")
         self.assertIn(b"Transfer-Encoding: chunked", head)
-        self.assertEqual(body, b"5\r\nhello\r\n0\r\n\r\n")
+        self.assertEqual(body, b"5\r\nhello\r\n0\r\nX-Trailer: t\r\n\r\n")
 
     def test_chunked_response_to_http10_client(self) -> None:
         """
@@ -815,3 +815,75 @@ class CappedPoolTests(SynchronousTestCase):
         harness.reactor.advance(6)
         self.assertEqual(third_transport.value(), b"")
         self.assertEqual(harness.pool.open_count(harness.registry.upstreams[0]), 1)
+
+
+class TrailerTests(SynchronousTestCase):
+    """
+    Trailer fields reach the other side when it is chunked, minus the
+    fields that must not appear in trailers (issue 9, defect 9).
+    """
+
+    CHUNKED_RESPONSE = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: Server-Timing\r\n\r\n"
+        b"4\r\nbody\r\n0\r\nServer-Timing: db;dur=53\r\nContent-Length: 99\r\n"
+        b"Set-Cookie: s=1\r\nX-Checksum: abc\r\n\r\n"
+    )
+
+    def test_response_trailers_to_http11_client(self) -> None:
+        """
+        An HTTP/1.1 client gets the response's allowed trailer fields, byte
+        for byte and in order, after the last chunk; framing and cookie
+        fields are dropped.
+        """
+        harness = Harness()
+        client, client_transport = harness.client()
+        client.dataReceived(GET)
+        protocol, _, _ = harness.accept()
+        protocol.dataReceived(self.CHUNKED_RESPONSE)
+        body = client_transport.value().partition(b"\r\n\r\n")[2]
+        self.assertEqual(
+            body, b"4\r\nbody\r\n0\r\nServer-Timing: db;dur=53\r\nX-Checksum: abc\r\n\r\n"
+        )
+        self.assertFalse(client_transport.disconnecting)
+
+    def test_response_trailers_dropped_for_http10_client(self) -> None:
+        """
+        An HTTP/1.0 client gets the body de-chunked and closed, without the
+        trailers, which it has no way to receive.
+        """
+        harness = Harness()
+        client, client_transport = harness.client()
+        client.dataReceived(b"GET / HTTP/1.0\r\n\r\n")
+        protocol, _, _ = harness.accept()
+        protocol.dataReceived(self.CHUNKED_RESPONSE)
+        self.assertTrue(client_transport.value().endswith(b"\r\n\r\nbody"))
+        self.assertNotIn(b"X-Checksum", client_transport.value())
+
+    def test_request_trailers_filtered(self) -> None:
+        """
+        Request trailers go upstream without the fields that would change
+        routing or credentials there.
+        """
+        harness = Harness()
+        client, _ = harness.client()
+        client.dataReceived(
+            b"POST /p HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"2\r\nhi\r\n0\r\nDigest: sha-256=x\r\nHost: evil\r\n"
+            b"Authorization: Basic eA==\r\n\r\n"
+        )
+        _, upstream, _ = harness.accept()
+        body = upstream.value().partition(b"\r\n\r\n")[2]
+        self.assertEqual(body, b"2\r\nhi\r\n0\r\nDigest: sha-256=x\r\n\r\n")
+
+    def test_lenient_chunk_size_rejected(self) -> None:
+        """
+        A chunk-size line a strict parser refuses (here C{2;}, an empty
+        extension) is answered 400 and the connection closed (defect 8).
+        """
+        harness = Harness()
+        client, client_transport = harness.client()
+        client.dataReceived(
+            b"POST /p HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2;\r\nhi\r\n"
+        )
+        self.assertIn(b"HTTP/1.1 400 Bad Request", client_transport.value())
+        self.assertTrue(client_transport.disconnecting)

@@ -1,6 +1,8 @@
 """
-Tests for L{balancebeam.wire}: strict HTTP/1.x head parsing, body framing and
+Tests for L{balancebeam.http1}: strict HTTP/1.x head parsing, body framing and
 the rewriting of heads for the next hop, including request smuggling attempts.
+The chunk-size grammar and trailer helpers have their own tables in
+L{tests.test_http1_framing}.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from balancebeam.http1.framing import (
     LAST_CHUNK,
     BodyReader,
     chunk,
+    forwardable_trailers,
+    last_chunk,
 )
 from balancebeam.http1.heads import (
     BODY_CHUNKED,
@@ -140,7 +144,8 @@ def parse_stream(pieces: Iterable[bytes]) -> tuple[list[tuple[bytes, bytes, byte
 def forward(data: bytes) -> bytes:
     """
     What the balancer sends upstream for one complete request: the rewritten
-    head and the body re-framed for the upstream hop.
+    head and the body re-framed for the upstream hop, with its forwardable
+    trailers.
     """
     end = data.index(HEAD_END)
     request = parse(data[:end])
@@ -151,7 +156,7 @@ def forward(data: bytes) -> bytes:
     if request.body_kind == BODY_CHUNKED:
         for piece in pieces:
             out += b"".join(chunk(piece))
-        out += LAST_CHUNK
+        out += last_chunk(forwardable_trailers(reader.trailers))
     else:
         out += b"".join(pieces)
     return out
@@ -1251,10 +1256,13 @@ class BodyReaderChunkedTests(SynchronousTestCase):
 
     def test_upper_and_lower_hex(self) -> None:
         """
-        Chunk sizes are hex in either case, leading zeros allowed.
+        Chunk sizes are hex in either case, leading zeros allowed (beyond the
+        15 significant digits too).
         """
         data = b"a\r\n" + b"x" * 10 + b"\r\nB\r\n" + b"y" * 11 + b"\r\n00\r\n\r\n"
         self.assertEqual(read_body(BODY_CHUNKED, 0, [data]), (b"x" * 10 + b"y" * 11, b"", True))
+        data = b"0" * 16 + b"3\r\nabc\r\n" + b"0" * 20 + b"\r\n\r\n"
+        self.assertEqual(read_body(BODY_CHUNKED, 0, [data]), (b"abc", b"", True))
 
     def test_extensions(self) -> None:
         """
@@ -1263,12 +1271,18 @@ class BodyReaderChunkedTests(SynchronousTestCase):
         data = b'5;name=value\r\nhello\r\n6 ; a="b;c"\r\n world\r\n0;last\r\n\r\n'
         self.assertEqual(read_body(BODY_CHUNKED, 0, [data]), (b"hello world", b"", True))
 
-    def test_trailers_discarded(self) -> None:
+    def test_trailers_not_payload(self) -> None:
         """
-        Trailer fields are read and discarded, never delivered as payload.
+        Trailer fields are captured in C{trailers}, never delivered as payload.
         """
         data = b"2\r\nok\r\n0\r\nX-Checksum: abc\r\nX-Other: 1\r\n\r\nNEXT"
         self.assertEqual(read_body(BODY_CHUNKED, 0, [data]), (b"ok", b"NEXT", True))
+        received: list[bytes] = []
+        reader = BodyReader(BODY_CHUNKED, 0, received.append)
+        self.assertEqual(reader.feed(data), len(data) - 4)
+        self.assertEqual(
+            (received, reader.trailers), ([b"ok"], b"X-Checksum: abc\r\nX-Other: 1\r\n")
+        )
 
     def test_malformed_trailer(self) -> None:
         """
@@ -1289,7 +1303,8 @@ class BodyReaderChunkedTests(SynchronousTestCase):
 
     def test_bad_chunk_sizes(self) -> None:
         """
-        Non-hex, signed, prefixed, empty, spaced or 16-digit chunk sizes are a 400.
+        Non-hex, signed, prefixed, empty or spaced chunk sizes, and sizes with
+        16 significant hex digits, are a 400.
         """
         for size in (
             b"zz",
@@ -1303,7 +1318,7 @@ class BodyReaderChunkedTests(SynchronousTestCase):
             b"1_0",
             b"\t5",
             b"1" * 16,
-            b"0" * 16,
+            b"1" + b"0" * 15,
             b"f" * 17,
             b"5\x00",
             b"\xd9\xa5",
@@ -1554,6 +1569,27 @@ class PipelineTests(WireTestCase):
             requests, rest = parse_stream([data])
             self.assertEqual(len(requests), 1)
             self.assertEqual((data, parse_stream([forward(data)])), (data, (requests, b"")))
+
+    def test_forwarded_trailers(self) -> None:
+        """
+        Allowed trailer fields reach the upstream byte-exact after the last
+        chunk; framing, routing and credential fields in trailers do not.
+        """
+        data = (
+            b"POST /t HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n0\r\nX-Checksum: 900150983cd24fb0\r\nContent-Length: 0\r\n"
+            b"HOST: evil\r\nAuthorization: Basic eA==\r\nX-Forwarded-For: 10.9.9.9\r\n"
+            b"x-checksum-alg:md5\r\n\r\n"
+        )
+        sent = forward(data)
+        self.assertTrue(
+            sent.endswith(
+                b"\r\n\r\n3\r\nabc\r\n0\r\nX-Checksum: 900150983cd24fb0\r\n"
+                b"x-checksum-alg:md5\r\n\r\n"
+            ),
+            sent,
+        )
+        self.assertEqual(parse_stream([sent]), ([(b"POST", b"/t", b"abc")], b""))
 
 
 class ResponseHeadTests(WireTestCase):
