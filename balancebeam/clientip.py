@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Union
 
+from balancebeam.config import parse_trusted_network
+
 TrustedNetworks = tuple[Union[IPv4Network, IPv6Network], ...]
 """
 The parsed form of the C{--trust-forwarded-for} values.
@@ -24,22 +26,16 @@ The parsed form of the C{--trust-forwarded-for} values.
 
 def parse_trusted_networks(values: Sequence[str]) -> TrustedNetworks:
     """
-    Parse C{--trust-forwarded-for} values: networks in CIDR notation, or
-    single addresses (which mean a C{/32} or C{/128} network). Host bits are
-    cleared, as the command line does: C{10.1.2.3/8} is C{10.0.0.0/8}.
+    Turn C{--trust-forwarded-for} values (C{BalancerConfig.trusted_proxies})
+    into network objects. Each value is checked and normalised by
+    L{balancebeam.config.parse_trusted_network}: a CIDR network or a single
+    address (a C{/32} or C{/128} network), host bits cleared (C{10.1.2.3/8}
+    is C{10.0.0.0/8}).
 
-    @raise ValueError: when a value is not an IPv4 or IPv6 network.
+    @raise ValueError: with C{parse_trusted_network}'s reason, when a value
+        is not an IPv4 or IPv6 network.
     """
-    networks = []
-    for value in values:
-        try:
-            networks.append(ip_network(value.strip(), strict=False))
-        except ValueError as error:
-            raise ValueError(
-                f"trusted network {value!r} is not an IP network such as 10.0.0.0/8 "
-                f"or 2001:db8::/32: {error}"
-            ) from None
-    return tuple(networks)
+    return tuple(ip_network(parse_trusted_network(value)) for value in values)
 
 
 def _unmap(address: IPv4Address | IPv6Address) -> IPv4Address | IPv6Address:

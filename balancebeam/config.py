@@ -1,14 +1,62 @@
 """
-Configuration records and the pure parsers that build them.
+The one home of balancebeam's configuration: the frozen records, the parser
+of every value, every default, and L{build_config}, which turns raw option
+values into a L{BalancerConfig}.
 
-Every parser raises C{ValueError} with a message fit for a usage error; the
-command line (L{balancebeam.tap}) turns it into C{usage.UsageError}.
+Every option is declared once, in L{OPTIONS}: its long name (the command-line
+flag without dashes, and the key of a future configuration file), how its
+value is given, its parser and its default, written as the operator would
+write it. The records' own defaults are parsed from that table, so a default
+is defined in exactly one place.
+
+Parsers take one string and raise C{ValueError} with a reason;
+L{build_config} raises L{ConfigError}, which names the option, and the
+command line (L{balancebeam.tap}) turns that into C{usage.UsageError}.
+
+This module imports nothing from the rest of balancebeam, so that everything
+else can import it.
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import math
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from twisted.internet.endpoints import serverFromString
+
+
+class ConfigError(ValueError):
+    """
+    A bad configuration value, naming the option it was given for.
+
+    C{str()} reads like C{--option 'value': reason} (or C{--option 'value'
+    must ...} when the reason is a predicate), fit to be shown as a usage
+    error.
+
+    @ivar option: the option's long name, without dashes (C{"upstream"}).
+    @ivar value: the offending value as given, or C{None} when the error is
+        not about one value (a missing option, an unknown one).
+    @ivar reason: what is wrong, without the option's name.
+    """
+
+    def __init__(self, option: str, reason: str, value: object | None = None) -> None:
+        super().__init__(option, reason, value)
+        self.option = option
+        self.reason = reason
+        self.value = value
+
+    def __str__(self) -> str:
+        if self.value is None:
+            return f"--{self.option} {self.reason}"
+        if self.reason.startswith(("is ", "must ", "has ", "names ")):
+            return f"--{self.option} {self.value!r} {self.reason}"
+        return f"--{self.option} {self.value!r}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -35,13 +83,26 @@ class UpstreamSpec:
         return f"{self.host}:{self.port}"
 
 
+# Parsers. Each takes one string and returns the value, or raises ValueError
+# with a reason that either quotes the part it rejects or is a predicate
+# ("is ...", "must ...") about the whole value.
+
+
+def _is_digits(text: str) -> bool:
+    """
+    Whether C{text} is a non-empty run of the ASCII digits 0-9 (C{str.isdigit}
+    also accepts other scripts' digits and superscripts).
+    """
+    return text.isascii() and text.isdigit()
+
+
 def parse_port(text: str) -> int:
     """
     Parse a TCP port number.
 
     @raise ValueError: when C{text} is not an integer in 1..65535.
     """
-    if not text.isdigit():
+    if not _is_digits(text):
         raise ValueError(f"port {text!r} is not a number")
     port = int(text)
     if not 1 <= port <= 65535:
@@ -49,12 +110,32 @@ def parse_port(text: str) -> int:
     return port
 
 
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def _check_hostname(host: str) -> None:
+    """
+    Check that C{host} is a hostname that can go into a C{Host} header:
+    dot-separated labels of ASCII letters, digits, C{-} and C{_} (a trailing
+    dot is allowed).
+
+    @raise ValueError: otherwise.
+    """
+    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    if len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(
+            f"host {host!r} is not an IP address or a hostname "
+            "(ASCII letters, digits, - and _ in dot-separated labels)"
+        )
+
+
 def parse_host_port(text: str) -> tuple[str, int]:
     """
     Split C{HOST:PORT} (or C{[IPv6]:PORT}) into its parts.
 
     @return: the host (IPv6 literals without brackets) and the port.
-    @raise ValueError: when the text has no port, an empty host or a bad port.
+    @raise ValueError: when the text has no port, an empty or malformed host
+        or a bad port.
     """
     text = text.strip()
     if text.startswith("["):
@@ -73,14 +154,15 @@ def parse_host_port(text: str) -> tuple[str, int]:
             raise ValueError(f"{text!r} is not of the form HOST:PORT")
         if ":" in host:
             raise ValueError(f"{text!r}: put IPv6 addresses in brackets, as [::1]:8080")
-    if not host:
-        raise ValueError(f"{text!r} has an empty host")
+        if not host:
+            raise ValueError(f"{text!r} has an empty host")
+        _check_hostname(host)
     return host, parse_port(port_text)
 
 
 def parse_upstream(text: str) -> UpstreamSpec:
     """
-    Parse an C{--upstream} value.
+    Parse an C{--upstream HOST:PORT} value.
     """
     host, port = parse_host_port(text)
     return UpstreamSpec(host=host, port=port)
@@ -91,12 +173,14 @@ def parse_weight(text: str) -> tuple[str, int]:
     Parse an C{--upstream-weight HOST:PORT=W} value.
 
     @return: the upstream name in canonical form and the weight.
+    @raise ValueError: when C{text} is not of that form or W is not a whole
+        number of at least 1.
     """
     target, equals, weight_text = text.rpartition("=")
     if not equals:
-        raise ValueError(f"{text!r} is not of the form HOST:PORT=WEIGHT")
+        raise ValueError("is not of the form HOST:PORT=WEIGHT")
     host, port = parse_host_port(target)
-    if not weight_text.isdigit() or int(weight_text) < 1:
+    if not _is_digits(weight_text) or int(weight_text) < 1:
         raise ValueError(f"weight {weight_text!r} must be a whole number of at least 1")
     return UpstreamSpec(host, port).name, int(weight_text)
 
@@ -110,9 +194,47 @@ def bind_to_endpoint(text: str) -> str:
     return f"tcp:{port}:interface={escaped}"
 
 
+_PARSE_ONLY_REACTOR: Any = object()
+"""
+Stands in for a reactor when C{--listen} values are checked: endpoint
+constructors only store their reactor, so building one from a string
+validates it without listening or touching the global reactor.
+"""
+
+
+def validate_endpoint(text: str) -> str:
+    """
+    Check that C{text} is a Twisted server endpoint description.
+
+    The endpoint is built, never listened on; an C{ssl:} endpoint reads its
+    certificate files here, and a C{systemd:} endpoint needs the descriptors
+    systemd passes (C{LISTEN_FDS}).
+
+    @return: C{text} unchanged.
+    @raise ValueError: when Twisted cannot build an endpoint from it.
+    """
+    if not text.strip():
+        raise ValueError("is empty")
+    try:
+        serverFromString(_PARSE_ONLY_REACTOR, text)
+    except (IndexError, KeyError) as e:
+        if text.startswith("systemd:"):
+            raise ValueError(
+                "names a socket that systemd did not pass to this process "
+                "(start it from a .socket unit; see doc/systemd.md)"
+            ) from None
+        raise ValueError(f"is not a server endpoint such as tcp:1100 ({e})") from None
+    except (ValueError, TypeError, AttributeError, OSError) as e:
+        # Endpoint parsers report bad arguments with all of these (an unknown
+        # keyword is a TypeError, a missing systemd descriptor an IndexError).
+        raise ValueError(f"is not a server endpoint such as tcp:1100 ({e})") from None
+    return text
+
+
 def parse_size(text: str) -> int:
     """
-    Parse a byte count with an optional C{k}, C{m} or C{g} suffix (powers of 1024).
+    Parse a byte count with an optional C{k}, C{m} or C{g} suffix (powers of
+    1024; C{kb}, C{KiB} and the like too).
 
     @raise ValueError: when the text is not a non-negative size.
     """
@@ -122,44 +244,338 @@ def parse_size(text: str) -> int:
     if cleaned and cleaned[-1] in units:
         multiplier = units[cleaned[-1]]
         cleaned = cleaned[:-1]
-    if not cleaned.isdigit():
-        raise ValueError(f"{text!r} is not a size such as 16384, 16k or 10m")
+    if not _is_digits(cleaned):
+        raise ValueError("is not a size such as 16384, 16k or 10m")
     return int(cleaned) * multiplier
+
+
+def parse_positive_size(text: str) -> int:
+    """
+    Parse a size that must be at least one byte.
+
+    @raise ValueError: when C{text} is not a size, or is 0.
+    """
+    size = parse_size(text)
+    if size < 1:
+        raise ValueError("must be at least 1 byte")
+    return size
+
+
+def parse_max_body_size(text: str) -> int | None:
+    """
+    Parse a C{--max-body-size} value.
+
+    @return: the limit in bytes, or C{None} (no limit) for C{0}.
+    @raise ValueError: when C{text} is not a size.
+    """
+    size = parse_size(text)
+    return size if size > 0 else None
 
 
 def parse_non_negative(text: str) -> float:
     """
-    Parse a non-negative number of seconds (or a count).
+    Parse a non-negative, finite number of seconds.
 
     @raise ValueError: on negatives, NaN, infinities and non-numbers.
     """
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"{text!r} is not a number") from None
-    if not value >= 0 or value == float("inf"):
-        raise ValueError(f"{text!r} must be a finite number of at least 0")
+        raise ValueError("is not a number") from None
+    if not 0 <= value < math.inf:
+        raise ValueError("must be a finite number of at least 0")
     return value
 
 
 def parse_positive(text: str) -> float:
     """
-    Parse a strictly positive, finite number.
+    Parse a strictly positive, finite number of seconds.
+
+    @raise ValueError: on 0 and whatever L{parse_non_negative} refuses.
     """
     value = parse_non_negative(text)
     if value == 0:
-        raise ValueError(f"{text!r} must be greater than 0")
+        raise ValueError("must be greater than 0")
     return value
 
 
 def parse_count(text: str, minimum: int = 0) -> int:
     """
     Parse a whole number of at least C{minimum}.
+
+    @raise ValueError: on anything else, fractions and signs included.
     """
     stripped = text.strip()
-    if not stripped.isdigit() or int(stripped) < minimum:
-        raise ValueError(f"{text!r} must be a whole number of at least {minimum}")
+    if not _is_digits(stripped) or int(stripped) < minimum:
+        raise ValueError(f"must be a whole number of at least {minimum}")
     return int(stripped)
+
+
+def count_parser(minimum: int) -> Callable[[str], int]:
+    """
+    Build a parser of whole numbers of at least C{minimum}.
+    """
+
+    def parse(text: str) -> int:
+        return parse_count(text, minimum)
+
+    return parse
+
+
+def choice_parser(choices: tuple[str, ...]) -> Callable[[str], str]:
+    """
+    Build a parser accepting exactly one of C{choices}.
+    """
+
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+STRATEGIES: tuple[str, ...] = ("random", "round-robin", "least-connections", "p2c")
+"""The values of C{--strategy} (as L{balancebeam.strategies.STRATEGY_NAMES})."""
+
+RATE_LIMIT_ALGORITHMS: tuple[str, ...] = ("fixed", "sliding")
+"""The values of C{--rate-limit-algorithm} (as L{balancebeam.ratelimit.memory.ALGORITHMS})."""
+
+RATE_LIMIT_ON_ERROR: tuple[str, ...] = ("allow", "deny")
+"""
+The values of C{--rate-limit-on-error} (as
+L{balancebeam.ratelimit.redis.ON_ERROR_POLICIES}, which is not imported here
+because importing txredisapi installs the global reactor).
+"""
+
+_HEALTH_CHECK_PATH = re.compile(r"/[!-~]*")
+
+
+def parse_health_check_path(text: str) -> str:
+    """
+    Check an C{--active-health-check-path} value: exactly what the probe can
+    put in its request line, C{/} followed by printable ASCII without spaces.
+
+    @return: C{text} unchanged.
+    @raise ValueError: otherwise (non-ASCII text must be percent-encoded).
+    """
+    if not text.startswith("/"):
+        raise ValueError("must start with /")
+    if not _HEALTH_CHECK_PATH.fullmatch(text):
+        raise ValueError(
+            "must contain only printable ASCII without spaces "
+            "(percent-encode the rest, e.g. /caf%C3%A9)"
+        )
+    return text
+
+
+def parse_trusted_network(text: str) -> str:
+    """
+    Parse a C{--trust-forwarded-for} CIDR range (a bare address is a /32 or /128).
+
+    @return: the network in canonical form, host bits cleared
+        (C{10.1.2.3/8} becomes C{10.0.0.0/8}).
+    @raise ValueError: when C{text} is not an IPv4 or IPv6 network.
+    """
+    try:
+        return str(ipaddress.ip_network(text.strip(), strict=False))
+    except ValueError:
+        raise ValueError("is not an IP network such as 10.0.0.0/8 or fd00::/8") from None
+
+
+DEFAULT_REDIS_PORT = 6379
+"""The port of a C{redis://HOST/DB} backend URL without one."""
+
+
+def parse_redis_url(text: str) -> tuple[str, int, int]:
+    """
+    Parse a Redis URL, C{redis://HOST[:PORT][/DB]}.
+
+    The port defaults to L{DEFAULT_REDIS_PORT} and the database to 0; IPv6
+    hosts go in brackets (C{redis://[::1]:6379/0}).
+
+    @return: the host (IPv6 without brackets), the port and the database number.
+    @raise ValueError: on another scheme, a missing or malformed host, a bad
+        port or database, credentials, or a query string or fragment.
+    """
+    prefix = "redis://"
+    if not text.startswith(prefix):
+        raise ValueError("is not a URL of the form redis://HOST:PORT/DB")
+    rest = text[len(prefix) :]
+    if "?" in rest or "#" in rest:
+        raise ValueError("query strings and fragments are not supported")
+    location, _, database = rest.partition("/")
+    if "@" in location:
+        raise ValueError("credentials in the URL are not supported")
+    if not location:
+        raise ValueError("has no host")
+    bracketed = location.startswith("[") and location.endswith("]")
+    if bracketed or (":" not in location and not location.startswith("[")):
+        location = f"{location}:{DEFAULT_REDIS_PORT}"
+    host, port = parse_host_port(location)
+    if database == "":
+        database = "0"
+    if not _is_digits(database):
+        raise ValueError(f"database {database!r} must be a number such as 0")
+    return host, port, int(database)
+
+
+def parse_rate_limit_backend(text: str) -> str:
+    """
+    Parse a C{--rate-limit-backend} value: C{memory} or C{redis://HOST[:PORT][/DB]}.
+
+    @return: C{"memory"}, or the URL in its canonical form
+        C{redis://HOST:PORT/DB} (port and database filled in, IPv6 hosts in
+        brackets), which L{parse_redis_url} splits.
+    @raise ValueError: on anything else.
+    """
+    if text == "memory":
+        return text
+    if not text.startswith("redis://"):
+        raise ValueError("must be memory or a URL of the form redis://HOST:PORT/DB")
+    host, port, database = parse_redis_url(text)
+    return f"redis://{UpstreamSpec(host, port).name}/{database}"
+
+
+MAX_DEFAULT_HEALTH_CHECK_TIMEOUT = 2.0
+"""The longest probe timeout chosen when none is configured."""
+
+
+def default_health_check_timeout(interval: float) -> float:
+    """
+    The probe timeout used when C{--health-check-timeout} is not given: the
+    lesser of the interval and L{MAX_DEFAULT_HEALTH_CHECK_TIMEOUT}, or that
+    maximum when active checks are off (an interval of 0).
+
+    This is the only place that computes it.
+    """
+    if interval > 0:
+        return min(interval, MAX_DEFAULT_HEALTH_CHECK_TIMEOUT)
+    return MAX_DEFAULT_HEALTH_CHECK_TIMEOUT
+
+
+# The option table.
+
+VALUE = "value"
+"""The kind of an option that takes one string."""
+
+LIST = "list"
+"""The kind of a repeatable option: a sequence of strings."""
+
+FLAG = "flag"
+"""The kind of an option that is on or off: a C{bool}, C{False} by default."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """
+    One configuration option.
+
+    @ivar name: the long name: the command-line flag without its dashes,
+        and the key L{build_config} takes.
+    @ivar kind: L{VALUE}, L{LIST} or L{FLAG}.
+    @ivar parse: turns one string into the value (each element, for a
+        L{LIST}); C{None} for a L{FLAG}.
+    @ivar default: for a L{VALUE}, the default as the operator would write
+        it, or C{None} when the default is no value at all (then the option's
+        help says what that means). C{None} for the other kinds, whose
+        default is the empty list or C{False}.
+    @ivar field: the L{BalancerConfig} field set by the parsed value, as
+        C{"strategy"} or, in a nested record, C{"timeouts.connect"}; C{None}
+        for options L{build_config} combines with others.
+    """
+
+    name: str
+    kind: str
+    parse: Callable[[str], Any] | None = None
+    default: str | None = None
+    field: str | None = None
+
+
+DEFAULT_BIND = "0.0.0.0:1100"
+"""The address C{--bind} listens on when neither it nor C{--listen} is given."""
+
+# fmt: off
+OPTIONS: Mapping[str, Option] = MappingProxyType({option.name: option for option in [
+    # name, kind, parser, default as written, BalancerConfig field
+    # Listening. The default of bind applies only when no listen is given.
+    Option("bind", VALUE, bind_to_endpoint, DEFAULT_BIND),
+    Option("listen", LIST, validate_endpoint),
+    # Upstreams and balancing.
+    Option("upstream", LIST, parse_upstream),
+    Option("upstream-weight", LIST, parse_weight),
+    Option("demo", FLAG),
+    Option("strategy", VALUE, choice_parser(STRATEGIES), "random", "strategy"),
+    # Health checks. health-check-timeout has no default: see
+    # default_health_check_timeout.
+    Option("active-health-check-interval", VALUE, parse_non_negative, "10",
+           "active_health_check_interval"),
+    Option("active-health-check-path", VALUE, parse_health_check_path, "/",
+           "active_health_check_path"),
+    Option("health-check-timeout", VALUE, parse_positive),
+    Option("health-check-rise", VALUE, count_parser(1), "2", "health_check_rise"),
+    Option("health-check-fall", VALUE, count_parser(1), "2", "health_check_fall"),
+    Option("passive-retry-interval", VALUE, parse_non_negative, "10", "passive_retry_interval"),
+    # Timeouts.
+    Option("connect-timeout", VALUE, parse_positive, "5", "timeouts.connect"),
+    Option("upstream-timeout", VALUE, parse_positive, "60", "timeouts.upstream"),
+    Option("client-header-timeout", VALUE, parse_positive, "10", "timeouts.client_header"),
+    Option("client-idle-timeout", VALUE, parse_positive, "60", "timeouts.client_idle"),
+    Option("client-body-timeout", VALUE, parse_positive, "60", "timeouts.client_body"),
+    Option("tunnel-idle-timeout", VALUE, parse_positive, "3600", "timeouts.tunnel_idle"),
+    Option("queue-timeout", VALUE, parse_non_negative, "10", "queue_timeout"),
+    # Request limits. max-body-size has no default: unlimited, as 0 is.
+    Option("max-head-size", VALUE, parse_positive_size, "16k", "limits.max_head_size"),
+    Option("max-header-count", VALUE, count_parser(1), "100", "limits.max_header_count"),
+    Option("max-body-size", VALUE, parse_max_body_size, None, "limits.max_body_size"),
+    Option("max-client-connections", VALUE, count_parser(0), "10000", "max_client_connections"),
+    # Shutdown.
+    Option("shutdown-timeout", VALUE, parse_non_negative, "10", "shutdown_timeout"),
+    # Rate limiting.
+    Option("max-requests-per-minute", VALUE, count_parser(0), "0", "max_requests_per_minute"),
+    Option("rate-limit-window", VALUE, parse_positive, "60", "rate_limit_window"),
+    Option("rate-limit-algorithm", VALUE, choice_parser(RATE_LIMIT_ALGORITHMS), "sliding",
+           "rate_limit_algorithm"),
+    Option("rate-limit-backend", VALUE, parse_rate_limit_backend, "memory",
+           "rate_limit_backend"),
+    Option("rate-limit-headers", FLAG, field="rate_limit_headers"),
+    Option("rate-limit-redis-timeout", VALUE, parse_positive, "0.05",
+           "rate_limit_redis_timeout"),
+    Option("rate-limit-on-error", VALUE, choice_parser(RATE_LIMIT_ON_ERROR), "allow",
+           "rate_limit_on_error"),
+    Option("rate-limit-max-keys", VALUE, count_parser(1), "1000000", "rate_limit_max_keys"),
+    Option("trust-forwarded-for", LIST, parse_trusted_network, field="trusted_proxies"),
+    # Upstream connection pool.
+    Option("pool-max-idle-per-upstream", VALUE, count_parser(0), "32",
+           "pool_max_idle_per_upstream"),
+    Option("pool-idle-timeout", VALUE, parse_positive, "30", "pool_idle_timeout"),
+    Option("pool-max-requests-per-connection", VALUE, count_parser(0), "0",
+           "pool_max_requests_per_connection"),
+    Option("pool-warm", VALUE, count_parser(0), "0", "pool_warm"),
+    Option("pool-max-connections-per-upstream", VALUE, count_parser(0), "0",
+           "pool_max_connections_per_upstream"),
+    # Logging.
+    Option("access-log", FLAG, field="access_log"),
+]})
+# fmt: on
+"""
+Every option, by long name, in the order of the options reference
+(C{doc/options.md}). L{build_config} reports the first bad value in this
+order.
+"""
+
+
+def _default(name: str) -> Any:
+    """
+    The parsed default of the L{VALUE} option C{name} (C{None} when it has none).
+    """
+    option = OPTIONS[name]
+    if option.default is None or option.parse is None:
+        return None
+    return option.parse(option.default)
+
+
+# The records. Their defaults come from OPTIONS.
 
 
 @dataclass(frozen=True)
@@ -168,20 +584,22 @@ class Timeouts:
     Deadlines, in seconds, for each phase of a request.
 
     @ivar connect: connecting to an upstream.
-    @ivar upstream: waiting for the upstream's response head once the request is sent.
+    @ivar upstream: waiting for the upstream's response head once the
+        request is sent, and then the longest silence between two reads of
+        the response body.
     @ivar client_header: whole request head, from its first byte.
     @ivar client_idle: an idle keep-alive client connection.
-    @ivar client_body: inactivity while a request body is being received.
+    @ivar client_body: the longest silence while a request body is being received.
     @ivar tunnel_idle: a tunnel (after C{101 Switching Protocols}) with no
         byte in either direction.
     """
 
-    connect: float = 5.0
-    upstream: float = 60.0
-    client_header: float = 10.0
-    client_idle: float = 60.0
-    client_body: float = 60.0
-    tunnel_idle: float = 3600.0
+    connect: float = _default("connect-timeout")
+    upstream: float = _default("upstream-timeout")
+    client_header: float = _default("client-header-timeout")
+    client_idle: float = _default("client-idle-timeout")
+    client_body: float = _default("client-body-timeout")
+    tunnel_idle: float = _default("tunnel-idle-timeout")
 
 
 @dataclass(frozen=True)
@@ -194,46 +612,227 @@ class Limits:
     @ivar max_body_size: bytes in a request body, or C{None} for no limit.
     """
 
-    max_head_size: int = 16 * 1024
-    max_header_count: int = 100
-    max_body_size: int | None = None
+    max_head_size: int = _default("max-head-size")
+    max_header_count: int = _default("max-header-count")
+    max_body_size: int | None = _default("max-body-size")
 
 
 @dataclass(frozen=True)
 class BalancerConfig:
     """
     Everything L{balancebeam.service.BalancerService} needs to build the balancer.
+
+    L{build_config} builds one from option values. Built directly, every
+    field not given takes the option's default; C{health_check_timeout} is
+    then that of the default interval, so give it with a short
+    C{active_health_check_interval} (L{default_health_check_timeout}).
     """
 
     upstreams: tuple[UpstreamSpec, ...]
-    listen: tuple[str, ...] = ("tcp:1100:interface=0.0.0.0",)
+    listen: tuple[str, ...] = (bind_to_endpoint(DEFAULT_BIND),)
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
-    strategy: str = "random"
-    active_health_check_interval: float = 10.0
-    active_health_check_path: str = "/"
-    health_check_timeout: float | None = None
-    health_check_rise: int = 2
-    health_check_fall: int = 2
-    passive_retry_interval: float = 10.0
-    max_requests_per_minute: int = 0
-    rate_limit_window: float = 60.0
-    rate_limit_algorithm: str = "sliding"
-    rate_limit_backend: str = "memory"
+    strategy: str = _default("strategy")
+    active_health_check_interval: float = _default("active-health-check-interval")
+    active_health_check_path: str = _default("active-health-check-path")
+    health_check_timeout: float = default_health_check_timeout(
+        _default("active-health-check-interval")
+    )
+    health_check_rise: int = _default("health-check-rise")
+    health_check_fall: int = _default("health-check-fall")
+    passive_retry_interval: float = _default("passive-retry-interval")
+    max_requests_per_minute: int = _default("max-requests-per-minute")
+    rate_limit_window: float = _default("rate-limit-window")
+    rate_limit_algorithm: str = _default("rate-limit-algorithm")
+    rate_limit_backend: str = _default("rate-limit-backend")
     rate_limit_headers: bool = False
-    rate_limit_redis_timeout: float = 0.05
-    rate_limit_on_error: str = "allow"
-    rate_limit_max_keys: int = 1_000_000
+    rate_limit_redis_timeout: float = _default("rate-limit-redis-timeout")
+    rate_limit_on_error: str = _default("rate-limit-on-error")
+    rate_limit_max_keys: int = _default("rate-limit-max-keys")
     trusted_proxies: tuple[str, ...] = ()
-    pool_max_idle_per_upstream: int = 32
-    pool_idle_timeout: float = 30.0
-    pool_max_requests_per_connection: int = 0
-    pool_warm: int = 0
-    pool_max_connections_per_upstream: int = 0
-    queue_timeout: float = 10.0
+    pool_max_idle_per_upstream: int = _default("pool-max-idle-per-upstream")
+    pool_idle_timeout: float = _default("pool-idle-timeout")
+    pool_max_requests_per_connection: int = _default("pool-max-requests-per-connection")
+    pool_warm: int = _default("pool-warm")
+    pool_max_connections_per_upstream: int = _default("pool-max-connections-per-upstream")
+    queue_timeout: float = _default("queue-timeout")
     access_log: bool = False
-    shutdown_timeout: float = 10.0
-    max_client_connections: int = 10000
+    shutdown_timeout: float = _default("shutdown-timeout")
+    max_client_connections: int = _default("max-client-connections")
     #: Seed for the strategies' random source; C{None} (the default) seeds
     #: from the operating system. Tests fix it to make choices reproducible.
     random_seed: int | None = None
+
+
+# Building a configuration.
+
+
+def _raw_value(option: Option, value: object) -> Any:
+    """
+    Check the type of a raw value given for C{option}.
+
+    @return: a C{str} for a L{VALUE} (numbers are turned into their text),
+        a C{tuple} of C{str} for a L{LIST}, a C{bool} for a L{FLAG}.
+    @raise ConfigError: when the value has the wrong type.
+    """
+    if option.kind == FLAG:
+        if not isinstance(value, bool):
+            raise ConfigError(option.name, "must be true or false", value)
+        return value
+    if option.kind == LIST:
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise ConfigError(option.name, "must be a list of strings", value)
+        for item in value:
+            if not isinstance(item, str):
+                raise ConfigError(option.name, "must be a string", item)
+        return tuple(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise ConfigError(option.name, "must be a string", value)
+    return value
+
+
+def _parse_one(option: Option, text: str) -> Any:
+    """
+    Run C{option}'s parser on one string.
+
+    @raise ConfigError: naming the option and the value, when the parser
+        refuses it.
+    """
+    assert option.parse is not None
+    try:
+        return option.parse(text)
+    except ValueError as e:
+        reason = str(e)
+        if reason.startswith(repr(text)):
+            reason = reason[len(repr(text)) :].lstrip(": ")
+        raise ConfigError(option.name, reason, text) from None
+
+
+def _unknown(name: str) -> ConfigError:
+    """
+    The error for a key that is not an option, suggesting a close one.
+    """
+    close = difflib.get_close_matches(name, list(OPTIONS), n=1)
+    hint = f" (did you mean --{close[0]}?)" if close else ""
+    return ConfigError(name, f"is not an option{hint}")
+
+
+def build_config(values: Mapping[str, object]) -> BalancerConfig:
+    """
+    Validate and normalise option values and build the configuration.
+
+    @param values: option values by long name (L{OPTIONS}): a string for
+        an option that takes one value (an C{int} or C{float} is taken as
+        its text), a list of strings for a repeatable one, a C{bool} for a
+        flag. A missing key takes the option's default.
+    @return: the configuration. Without C{demo}, it has at least one
+        upstream; with it, the configured upstreams may be none.
+    @raise ConfigError: for an unknown key, or the first bad value, naming
+        its option.
+    """
+    for name in values:
+        if name not in OPTIONS:
+            raise _unknown(name)
+    raw: dict[str, Any] = {}
+    parsed: dict[str, Any] = {}
+    for option in OPTIONS.values():
+        value = _raw_value(option, values[option.name]) if option.name in values else None
+        raw[option.name] = value
+        if option.kind == FLAG:
+            parsed[option.name] = bool(value)
+        elif option.kind == LIST:
+            parsed[option.name] = tuple(_parse_one(option, text) for text in value or ())
+        elif value is not None:
+            parsed[option.name] = _parse_one(option, value)
+        else:
+            parsed[option.name] = _default(option.name)
+
+    records: dict[str, dict[str, Any]] = {"": {}, "timeouts": {}, "limits": {}}
+    for option in OPTIONS.values():
+        if option.field is not None:
+            record, _, name = option.field.rpartition(".")
+            records[record][name] = parsed[option.name]
+
+    interval = parsed["active-health-check-interval"]
+    if raw["health-check-timeout"] is None:
+        health_check_timeout = default_health_check_timeout(interval)
+    else:
+        health_check_timeout = parsed["health-check-timeout"]
+    _check_pool(raw, parsed)
+    return BalancerConfig(
+        upstreams=_upstreams(raw, parsed),
+        listen=_listen(raw, parsed),
+        timeouts=Timeouts(**records["timeouts"]),
+        limits=Limits(**records["limits"]),
+        health_check_timeout=health_check_timeout,
+        **records[""],
+    )
+
+
+def _upstreams(raw: Mapping[str, Any], parsed: Mapping[str, Any]) -> tuple[UpstreamSpec, ...]:
+    """
+    The upstreams, in order, with their C{upstream-weight}s.
+
+    @raise ConfigError: on an upstream given twice, none without C{demo}, or
+        a weight for an upstream that is not configured or weighted twice.
+    """
+    specs: dict[str, UpstreamSpec] = {}
+    for text, spec in zip(raw["upstream"] or (), parsed["upstream"]):
+        if spec.name in specs:
+            raise ConfigError("upstream", f"{spec.name} is given twice", text)
+        specs[spec.name] = spec
+    if not specs and not parsed["demo"]:
+        raise ConfigError(
+            "upstream",
+            "is required: give at least one HOST:PORT (e.g. --upstream 127.0.0.1:8081), "
+            "or use --demo",
+        )
+    weighted: set[str] = set()
+    for text, (name, weight) in zip(raw["upstream-weight"] or (), parsed["upstream-weight"]):
+        if name not in specs:
+            known = ", ".join(specs) or "none"
+            raise ConfigError(
+                "upstream-weight", f"{name} is not an --upstream (configured: {known})", text
+            )
+        if name in weighted:
+            raise ConfigError("upstream-weight", f"{name} is weighted twice", text)
+        weighted.add(name)
+        spec = specs[name]
+        specs[name] = UpstreamSpec(spec.host, spec.port, weight)
+    return tuple(specs.values())
+
+
+def _listen(raw: Mapping[str, Any], parsed: Mapping[str, Any]) -> tuple[str, ...]:
+    """
+    The endpoint strings to listen on: C{bind} (or its default) first, then
+    every C{listen}; C{listen} alone replaces the default C{bind}.
+
+    @raise ConfigError: on an endpoint given twice.
+    """
+    endpoints: list[str] = []
+    if raw["bind"] is not None or not parsed["listen"]:
+        endpoints.append(parsed["bind"])
+    for text, endpoint in zip(raw["listen"] or (), parsed["listen"]):
+        if endpoint in endpoints:
+            raise ConfigError("listen", "this endpoint is given twice", text)
+        endpoints.append(endpoint)
+    return tuple(endpoints)
+
+
+def _check_pool(raw: Mapping[str, Any], parsed: Mapping[str, Any]) -> None:
+    """
+    Check that C{pool-warm} fits under the pool's caps.
+
+    @raise ConfigError: when it exceeds C{pool-max-idle-per-upstream}, or a
+        non-zero C{pool-max-connections-per-upstream}.
+    """
+    warm = parsed["pool-warm"]
+    text = raw["pool-warm"] if raw["pool-warm"] is not None else OPTIONS["pool-warm"].default
+    for cap_name in ("pool-max-idle-per-upstream", "pool-max-connections-per-upstream"):
+        cap = parsed[cap_name]
+        if cap_name == "pool-max-connections-per-upstream" and cap == 0:
+            continue
+        if warm > cap:
+            raise ConfigError("pool-warm", f"cannot exceed --{cap_name} ({cap})", text)

@@ -16,12 +16,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from balancebeam.config import UpstreamSpec
-from balancebeam.health.checker import (
-    HealthChecker,
-    ProbeResult,
-    default_timeout,
-    describe_failure,
-)
+from balancebeam.health.checker import HealthChecker, ProbeResult, describe_failure
 from balancebeam.health.probe import ProbeFailed
 from balancebeam.registry import UpstreamRegistry, UpstreamState
 
@@ -463,26 +458,6 @@ class HealthCheckerTests(SynchronousTestCase):
                 timeout=timeout,
                 rise=rise,
             )
-
-
-class DefaultTimeoutTests(SynchronousTestCase):
-    """
-    Tests for L{default_timeout}.
-    """
-
-    def test_lesser_of_interval_and_two_seconds(self) -> None:
-        """
-        The default timeout is 2 s for long intervals and the interval for short ones.
-        """
-        self.assertEqual(default_timeout(10.0), 2.0)
-        self.assertEqual(default_timeout(2.0), 2.0)
-        self.assertEqual(default_timeout(0.5), 0.5)
-
-    def test_zero_interval_rejected(self) -> None:
-        """
-        An interval of 0 (checks off) has no timeout.
-        """
-        self.assertRaises(ValueError, default_timeout, 0.0)
 
 
 class DescribeFailureTests(SynchronousTestCase):

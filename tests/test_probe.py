@@ -31,7 +31,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from balancebeam.config import UpstreamSpec
+from balancebeam.config import UpstreamSpec, parse_health_check_path
 from balancebeam.health.probe import MAX_STATUS_LINE, HTTPProbe, ProbeFailed
 from balancebeam.registry import UpstreamState
 
@@ -266,10 +266,13 @@ class HTTPProbeTests(SynchronousTestCase):
 
     def test_invalid_path(self) -> None:
         """
-        A path without a leading slash, with a space or non-ASCII text is rejected.
+        A path without a leading slash, with a space or non-ASCII text is
+        rejected with the reason of L{parse_health_check_path}, the one rule.
         """
         for path in ["health", "/a b", "/caf\u00e9", "/x\r\nEvil: 1", ""]:
-            self.assertRaises(ValueError, HTTPProbe, self.connect, path)
+            error = self.assertRaises(ValueError, HTTPProbe, self.connect, path)
+            expected = self.assertRaises(ValueError, parse_health_check_path, path)
+            self.assertEqual(str(error), str(expected))
 
 
 def port_number(port: IListeningPort) -> int:

@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from balancebeam.interfaces import IRateLimiter, RateLimitDecision
-from balancebeam.ratelimit.build import build_rate_limiter, validate_backend
+from balancebeam.ratelimit.build import build_rate_limiter
 from balancebeam.ratelimit.memory import MemoryRateLimiter, sliding_retry_after
 
 
@@ -457,12 +457,3 @@ class ValidationTests(SynchronousTestCase):
         self.assertRaises(
             ValueError, build_rate_limiter, clock, "memory", 5, 60, "sliding", 0.05, "maybe", 10
         )
-
-    def test_validate_backend(self) -> None:
-        """
-        L{validate_backend} accepts memory and Redis URLs and refuses the rest.
-        """
-        validate_backend("memory")
-        validate_backend("redis://127.0.0.1:6379/0")
-        self.assertRaises(ValueError, validate_backend, "Memory")
-        self.assertRaises(ValueError, validate_backend, "redis://127.0.0.1:6379/x")

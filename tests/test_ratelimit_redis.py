@@ -21,57 +21,10 @@ from zope.interface.verify import verifyObject
 from balancebeam.interfaces import IRateLimiter, RateLimitDecision
 from balancebeam.ratelimit.build import build_rate_limiter
 from balancebeam.ratelimit.memory import MemoryRateLimiter
-from balancebeam.ratelimit.redis import RedisRateLimiter, parse_redis_url
+from balancebeam.ratelimit.redis import RedisRateLimiter
 from tests.redis_server import RedisServer
 
 reactor: IReactorTime = _global_reactor
-
-
-class ParseRedisUrlTests(SynchronousTestCase):
-    """
-    Tests for L{parse_redis_url}.
-    """
-
-    def test_full(self) -> None:
-        """
-        Host, port and database are taken from the URL.
-        """
-        self.assertEqual(parse_redis_url("redis://10.0.0.5:6380/3"), ("10.0.0.5", 6380, 3))
-
-    def test_defaults(self) -> None:
-        """
-        The port defaults to 6379 and the database to 0.
-        """
-        self.assertEqual(parse_redis_url("redis://cache.internal"), ("cache.internal", 6379, 0))
-        self.assertEqual(
-            parse_redis_url("redis://cache.internal:7000/"), ("cache.internal", 7000, 0)
-        )
-
-    def test_ipv6(self) -> None:
-        """
-        IPv6 hosts are written in brackets and returned without them.
-        """
-        self.assertEqual(parse_redis_url("redis://[::1]:6379/1"), ("::1", 6379, 1))
-
-    def test_bad(self) -> None:
-        """
-        Other schemes, missing hosts, bad ports and databases, credentials and
-        queries are refused.
-        """
-        for url in (
-            "http://h:1/0",
-            "h:6379",
-            "redis://",
-            "redis://:6379/0",
-            "redis://h:0/0",
-            "redis://h:70000/0",
-            "redis://h:x/0",
-            "redis://h:6379/db",
-            "redis://h:6379/0/1",
-            "redis://user:secret@h:6379/0",
-            "redis://h:6379/0?timeout=1",
-        ):
-            self.assertRaises(ValueError, parse_redis_url, url)
 
 
 class RedisPolicyTests(SynchronousTestCase):

@@ -5,6 +5,7 @@ L{balancebeam.tap.makeService}.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.application.service import IService, MultiService
@@ -16,11 +17,12 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from balancebeam import config as config_module
 from balancebeam import tap
 from balancebeam.config import BalancerConfig, Limits, Timeouts, UpstreamSpec
 from balancebeam.demo import DemoUpstreamsService
-from balancebeam.ratelimit.redis import ON_ERROR_POLICIES
 from balancebeam.service import BalancerService
+from tests.test_config import BAD_VALUES, GOOD_VALUES, with_base
 
 
 def parse(*args: str) -> tap.Options:
@@ -30,6 +32,25 @@ def parse(*args: str) -> tap.Options:
     options = tap.Options()
     options.parseOptions(list(args))
     return options
+
+
+def argv(values: Mapping[str, object]) -> list[str]:
+    """
+    The command line that gives C{values} (keyed as for
+    L{config_module.build_config}): a flag for each C{True}, the option
+    repeated for each element of a list.
+    """
+    args: list[str] = []
+    for name, value in values.items():
+        if value is True:
+            args.append(f"--{name}")
+        elif isinstance(value, list):
+            for item in value:
+                args += [f"--{name}", item]
+        else:
+            assert isinstance(value, str), (name, value)
+            args += [f"--{name}", value]
+    return args
 
 
 def config_of(*args: str) -> BalancerConfig:
@@ -61,6 +82,7 @@ class DefaultsTests(SynchronousTestCase):
                     client_header=10.0,
                     client_idle=60.0,
                     client_body=60.0,
+                    tunnel_idle=3600.0,
                 ),
                 limits=Limits(max_head_size=16384, max_header_count=100, max_body_size=None),
                 strategy="random",
@@ -106,6 +128,9 @@ class DefaultsTests(SynchronousTestCase):
             "(power of two choices). [default: random]",
             "Larger heads get 431. [default: 16k]",
             "0 = unlimited. [default: unlimited]",
+            "before both sides are closed. [default: 3600]",
+            "the response is cut). [default: 60]",
+            "Longest silence while a client sends a request body (then 408). [default: 60]",
             "twistd -n --pidfile= balancebeam --demo",
         ]:
             self.assertIn(expected, text)
@@ -157,6 +182,7 @@ class DefaultsTests(SynchronousTestCase):
                     "rate-limit-window",
                     "strategy",
                     "trust-forwarded-for",
+                    "tunnel-idle-timeout",
                     "upstream",
                     "upstream-timeout",
                     "upstream-weight",
@@ -167,6 +193,32 @@ class DefaultsTests(SynchronousTestCase):
         for name in names:
             self.assertIn(f"--{name}", text)
             self.assertTrue(options.docs[name], name)
+
+    def test_options_declare_config(self) -> None:
+        """
+        Every option of L{config_module.OPTIONS} is declared with its kind
+        and, for those taking one value, its default (except C{--bind}, whose
+        absence matters), and nothing else is declared.
+        """
+        options = tap.Options()
+        flags = {flag[0] for flag in options.optFlags}
+        defaults = {parameter[0]: parameter[2] for parameter in options.optParameters}
+        repeatable = {
+            name.replace("_", "-")[4:] for name in dir(options) if name.startswith("opt_")
+        }
+        for name, option in config_module.OPTIONS.items():
+            if option.kind == config_module.FLAG:
+                self.assertIn(name, flags)
+            elif option.kind == config_module.LIST:
+                self.assertIn(name, repeatable)
+            elif name == "bind":
+                self.assertIsNone(defaults[name])
+            else:
+                self.assertEqual(defaults[name], option.default, name)
+        self.assertEqual(
+            flags | set(defaults),
+            {name for name, o in config_module.OPTIONS.items() if o.kind != config_module.LIST},
+        )
 
     def test_health_check_timeout_follows_short_interval(self) -> None:
         """
@@ -293,23 +345,13 @@ class ValueTests(SynchronousTestCase):
     Values of the other flags are parsed and normalised.
     """
 
-    def test_sizes(self) -> None:
+    def test_good_values(self) -> None:
         """
-        Sizes accept plain byte counts and k/m suffixes.
+        Each good value of L{tests.test_config.GOOD_VALUES}, given on the
+        command line, lands in its field.
         """
-        config = config_of(
-            "-u",
-            "a:1",
-            "--max-head-size",
-            "32k",
-            "--max-body-size",
-            "10m",
-            "--max-header-count",
-            "7",
-        )
-        self.assertEqual(
-            config.limits, Limits(max_head_size=32768, max_header_count=7, max_body_size=10485760)
-        )
+        for name, values, getter, expected in GOOD_VALUES:
+            self.assertEqual(getter(config_of(*argv(with_base(values)))), expected, name)
 
     def test_max_body_size_zero_is_unlimited(self) -> None:
         """
@@ -335,133 +377,10 @@ class ValueTests(SynchronousTestCase):
             "4",
             "--client-body-timeout",
             "5",
+            "--tunnel-idle-timeout",
+            "6.5",
         )
-        self.assertEqual(config.timeouts, Timeouts(1.5, 2.0, 3.0, 4.0, 5.0))
-
-    def test_choices_match_implementations(self) -> None:
-        """
-        The choices of C{--rate-limit-on-error} are those the Redis limiter knows.
-        """
-        self.assertEqual(tap.RATE_LIMIT_ON_ERROR, ON_ERROR_POLICIES)
-
-    def test_strategies(self) -> None:
-        """
-        Every documented strategy is accepted.
-        """
-        for strategy in ["random", "round-robin", "least-connections", "p2c"]:
-            self.assertEqual(config_of("-u", "a:1", "--strategy", strategy).strategy, strategy)
-
-    def test_rate_limit(self) -> None:
-        """
-        The rate-limit flags land in their fields, networks in canonical form.
-        """
-        config = config_of(
-            "-u",
-            "a:1",
-            "--max-requests-per-minute",
-            "5",
-            "--rate-limit-window",
-            "10",
-            "--rate-limit-algorithm",
-            "fixed",
-            "--rate-limit-headers",
-            "--rate-limit-backend",
-            "redis://127.0.0.1:6380/2",
-            "--rate-limit-redis-timeout",
-            "0.2",
-            "--rate-limit-on-error",
-            "deny",
-            "--rate-limit-max-keys",
-            "500",
-            "--trust-forwarded-for",
-            "10.1.2.3/8",
-            "--trust-forwarded-for",
-            "2001:db8::1",
-        )
-        self.assertEqual(
-            (
-                config.max_requests_per_minute,
-                config.rate_limit_window,
-                config.rate_limit_algorithm,
-                config.rate_limit_headers,
-                config.rate_limit_backend,
-                config.rate_limit_redis_timeout,
-                config.rate_limit_on_error,
-                config.rate_limit_max_keys,
-                config.trusted_proxies,
-            ),
-            (
-                5,
-                10.0,
-                "fixed",
-                True,
-                "redis://127.0.0.1:6380/2",
-                0.2,
-                "deny",
-                500,
-                ("10.0.0.0/8", "2001:db8::1/128"),
-            ),
-        )
-
-    def test_redis_url_completed(self) -> None:
-        """
-        A Redis URL without port or database gets 6379 and 0.
-        """
-        self.assertEqual(tap.parse_rate_limit_backend("redis://cache"), "redis://cache:6379/0")
-        self.assertEqual(tap.parse_rate_limit_backend("redis://[::1]/3"), "redis://[::1]:6379/3")
-        self.assertEqual(
-            tap.parse_rate_limit_backend("redis://[::1]:7000/"), "redis://[::1]:7000/0"
-        )
-
-    def test_health_and_pool(self) -> None:
-        """
-        Health-check and pool flags land in their fields.
-        """
-        config = config_of(
-            "-u",
-            "a:1",
-            "--active-health-check-interval",
-            "1",
-            "--active-health-check-path",
-            "/health?full=1",
-            "--health-check-rise",
-            "3",
-            "--health-check-fall",
-            "4",
-            "--passive-retry-interval",
-            "0",
-            "--pool-max-idle-per-upstream",
-            "8",
-            "--pool-idle-timeout",
-            "4.5",
-            "--pool-max-requests-per-connection",
-            "100",
-            "--pool-warm",
-            "2",
-            "--pool-max-connections-per-upstream",
-            "16",
-            "--queue-timeout",
-            "0",
-            "--access-log",
-        )
-        self.assertEqual(
-            (
-                config.active_health_check_interval,
-                config.active_health_check_path,
-                config.health_check_timeout,
-                config.health_check_rise,
-                config.health_check_fall,
-                config.passive_retry_interval,
-                config.pool_max_idle_per_upstream,
-                config.pool_idle_timeout,
-                config.pool_max_requests_per_connection,
-                config.pool_warm,
-                config.pool_max_connections_per_upstream,
-                config.queue_timeout,
-                config.access_log,
-            ),
-            (1.0, "/health?full=1", 1.0, 3, 4, 0.0, 8, 4.5, 100, 2, 16, 0.0, True),
-        )
+        self.assertEqual(config.timeouts, Timeouts(1.5, 2.0, 3.0, 4.0, 5.0, 6.5))
 
 
 class InvalidValueTests(SynchronousTestCase):
@@ -506,70 +425,20 @@ class InvalidValueTests(SynchronousTestCase):
 
     def test_bad_values(self) -> None:
         """
-        Every flag rejects a bad value with an error naming it.
+        Every bad value of L{tests.test_config.BAD_VALUES}, given on the
+        command line, is a usage error naming its flag.
         """
-        cases = [
-            (["-b", "0.0.0.0:70000"], "--bind '0.0.0.0:70000'"),
-            (["-b", "nocolon"], "--bind 'nocolon'"),
-            (["-u", "::1:80"], "--upstream '::1:80': put IPv6 addresses in brackets"),
-            (["-u", "[fe80::zz]:80"], "--upstream '[fe80::zz]:80'"),
-            (["-u", "a:1", "-u", "a:1"], "--upstream 'a:1': a:1 is given twice"),
-            (["--listen", "tcp:abc"], "--listen 'tcp:abc' is not a server endpoint"),
-            (["--listen", "nosuch:80"], "--listen 'nosuch:80' is not a server endpoint"),
-            (["--listen", ""], "--listen '' is empty"),
-            (["--listen", "tcp:81", "--listen", "tcp:81"], "--listen 'tcp:81': this endpoint"),
-            (["--active-health-check-interval", "-1"], "--active-health-check-interval '-1'"),
-            (["--active-health-check-interval", "nan"], "--active-health-check-interval 'nan'"),
-            (["--active-health-check-path", "health"], "--active-health-check-path 'health'"),
-            (["--active-health-check-path", "/a b"], "--active-health-check-path '/a b'"),
-            (["--health-check-timeout", "0"], "--health-check-timeout '0'"),
-            (["--health-check-rise", "0"], "--health-check-rise '0'"),
-            (["--health-check-fall", "1.5"], "--health-check-fall '1.5'"),
-            (["--passive-retry-interval", "-3"], "--passive-retry-interval '-3'"),
-            (["--max-requests-per-minute", "-5"], "--max-requests-per-minute '-5'"),
-            (["--rate-limit-window", "0"], "--rate-limit-window '0'"),
-            (["--rate-limit-algorithm", "leaky"], "--rate-limit-algorithm 'leaky' must be one"),
-            (["--rate-limit-backend", "redis"], "--rate-limit-backend 'redis'"),
-            (["--rate-limit-backend", "redis://h:1/x"], "--rate-limit-backend 'redis://h:1/x'"),
-            (["--rate-limit-backend", "redis://h:99999/0"], "--rate-limit-backend"),
-            (["--rate-limit-backend", "redis://u:p@h:1/0"], "--rate-limit-backend"),
-            (["--rate-limit-redis-timeout", "0"], "--rate-limit-redis-timeout '0'"),
-            (["--rate-limit-on-error", "maybe"], "--rate-limit-on-error 'maybe' must be one"),
-            (["--rate-limit-max-keys", "0"], "--rate-limit-max-keys '0'"),
-            (["--trust-forwarded-for", "10.0.0.0/33"], "--trust-forwarded-for '10.0.0.0/33'"),
-            (["--trust-forwarded-for", "everyone"], "--trust-forwarded-for 'everyone'"),
-            (["--strategy", "fastest"], "--strategy 'fastest' must be one of random, round-robin"),
-            (["--upstream-weight", "a:1"], "--upstream-weight 'a:1'"),
-            (["--upstream-weight", "a:1=0"], "--upstream-weight 'a:1=0'"),
-            (
-                ["--upstream-weight", "b:2=3"],
-                "--upstream-weight 'b:2=3': b:2 is not an --upstream (configured: a:1)",
-            ),
-            (
-                ["--upstream-weight", "a:1=2", "--upstream-weight", "a:1=3"],
-                "--upstream-weight 'a:1=3': a:1 is weighted twice",
-            ),
-            (["--pool-max-idle-per-upstream", "-1"], "--pool-max-idle-per-upstream '-1'"),
-            (["--pool-idle-timeout", "0"], "--pool-idle-timeout '0'"),
-            (["--pool-max-requests-per-connection", "x"], "--pool-max-requests-per-connection"),
-            (["--pool-warm", "33"], "--pool-warm 33: cannot exceed --pool-max-idle-per-upstream"),
-            (
-                ["--pool-warm", "4", "--pool-max-connections-per-upstream", "2"],
-                "--pool-warm 4: cannot exceed --pool-max-connections-per-upstream (2)",
-            ),
-            (["--queue-timeout", "-1"], "--queue-timeout '-1'"),
-            (["--connect-timeout", "0"], "--connect-timeout '0'"),
-            (["--upstream-timeout", "inf"], "--upstream-timeout 'inf'"),
-            (["--client-header-timeout", "ten"], "--client-header-timeout 'ten'"),
-            (["--client-idle-timeout", "-60"], "--client-idle-timeout '-60'"),
-            (["--client-body-timeout", ""], "--client-body-timeout ''"),
-            (["--max-head-size", "0"], "--max-head-size '0'"),
-            (["--max-head-size", "lots"], "--max-head-size 'lots'"),
-            (["--max-header-count", "0"], "--max-header-count '0'"),
-            (["--max-body-size", "-1"], "--max-body-size '-1'"),
-        ]
-        for args, message in cases:
-            self.assert_usage_error(["-u", "a:1", *args], message)
+        for _, values, message in BAD_VALUES:
+            self.assert_usage_error(argv(with_base(values)), message)
+
+    def test_non_ascii_health_check_path(self) -> None:
+        """
+        A health-check path the probe cannot send (non-ASCII) is a usage error naming the flag.
+        """
+        self.assert_usage_error(
+            ["-u", "a:1", "--active-health-check-path", "/caf\u00e9"],
+            "--active-health-check-path '/caf\u00e9' must contain only printable ASCII",
+        )
 
     def test_systemd_without_socket(self) -> None:
         """

@@ -23,28 +23,18 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from balancebeam.config import default_health_check_timeout
 from balancebeam.health.probe import ProbeFailed
 from balancebeam.registry import UpstreamRegistry, UpstreamState
 
 Probe = Callable[[UpstreamState], Deferred[int]]
 
-MAX_DEFAULT_TIMEOUT = 2.0
+default_timeout = default_health_check_timeout
 """
-The longest probe timeout chosen when none is configured.
+The old name of L{balancebeam.config.default_health_check_timeout}, the one
+place that computes the default probe timeout. Kept only until
+L{balancebeam.service} reads C{BalancerConfig.health_check_timeout} alone.
 """
-
-
-def default_timeout(interval: float) -> float:
-    """
-    The probe timeout used when C{--health-check-timeout} is not given: the
-    lesser of the interval and L{MAX_DEFAULT_TIMEOUT} seconds.
-
-    @raise ValueError: when C{interval} is not a positive, finite number
-        (an interval of 0 means active checks are off and need no timeout).
-    """
-    if not 0 < interval < math.inf:
-        raise ValueError(f"health check interval must be greater than 0, not {interval!r}")
-    return min(interval, MAX_DEFAULT_TIMEOUT)
 
 
 def describe_failure(failure: Failure, timeout: float) -> str:
@@ -153,21 +143,18 @@ class HealthChecker(Service):
             with the status code and is cancelled on timeout or stop.
         @param interval: seconds between rounds; must be positive (with
             active checks off, do not build a checker at all).
-        @param timeout: seconds each probe may take; see L{default_timeout}.
+        @param timeout: seconds each probe may take; see
+            L{balancebeam.config.default_health_check_timeout}.
         @param rise: consecutive successes that revive a dead upstream.
         @param fall: consecutive failures that take down a live upstream.
-        @raise ValueError: on a non-positive interval or timeout, or a rise
-            or fall below 1.
+        @raise ValueError: when the arguments break these preconditions
+            (L{balancebeam.config} validates the options they come from).
         """
-        if not 0 < interval < math.inf:
+        if not (0 < interval < math.inf and 0 < timeout < math.inf and rise >= 1 and fall >= 1):
             raise ValueError(
-                f"health check interval must be greater than 0, not {interval!r}"
-                " (an interval of 0 turns active checks off: build no HealthChecker)"
+                f"HealthChecker needs a positive interval ({interval!r}) and timeout"
+                f" ({timeout!r}) and a rise ({rise!r}) and fall ({fall!r}) of at least 1"
             )
-        if not 0 < timeout < math.inf:
-            raise ValueError(f"health check timeout must be greater than 0, not {timeout!r}")
-        if rise < 1 or fall < 1:
-            raise ValueError(f"rise ({rise}) and fall ({fall}) must be at least 1")
         self._registry = registry
         self._clock = clock
         self._probe = probe

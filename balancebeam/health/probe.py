@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IAddress, IProtocol, IStreamClientEndpoi
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
-from balancebeam.config import UpstreamSpec
+from balancebeam.config import UpstreamSpec, parse_health_check_path
 from balancebeam.registry import UpstreamState
 
 USER_AGENT = "balancebeam-health-check"
@@ -35,7 +35,6 @@ probe skips while it waits for the final status line.
 """
 
 _STATUS_LINE = re.compile(rb"HTTP/[0-9]\.[0-9] ([1-9][0-9][0-9])(?: [^\r\n]*)?")
-_PATH = re.compile(r"/[!-~]*")
 
 
 class ProbeFailed(Exception):
@@ -236,16 +235,12 @@ class HTTPProbe:
         """
         @param connect: builds the endpoint for one upstream; called once per probe.
         @param path: the request target, such as C{"/"} or C{"/healthz?full=1"}.
-        @raise ValueError: when C{path} does not start with C{/} or holds
-            characters other than printable ASCII.
+        @raise ValueError: when C{path} is not one the request line can
+            carry (L{balancebeam.config.parse_health_check_path}, which
+            validated C{--active-health-check-path}).
         """
-        if not _PATH.fullmatch(path):
-            raise ValueError(
-                f"health check path {path!r} must start with / and contain only"
-                " printable ASCII without spaces"
-            )
         self._connect = connect
-        self.path = path
+        self.path = parse_health_check_path(path)
 
     def request_for(self, upstream: UpstreamState) -> bytes:
         """

@@ -10,23 +10,10 @@ from __future__ import annotations
 
 from twisted.internet.interfaces import IReactorTime
 
+from balancebeam.config import parse_rate_limit_backend, parse_redis_url
 from balancebeam.interfaces import IRateLimiter
 from balancebeam.ratelimit.memory import MemoryRateLimiter, validate_parameters
-from balancebeam.ratelimit.redis import ON_ERROR_POLICIES, RedisRateLimiter, parse_redis_url
-
-
-def validate_backend(backend: str) -> None:
-    """
-    Check a C{--rate-limit-backend} value without connecting to anything.
-
-    @raise ValueError: unless it is C{memory} or a valid C{redis://HOST:PORT/DB} URL.
-    """
-    if backend != "memory":
-        if not backend.startswith("redis://"):
-            raise ValueError(
-                f"rate limit backend {backend!r} is not memory or redis://HOST:PORT/DB"
-            )
-        parse_redis_url(backend)
+from balancebeam.ratelimit.redis import ON_ERROR_POLICIES, RedisRateLimiter
 
 
 def build_rate_limiter(
@@ -54,7 +41,7 @@ def build_rate_limiter(
     """
     if limit == 0:
         return None
-    validate_backend(backend)
+    backend = parse_rate_limit_backend(backend)
     validate_parameters(limit, window, algorithm)
     if on_error not in ON_ERROR_POLICIES:
         raise ValueError(f"rate limit error policy {on_error!r} is not one of allow, deny")

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.internet.endpoints import HostnameEndpoint
@@ -49,8 +48,6 @@ FAIL_CLOSED_RETRY_AFTER = 1.0
 The C{retry_after} of requests denied because Redis could not be asked: the
 state of the client is unknown, so ask it to come back soon.
 """
-
-DEFAULT_PORT = 6379
 
 SCRIPT = """\
 -- balancebeam: count one request for one client and decide, atomically.
@@ -111,45 +108,6 @@ return {0, 0, math.ceil(reset_after * 1000000), math.ceil(retry_after * 1000000)
 """
 The decision script. It needs Redis 4 or later (C{HSET} with several fields).
 """
-
-
-def parse_redis_url(url: str) -> tuple[str, int, int]:
-    """
-    Parse a C{--rate-limit-backend} Redis URL, C{redis://HOST:PORT/DB}.
-
-    The port defaults to 6379 and the database to 0; IPv6 hosts go in
-    brackets (C{redis://[::1]:6379/0}).
-
-    @return: the host (IPv6 without brackets), the port and the database number.
-    @raise ValueError: on another scheme, a missing host, a bad port or
-        database, credentials, or a query or fragment.
-    """
-    parts = urlsplit(url.strip())
-    if parts.scheme != "redis":
-        raise ValueError(f"{url!r} is not a redis://HOST:PORT/DB URL")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError(f"{url!r}: Redis credentials are not supported")
-    if parts.query or parts.fragment:
-        raise ValueError(f"{url!r}: a Redis URL takes no query or fragment")
-    try:
-        host = parts.hostname
-        port = parts.port
-    except ValueError as error:
-        raise ValueError(f"{url!r}: {error}") from None
-    if not host:
-        raise ValueError(f"{url!r} has no host")
-    if port is None:
-        port = DEFAULT_PORT
-    elif port == 0:
-        raise ValueError(f"{url!r}: port 0 is not a port")
-    path = parts.path.strip("/")
-    if not path:
-        db = 0
-    elif path.isdigit():
-        db = int(path)
-    else:
-        raise ValueError(f"{url!r}: the database {path!r} is not a number")
-    return host, port, db
 
 
 @implementer(IRateLimiter)
