@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Union
 
-from balancebeam.config import parse_trusted_network
+from balancebeam.config_values import parse_trusted_network
 
 TrustedNetworks = tuple[Union[IPv4Network, IPv6Network], ...]
 """
@@ -28,7 +28,7 @@ def parse_trusted_networks(values: Sequence[str]) -> TrustedNetworks:
     """
     Turn C{--trust-forwarded-for} values (C{BalancerConfig.trusted_proxies})
     into network objects. Each value is checked and normalised by
-    L{balancebeam.config.parse_trusted_network}: a CIDR network or a single
+    L{balancebeam.config_values.parse_trusted_network}: a CIDR network or a single
     address (a C{/32} or C{/128} network), host bits cleared (C{10.1.2.3/8}
     is C{10.0.0.0/8}).
 

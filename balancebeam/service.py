@@ -41,7 +41,7 @@ from zope.interface import implementer
 
 from balancebeam.clientip import parse_trusted_networks
 from balancebeam.config import BalancerConfig, UpstreamSpec
-from balancebeam.health.checker import HealthChecker, default_timeout
+from balancebeam.health.checker import HealthChecker
 from balancebeam.health.probe import HTTPProbe
 from balancebeam.interfaces import IRateLimiter, IRequestFilter
 from balancebeam.pool import UpstreamPool
@@ -266,8 +266,7 @@ class BalancerService(_SequentialMultiService):
                 reactor,
                 probe.probe,
                 interval=config.active_health_check_interval,
-                timeout=config.health_check_timeout
-                or default_timeout(config.active_health_check_interval),
+                timeout=config.health_check_timeout,
                 rise=config.health_check_rise,
                 fall=config.health_check_fall,
             )

@@ -26,6 +26,8 @@ from balancebeam.config import (
     Timeouts,
     UpstreamSpec,
     build_config,
+)
+from balancebeam.config_values import (
     default_health_check_timeout,
     parse_health_check_path,
     parse_host_port,

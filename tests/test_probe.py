@@ -31,7 +31,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from balancebeam.config import UpstreamSpec, parse_health_check_path
+from balancebeam.config import UpstreamSpec
+from balancebeam.config_values import parse_health_check_path
 from balancebeam.health.probe import MAX_STATUS_LINE, HTTPProbe, ProbeFailed
 from balancebeam.registry import UpstreamState
 

@@ -23,18 +23,10 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from balancebeam.config import default_health_check_timeout
 from balancebeam.health.probe import ProbeFailed
 from balancebeam.registry import UpstreamRegistry, UpstreamState
 
 Probe = Callable[[UpstreamState], Deferred[int]]
-
-default_timeout = default_health_check_timeout
-"""
-The old name of L{balancebeam.config.default_health_check_timeout}, the one
-place that computes the default probe timeout. Kept only until
-L{balancebeam.service} reads C{BalancerConfig.health_check_timeout} alone.
-"""
 
 
 def describe_failure(failure: Failure, timeout: float) -> str:
@@ -144,7 +136,7 @@ class HealthChecker(Service):
         @param interval: seconds between rounds; must be positive (with
             active checks off, do not build a checker at all).
         @param timeout: seconds each probe may take; see
-            L{balancebeam.config.default_health_check_timeout}.
+            L{balancebeam.config_values.default_health_check_timeout}.
         @param rise: consecutive successes that revive a dead upstream.
         @param fall: consecutive failures that take down a live upstream.
         @raise ValueError: when the arguments break these preconditions

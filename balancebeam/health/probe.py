@@ -17,7 +17,8 @@ from twisted.internet.interfaces import IAddress, IProtocol, IStreamClientEndpoi
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
-from balancebeam.config import UpstreamSpec, parse_health_check_path
+from balancebeam.config import UpstreamSpec
+from balancebeam.config_values import parse_health_check_path
 from balancebeam.registry import UpstreamState
 
 USER_AGENT = "balancebeam-health-check"
@@ -236,7 +237,7 @@ class HTTPProbe:
         @param connect: builds the endpoint for one upstream; called once per probe.
         @param path: the request target, such as C{"/"} or C{"/healthz?full=1"}.
         @raise ValueError: when C{path} is not one the request line can
-            carry (L{balancebeam.config.parse_health_check_path}, which
+            carry (L{balancebeam.config_values.parse_health_check_path}, which
             validated C{--active-health-check-path}).
         """
         self._connect = connect

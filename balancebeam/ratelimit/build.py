@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from twisted.internet.interfaces import IReactorTime
 
-from balancebeam.config import parse_rate_limit_backend, parse_redis_url
+from balancebeam.config_values import parse_rate_limit_backend, parse_redis_url
 from balancebeam.interfaces import IRateLimiter
 from balancebeam.ratelimit.memory import MemoryRateLimiter, validate_parameters
 from balancebeam.ratelimit.redis import ON_ERROR_POLICIES, RedisRateLimiter

@@ -1,0 +1,414 @@
+"""
+Parsers of single option values, and the few constants they share.
+
+Each parser takes one string and returns the parsed value, or raises
+C{ValueError} with a reason fit for a usage error. L{balancebeam.config}
+names the option when it calls them (L{balancebeam.config.ConfigError}).
+This module imports nothing from the rest of balancebeam.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.endpoints import serverFromString
+
+
+@dataclass(frozen=True)
+class UpstreamSpec:
+    """
+    One upstream server as configured.
+
+    @ivar host: hostname or IP literal (IPv6 without brackets).
+    @ivar port: TCP port.
+    @ivar weight: relative share of traffic for weighted strategies.
+    """
+
+    host: str
+    port: int
+    weight: int = 1
+
+    @property
+    def name(self) -> str:
+        """
+        The C{host:port} form used in logs and the C{Host} header.
+        """
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+# Parsers. Each takes one string and returns the value, or raises ValueError
+# with a reason that either quotes the part it rejects or is a predicate
+# ("is ...", "must ...") about the whole value.
+
+
+def _is_digits(text: str) -> bool:
+    """
+    Whether C{text} is a non-empty run of the ASCII digits 0-9 (C{str.isdigit}
+    also accepts other scripts' digits and superscripts).
+    """
+    return text.isascii() and text.isdigit()
+
+
+def parse_port(text: str) -> int:
+    """
+    Parse a TCP port number.
+
+    @raise ValueError: when C{text} is not an integer in 1..65535.
+    """
+    if not _is_digits(text):
+        raise ValueError(f"port {text!r} is not a number")
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range 1-65535")
+    return port
+
+
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def _check_hostname(host: str) -> None:
+    """
+    Check that C{host} is a hostname that can go into a C{Host} header:
+    dot-separated labels of ASCII letters, digits, C{-} and C{_} (a trailing
+    dot is allowed).
+
+    @raise ValueError: otherwise.
+    """
+    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    if len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(
+            f"host {host!r} is not an IP address or a hostname "
+            "(ASCII letters, digits, - and _ in dot-separated labels)"
+        )
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """
+    Split C{HOST:PORT} (or C{[IPv6]:PORT}) into its parts.
+
+    @return: the host (IPv6 literals without brackets) and the port.
+    @raise ValueError: when the text has no port, an empty or malformed host
+        or a bad port.
+    """
+    text = text.strip()
+    if text.startswith("["):
+        close = text.find("]")
+        if close == -1 or text[close + 1 : close + 2] != ":":
+            raise ValueError(f"{text!r} is not of the form [IPV6]:PORT")
+        host = text[1:close]
+        port_text = text[close + 2 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+    else:
+        host, colon, port_text = text.rpartition(":")
+        if not colon:
+            raise ValueError(f"{text!r} is not of the form HOST:PORT")
+        if ":" in host:
+            raise ValueError(f"{text!r}: put IPv6 addresses in brackets, as [::1]:8080")
+        if not host:
+            raise ValueError(f"{text!r} has an empty host")
+        _check_hostname(host)
+    return host, parse_port(port_text)
+
+
+def parse_upstream(text: str) -> UpstreamSpec:
+    """
+    Parse an C{--upstream HOST:PORT} value.
+    """
+    host, port = parse_host_port(text)
+    return UpstreamSpec(host=host, port=port)
+
+
+def parse_weight(text: str) -> tuple[str, int]:
+    """
+    Parse an C{--upstream-weight HOST:PORT=W} value.
+
+    @return: the upstream name in canonical form and the weight.
+    @raise ValueError: when C{text} is not of that form or W is not a whole
+        number of at least 1.
+    """
+    target, equals, weight_text = text.rpartition("=")
+    if not equals:
+        raise ValueError("is not of the form HOST:PORT=WEIGHT")
+    host, port = parse_host_port(target)
+    if not _is_digits(weight_text) or int(weight_text) < 1:
+        raise ValueError(f"weight {weight_text!r} must be a whole number of at least 1")
+    return UpstreamSpec(host, port).name, int(weight_text)
+
+
+def bind_to_endpoint(text: str) -> str:
+    """
+    Turn a C{--bind HOST:PORT} value into a Twisted server endpoint string.
+    """
+    host, port = parse_host_port(text)
+    escaped = host.replace(":", "\\:")
+    return f"tcp:{port}:interface={escaped}"
+
+
+_PARSE_ONLY_REACTOR: Any = object()
+"""
+Stands in for a reactor when C{--listen} values are checked: endpoint
+constructors only store their reactor, so building one from a string
+validates it without listening or touching the global reactor.
+"""
+
+
+def validate_endpoint(text: str) -> str:
+    """
+    Check that C{text} is a Twisted server endpoint description.
+
+    The endpoint is built, never listened on; an C{ssl:} endpoint reads its
+    certificate files here, and a C{systemd:} endpoint needs the descriptors
+    systemd passes (C{LISTEN_FDS}).
+
+    @return: C{text} unchanged.
+    @raise ValueError: when Twisted cannot build an endpoint from it.
+    """
+    if not text.strip():
+        raise ValueError("is empty")
+    try:
+        serverFromString(_PARSE_ONLY_REACTOR, text)
+    except (IndexError, KeyError) as e:
+        if text.startswith("systemd:"):
+            raise ValueError(
+                "names a socket that systemd did not pass to this process "
+                "(start it from a .socket unit; see doc/systemd.md)"
+            ) from None
+        raise ValueError(f"is not a server endpoint such as tcp:1100 ({e})") from None
+    except (ValueError, TypeError, AttributeError, OSError) as e:
+        # Endpoint parsers report bad arguments with all of these (an unknown
+        # keyword is a TypeError, a missing systemd descriptor an IndexError).
+        raise ValueError(f"is not a server endpoint such as tcp:1100 ({e})") from None
+    return text
+
+
+def parse_size(text: str) -> int:
+    """
+    Parse a byte count with an optional C{k}, C{m} or C{g} suffix (powers of
+    1024; C{kb}, C{KiB} and the like too).
+
+    @raise ValueError: when the text is not a non-negative size.
+    """
+    units = {"k": 1024, "m": 1024**2, "g": 1024**3}
+    cleaned = text.strip().lower().removesuffix("b").removesuffix("i")
+    multiplier = 1
+    if cleaned and cleaned[-1] in units:
+        multiplier = units[cleaned[-1]]
+        cleaned = cleaned[:-1]
+    if not _is_digits(cleaned):
+        raise ValueError("is not a size such as 16384, 16k or 10m")
+    return int(cleaned) * multiplier
+
+
+def parse_positive_size(text: str) -> int:
+    """
+    Parse a size that must be at least one byte.
+
+    @raise ValueError: when C{text} is not a size, or is 0.
+    """
+    size = parse_size(text)
+    if size < 1:
+        raise ValueError("must be at least 1 byte")
+    return size
+
+
+def parse_max_body_size(text: str) -> int | None:
+    """
+    Parse a C{--max-body-size} value.
+
+    @return: the limit in bytes, or C{None} (no limit) for C{0}.
+    @raise ValueError: when C{text} is not a size.
+    """
+    size = parse_size(text)
+    return size if size > 0 else None
+
+
+def parse_non_negative(text: str) -> float:
+    """
+    Parse a non-negative, finite number of seconds.
+
+    @raise ValueError: on negatives, NaN, infinities and non-numbers.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("is not a number") from None
+    if not 0 <= value < math.inf:
+        raise ValueError("must be a finite number of at least 0")
+    return value
+
+
+def parse_positive(text: str) -> float:
+    """
+    Parse a strictly positive, finite number of seconds.
+
+    @raise ValueError: on 0 and whatever L{parse_non_negative} refuses.
+    """
+    value = parse_non_negative(text)
+    if value == 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+def parse_count(text: str, minimum: int = 0) -> int:
+    """
+    Parse a whole number of at least C{minimum}.
+
+    @raise ValueError: on anything else, fractions and signs included.
+    """
+    stripped = text.strip()
+    if not _is_digits(stripped) or int(stripped) < minimum:
+        raise ValueError(f"must be a whole number of at least {minimum}")
+    return int(stripped)
+
+
+def count_parser(minimum: int) -> Callable[[str], int]:
+    """
+    Build a parser of whole numbers of at least C{minimum}.
+    """
+
+    def parse(text: str) -> int:
+        return parse_count(text, minimum)
+
+    return parse
+
+
+def choice_parser(choices: tuple[str, ...]) -> Callable[[str], str]:
+    """
+    Build a parser accepting exactly one of C{choices}.
+    """
+
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+STRATEGIES: tuple[str, ...] = ("random", "round-robin", "least-connections", "p2c")
+"""The values of C{--strategy} (as L{balancebeam.strategies.STRATEGY_NAMES})."""
+
+RATE_LIMIT_ALGORITHMS: tuple[str, ...] = ("fixed", "sliding")
+"""The values of C{--rate-limit-algorithm} (as L{balancebeam.ratelimit.memory.ALGORITHMS})."""
+
+RATE_LIMIT_ON_ERROR: tuple[str, ...] = ("allow", "deny")
+"""
+The values of C{--rate-limit-on-error} (as
+L{balancebeam.ratelimit.redis.ON_ERROR_POLICIES}, which is not imported here
+because importing txredisapi installs the global reactor).
+"""
+
+_HEALTH_CHECK_PATH = re.compile(r"/[!-~]*")
+
+
+def parse_health_check_path(text: str) -> str:
+    """
+    Check an C{--active-health-check-path} value: exactly what the probe can
+    put in its request line, C{/} followed by printable ASCII without spaces.
+
+    @return: C{text} unchanged.
+    @raise ValueError: otherwise (non-ASCII text must be percent-encoded).
+    """
+    if not text.startswith("/"):
+        raise ValueError("must start with /")
+    if not _HEALTH_CHECK_PATH.fullmatch(text):
+        raise ValueError(
+            "must contain only printable ASCII without spaces "
+            "(percent-encode the rest, e.g. /caf%C3%A9)"
+        )
+    return text
+
+
+def parse_trusted_network(text: str) -> str:
+    """
+    Parse a C{--trust-forwarded-for} CIDR range (a bare address is a /32 or /128).
+
+    @return: the network in canonical form, host bits cleared
+        (C{10.1.2.3/8} becomes C{10.0.0.0/8}).
+    @raise ValueError: when C{text} is not an IPv4 or IPv6 network.
+    """
+    try:
+        return str(ipaddress.ip_network(text.strip(), strict=False))
+    except ValueError:
+        raise ValueError("is not an IP network such as 10.0.0.0/8 or fd00::/8") from None
+
+
+DEFAULT_REDIS_PORT = 6379
+"""The port of a C{redis://HOST/DB} backend URL without one."""
+
+
+def parse_redis_url(text: str) -> tuple[str, int, int]:
+    """
+    Parse a Redis URL, C{redis://HOST[:PORT][/DB]}.
+
+    The port defaults to L{DEFAULT_REDIS_PORT} and the database to 0; IPv6
+    hosts go in brackets (C{redis://[::1]:6379/0}).
+
+    @return: the host (IPv6 without brackets), the port and the database number.
+    @raise ValueError: on another scheme, a missing or malformed host, a bad
+        port or database, credentials, or a query string or fragment.
+    """
+    prefix = "redis://"
+    if not text.startswith(prefix):
+        raise ValueError("is not a URL of the form redis://HOST:PORT/DB")
+    rest = text[len(prefix) :]
+    if "?" in rest or "#" in rest:
+        raise ValueError("query strings and fragments are not supported")
+    location, _, database = rest.partition("/")
+    if "@" in location:
+        raise ValueError("credentials in the URL are not supported")
+    if not location:
+        raise ValueError("has no host")
+    bracketed = location.startswith("[") and location.endswith("]")
+    if bracketed or (":" not in location and not location.startswith("[")):
+        location = f"{location}:{DEFAULT_REDIS_PORT}"
+    host, port = parse_host_port(location)
+    if database == "":
+        database = "0"
+    if not _is_digits(database):
+        raise ValueError(f"database {database!r} must be a number such as 0")
+    return host, port, int(database)
+
+
+def parse_rate_limit_backend(text: str) -> str:
+    """
+    Parse a C{--rate-limit-backend} value: C{memory} or C{redis://HOST[:PORT][/DB]}.
+
+    @return: C{"memory"}, or the URL in its canonical form
+        C{redis://HOST:PORT/DB} (port and database filled in, IPv6 hosts in
+        brackets), which L{parse_redis_url} splits.
+    @raise ValueError: on anything else.
+    """
+    if text == "memory":
+        return text
+    if not text.startswith("redis://"):
+        raise ValueError("must be memory or a URL of the form redis://HOST:PORT/DB")
+    host, port, database = parse_redis_url(text)
+    return f"redis://{UpstreamSpec(host, port).name}/{database}"
+
+
+MAX_DEFAULT_HEALTH_CHECK_TIMEOUT = 2.0
+"""The longest probe timeout chosen when none is configured."""
+
+
+def default_health_check_timeout(interval: float) -> float:
+    """
+    The probe timeout used when C{--health-check-timeout} is not given: the
+    lesser of the interval and L{MAX_DEFAULT_HEALTH_CHECK_TIMEOUT}, or that
+    maximum when active checks are off (an interval of 0).
+
+    This is the only place that computes it.
+    """
+    if interval > 0:
+        return min(interval, MAX_DEFAULT_HEALTH_CHECK_TIMEOUT)
+    return MAX_DEFAULT_HEALTH_CHECK_TIMEOUT
