@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from enum import IntEnum
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IProtocol, IStreamClientEndpoint, ITransport
@@ -66,6 +67,23 @@ def _abort(transport: ITransport) -> None:
         transport.loseConnection()
 
 
+class ProbeState(IntEnum):
+    """
+    The states of one probe. Its only deadline is the probe timeout, which
+    the health checker applies to the whole probe (L{Deferred.addTimeout}).
+
+    @cvar CONNECTING: waiting for the connection.
+    @cvar STATUS: request written; reading a status line.
+    @cvar INTERIM: skipping the header block of an interim (1xx) response.
+    @cvar DONE: the result is known, or the probe was cancelled.
+    """
+
+    CONNECTING = 0
+    STATUS = 1
+    INTERIM = 2
+    DONE = 3
+
+
 class _StatusLineReader(Protocol):
     """
     Sends one request and fires L{finished} with the status code of the
@@ -74,18 +92,18 @@ class _StatusLineReader(Protocol):
     @ivar finished: fires with the status code, or fails with L{ProbeFailed}
         or the connection failure. Cancelling it cancels the connection
         attempt or aborts the connection.
-    @ivar _state: one of:
-        - C{"connecting"}: waiting for the connection (set by
+    @ivar _state: a L{ProbeState}:
+        - C{CONNECTING}: waiting for the connection (set by
           L{watch_connect}).
-        - C{"status"}: request written; reading a status line.
-        - C{"interim"}: skipping the header block of a 1xx response.
-        - C{"done"}: L{finished} has fired or is being cancelled; every
+        - C{STATUS}: request written; reading a status line.
+        - C{INTERIM}: skipping the header block of a 1xx response.
+        - C{DONE}: L{finished} has fired or is being cancelled; every
           further event is ignored.
     """
 
     def __init__(self, request: bytes) -> None:
         self._request = request
-        self._state = "connecting"
+        self._state = ProbeState.CONNECTING
         self._buffer = b""
         self._interim_size = 0
         self._connecting: Deferred[IProtocol] | None = None
@@ -104,10 +122,10 @@ class _StatusLineReader(Protocol):
         Send the request, or abort if the probe was cancelled meanwhile.
         """
         assert self.transport is not None
-        if self._state == "done":
+        if self._state == ProbeState.DONE:
             _abort(self.transport)
             return
-        self._state = "status"
+        self._state = ProbeState.STATUS
         self.transport.write(self._request)
 
     def dataReceived(self, data: bytes) -> None:
@@ -115,11 +133,11 @@ class _StatusLineReader(Protocol):
         Buffer C{data} and act on each complete line, failing the probe when
         a line outgrows its limit (L{MAX_STATUS_LINE}, L{MAX_INTERIM_HEAD}).
         """
-        if self._state == "done":
+        if self._state == ProbeState.DONE:
             return
         self._buffer += data
-        while self._state in ("status", "interim"):
-            if self._state == "status":
+        while self._state == ProbeState.STATUS or self._state == ProbeState.INTERIM:
+            if self._state == ProbeState.STATUS:
                 what, limit, used = "status line", MAX_STATUS_LINE, 0
             else:
                 what, limit, used = "interim response head", MAX_INTERIM_HEAD, self._interim_size
@@ -130,12 +148,12 @@ class _StatusLineReader(Protocol):
                     self._fail(ProbeFailed(f"{what} longer than {limit} bytes"))
                 return
             line, self._buffer = self._buffer[:end], self._buffer[end + 1 :]
-            if self._state == "status":
+            if self._state == ProbeState.STATUS:
                 self._status_line(line.removesuffix(b"\r"))
             else:
                 self._interim_size += end + 1
                 if line in (b"", b"\r"):
-                    self._state = "status"
+                    self._state = ProbeState.STATUS
 
     def _status_line(self, line: bytes) -> None:
         """
@@ -147,10 +165,10 @@ class _StatusLineReader(Protocol):
             return
         status = int(match.group(1))
         if 100 <= status < 200 and status != 101:
-            self._state = "interim"
+            self._state = ProbeState.INTERIM
             self._interim_size = 0
             return
-        self._state = "done"
+        self._state = ProbeState.DONE
         assert self.transport is not None
         _abort(self.transport)
         self.finished.callback(status)
@@ -159,15 +177,15 @@ class _StatusLineReader(Protocol):
         """
         Fail the probe if the connection closed before a final status line.
         """
-        if self._state != "done":
-            self._state = "done"
+        if self._state != ProbeState.DONE:
+            self._state = ProbeState.DONE
             self.finished.errback(Failure(ProbeFailed("connection closed before the status line")))
 
     def _fail(self, error: Exception) -> None:
         """
         Fail the probe with C{error} and close the connection.
         """
-        self._state = "done"
+        self._state = ProbeState.DONE
         if self.transport is not None:
             _abort(self.transport)
         self.finished.errback(Failure(error))
@@ -176,8 +194,8 @@ class _StatusLineReader(Protocol):
         """
         Fail the probe with the connection failure, unless it was cancelled.
         """
-        if self._state != "done":
-            self._state = "done"
+        if self._state != ProbeState.DONE:
+            self._state = ProbeState.DONE
             self.finished.errback(failure)
 
     def _cancel(self, finished: Deferred[int]) -> None:
@@ -185,8 +203,8 @@ class _StatusLineReader(Protocol):
         Stop the connection attempt or abort the connection; L{finished} then
         fails with C{CancelledError}.
         """
-        state, self._state = self._state, "done"
-        if state == "done":
+        state, self._state = self._state, ProbeState.DONE
+        if state == ProbeState.DONE:
             return
         if self.transport is not None:
             _abort(self.transport)
