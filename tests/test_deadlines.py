@@ -12,7 +12,8 @@ from zope.interface import implementer
 
 from balancebeam.config import Timeouts
 from balancebeam.filters import Answer
-from balancebeam.interfaces import IExchange, IRequestFilter
+from balancebeam.http1.heads import ResponseHead
+from balancebeam.interfaces import IExchange, IRequestFilter, IResponseObserver
 from balancebeam.relay.states import ExchangeState, deadline_table
 from tests.helpers import Harness
 
@@ -330,3 +331,66 @@ class DiscardTests(SynchronousTestCase):
         self.assertFalse(client_transport.disconnecting)
         harness.reactor.advance(1.5)
         self.assertTrue(_aborted(client_transport))
+
+
+@implementer(IRequestFilter)
+class _Replacing:
+    """
+    A filter whose observer replaces every upstream response at its head.
+    """
+
+    name = "replace"
+    fail_open = True
+
+    def on_request(self, exchange: IExchange) -> None:
+        """
+        Observe with an observer that answers instead of the upstream.
+        """
+        exchange.observe(_ReplacingObserver())
+
+
+@implementer(IResponseObserver)
+class _ReplacingObserver:
+    def response_head(self, response: ResponseHead) -> Answer:
+        return Answer(200, (), b"replacement")
+
+    def response_body(self, data: bytes) -> None:
+        raise AssertionError("a replaced response is not shown")
+
+    def response_complete(self) -> None:
+        raise AssertionError("a replaced response is not shown")
+
+    def continue_without_client(self) -> bool:
+        return False
+
+    def response_failed(self, reason: str) -> None:
+        return None
+
+
+class SubstitutingTests(SynchronousTestCase):
+    """
+    The rest of an upstream response that an observer replaced is read
+    within the upstream timeout.
+    """
+
+    def test_replaced_response_that_stalls_is_dropped(self) -> None:
+        """
+        When the replaced response's body stops coming, its connection is
+        closed after the upstream timeout and the client, which already has
+        its whole answer, goes on with its next request.
+        """
+        harness = Harness(timeouts=Timeouts(upstream=3), filters=[_Replacing()])
+        client, client_transport = harness.client()
+        client.dataReceived(GET)
+        protocol, upstream, _ = harness.accept()
+        protocol.dataReceived(b"HTTP/1.1 500 Oops\r\nContent-Length: 100\r\n\r\nabc")
+        self.assertTrue(client_transport.value().endswith(b"\r\n\r\nreplacement"))
+        harness.reactor.advance(2)
+        protocol.dataReceived(b"more")
+        harness.reactor.advance(2)
+        self.assertFalse(upstream.disconnecting)
+        harness.reactor.advance(1.5)
+        self.assertTrue(upstream.disconnecting)
+        self.assertFalse(client_transport.disconnecting)
+        client.dataReceived(GET)
+        self.assertEqual(harness.pending_connects(), 1)
