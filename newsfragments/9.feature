@@ -1,0 +1,1 @@
+The relay is restructured around one exchange object per request, a dispatcher and explicit states with their deadlines, with a request-filter seam (IRequestFilter, IResponseObserver) for extensions; --tunnel-idle-timeout is new.
