@@ -10,7 +10,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from balancebeam.config import Timeouts
+from balancebeam.config import Limits, Timeouts
 from balancebeam.filters import Answer
 from balancebeam.http1.heads import ResponseHead
 from balancebeam.interfaces import IExchange, IRequestFilter, IResponseObserver
@@ -394,3 +394,30 @@ class SubstitutingTests(SynchronousTestCase):
         self.assertFalse(client_transport.disconnecting)
         client.dataReceived(GET)
         self.assertEqual(harness.pending_connects(), 1)
+
+
+class ReconfigureTests(SynchronousTestCase):
+    """
+    New settings apply to new requests; requests in flight keep theirs.
+    """
+
+    def test_request_in_flight_keeps_its_timeouts(self) -> None:
+        """
+        After a reconfiguration with a longer upstream timeout, the request
+        already waiting still gets 504 at the old timeout, and a request
+        started afterwards waits for the new one.
+        """
+        harness = Harness(timeouts=Timeouts(upstream=3))
+        old_client, old_transport = harness.client(40001)
+        old_client.dataReceived(GET)
+        harness.accept()
+        harness.factory.reconfigure(harness.dispatcher, Timeouts(upstream=30), Limits(), (), False)
+        new_client, new_transport = harness.client(40002)
+        new_client.dataReceived(GET)
+        harness.accept()
+        harness.reactor.advance(3.5)
+        self.assertTrue(old_transport.value().startswith(b"HTTP/1.1 504 "))
+        harness.reactor.advance(20)
+        self.assertEqual(new_transport.value(), b"")
+        harness.reactor.advance(7)
+        self.assertTrue(new_transport.value().startswith(b"HTTP/1.1 504 "))

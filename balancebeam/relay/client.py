@@ -41,14 +41,13 @@ from balancebeam.http1.rewrite import error_response
 from balancebeam.interfaces import IExchange, IRequestFilter
 from balancebeam.relay.detached import DetachedClient
 from balancebeam.relay.exchange import Exchange
-from balancebeam.relay.filtering import FilterChain
 from balancebeam.relay.interfaces import IClientSide
+from balancebeam.relay.settings import RelaySettings
 from balancebeam.relay.states import (
     PAUSE_PIPELINE,
     PAUSE_UPSTREAM_FULL,
     PAUSE_WAITING,
     ClientState,
-    deadline_table,
 )
 from balancebeam.relay.transport import StreamTransport, enable_no_delay
 from balancebeam.routing import Dispatcher
@@ -67,12 +66,13 @@ class RelayFactory(Factory):
     Builds client connections for one listener and carries what they
     share: the dispatcher, the request filters, limits, timeouts and stats.
 
+    @ivar settings: what new exchanges use (L{RelaySettings}); a reload
+        replaces it whole (L{reconfigure}), and exchanges in flight keep
+        the settings they started with.
     @ivar connections: the open client connections.
     @ivar detached: stand-ins for clients gone while an observer still wants
         their response (see L{DetachedClient}); their deadlines are enforced
         like the connections'.
-    @ivar deadlines: seconds allowed in each exchange state (see
-        L{balancebeam.relay.states.deadline_table}).
     @ivar draining: whether the balancer is stopping.
     """
 
@@ -103,21 +103,34 @@ class RelayFactory(Factory):
             or 0 for no limit.
         """
         self.clock = clock
-        self.dispatcher = dispatcher
         self.stats = stats
-        self.timeouts = timeouts
-        self.limits = limits
-        self.filters = FilterChain(filters, stats)
         self.scheme = scheme
-        self.access_log = access_log
         self.retry_after = retry_after
         self.max_connections = max_connections
-        self.deadlines = deadline_table(timeouts)
-        self.connections: set[ClientConnection] = set()
         self.detached: set[DetachedClient] = set()
+        self.settings = RelaySettings(
+            clock, dispatcher, stats, timeouts, limits, filters, access_log, self.detached
+        )
+        self.connections: set[ClientConnection] = set()
         self.draining = False
         self._drained: Deferred[None] | None = None
         self._drain_deadline: IDelayedCall | None = None
+
+    def reconfigure(
+        self,
+        dispatcher: Dispatcher,
+        timeouts: Timeouts,
+        limits: Limits,
+        filters: Sequence[IRequestFilter],
+        access_log: bool,
+    ) -> None:
+        """
+        Use new settings for the requests that start from now on.
+        """
+        self.settings = RelaySettings(
+            self.clock, dispatcher, self.stats, timeouts, limits, filters, access_log,
+            self.detached,
+        )
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol:
         """
@@ -226,7 +239,7 @@ class ClientConnection(Protocol):
         enable_no_delay(transport)
         factory = self.factory
         factory.connections.add(self)
-        self.deadline = factory.clock.seconds() + factory.timeouts.client_idle
+        self.deadline = factory.clock.seconds() + factory.settings.timeouts.client_idle
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """
@@ -340,7 +353,7 @@ class ClientConnection(Protocol):
             return
         self.state = _IDLE
         factory = self.factory
-        self.deadline = factory.clock.seconds() + factory.timeouts.client_idle
+        self.deadline = factory.clock.seconds() + factory.settings.timeouts.client_idle
         self.resume_reading(PAUSE_PIPELINE | PAUSE_WAITING | PAUSE_UPSTREAM_FULL)
         self._process()
 
@@ -421,7 +434,7 @@ class ClientConnection(Protocol):
                     break
                 # A request is in progress and its body is complete: these
                 # bytes are a pipelined request, read once the response is done.
-                if len(self._buffer) > self.factory.limits.max_head_size:
+                if len(self._buffer) > self.factory.settings.limits.max_head_size:
                     self.pause_reading(PAUSE_PIPELINE)
                 break
         finally:
@@ -443,7 +456,8 @@ class ClientConnection(Protocol):
             if not buffer:
                 return False
         factory = self.factory
-        limits = factory.limits
+        settings = factory.settings
+        limits = settings.limits
         end = buffer.find(HEAD_END, 0, limits.max_head_size + 4)
         now = factory.clock.seconds()
         if end == -1:
@@ -458,7 +472,7 @@ class ClientConnection(Protocol):
             self._head_checked = len(buffer)
             if self.state == _IDLE:
                 self.state = _HEAD
-                self.deadline = now + factory.timeouts.client_header
+                self.deadline = now + factory.settings.timeouts.client_header
             return False
         self._buffer = buffer[end + 4 :]
         self._head_checked = 0
@@ -469,7 +483,9 @@ class ClientConnection(Protocol):
             return False
         stats = factory.stats
         stats.requests += 1
-        exchange = self.exchange = Exchange(self, factory, request, now, stats.requests)
+        exchange = self.exchange = Exchange(self, settings, request, now, stats.requests)
+        if factory.draining:
+            exchange.keep_alive = False
         self.state = _BUSY
         try:
             exchange.start()

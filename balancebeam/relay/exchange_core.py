@@ -36,7 +36,7 @@ from balancebeam.relay.states import PAUSE_WAITING, ExchangeState
 
 if TYPE_CHECKING:
     from balancebeam.registry import UpstreamState
-    from balancebeam.relay.client import RelayFactory
+    from balancebeam.relay.settings import RelaySettings
     from balancebeam.relay.upstream import UpstreamConnection
 
 #: A body answered early (429, 503, ...) is read and dropped up to this size;
@@ -57,7 +57,7 @@ class ExchangeCore:
 
     @ivar request: the parsed request head.
     @ivar client: where the response goes (L{IClientSide}).
-    @ivar relay: the factory carrying what every exchange shares.
+    @ivar relay: the settings this exchange started with (L{RelaySettings}).
     @ivar started: clock time the head was parsed.
     @ivar number: the request's number in this process (its id).
     @ivar state: an L{ExchangeState}, naming the deadline that applies.
@@ -105,7 +105,7 @@ class ExchangeCore:
     def __init__(
         self,
         client: IClientSide,
-        relay: RelayFactory,
+        relay: RelaySettings,
         request: RequestHead,
         started: float,
         number: int,
@@ -116,7 +116,7 @@ class ExchangeCore:
         self.started = started
         self.number = number
         self.state = _FILTERING
-        self.keep_alive = request.keep_alive and not relay.draining
+        self.keep_alive = request.keep_alive
         kind = request.body_kind
         if kind == BODY_NONE:
             self.request_done = True

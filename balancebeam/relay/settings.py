@@ -1,0 +1,75 @@
+"""
+What the exchanges of one configuration share (L{RelaySettings}).
+
+A reload builds new settings and hands them to the relay factory; every
+exchange keeps the settings it started with, so a request in flight
+finishes on the configuration it began under (its timeouts, its filters,
+its dispatcher), while new requests take the new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from twisted.internet.interfaces import IReactorTime
+
+from balancebeam.config import Limits, Timeouts
+from balancebeam.interfaces import IRequestFilter
+from balancebeam.relay.detached import DetachedClient
+from balancebeam.relay.filtering import FilterChain
+from balancebeam.relay.states import deadline_table
+from balancebeam.routing import Dispatcher
+from balancebeam.stats import Stats
+
+
+class RelaySettings:
+    """
+    One generation of the relay's configuration, and the shared objects an
+    exchange reports to.
+
+    @ivar clock: the clock deadlines are measured on.
+    @ivar dispatcher: finds upstream connections.
+    @ivar stats: the counters (shared by every generation).
+    @ivar timeouts: the timeouts, in seconds.
+    @ivar deadlines: seconds allowed in each exchange state (see
+        L{balancebeam.relay.states.deadline_table}).
+    @ivar limits: size limits on what clients send.
+    @ivar filters: the request filters, in order.
+    @ivar access_log: whether to log one line per request.
+    @ivar detached: stand-ins for clients gone while an observer still
+        wants their response; their deadlines are enforced like the
+        connections' (shared by every generation).
+    """
+
+    __slots__ = (
+        "clock",
+        "dispatcher",
+        "stats",
+        "timeouts",
+        "deadlines",
+        "limits",
+        "filters",
+        "access_log",
+        "detached",
+    )
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        dispatcher: Dispatcher,
+        stats: Stats,
+        timeouts: Timeouts,
+        limits: Limits,
+        filters: Sequence[IRequestFilter],
+        access_log: bool,
+        detached: set[DetachedClient],
+    ) -> None:
+        self.clock = clock
+        self.dispatcher = dispatcher
+        self.stats = stats
+        self.timeouts = timeouts
+        self.deadlines = deadline_table(timeouts)
+        self.limits = limits
+        self.filters = FilterChain(filters, stats)
+        self.access_log = access_log
+        self.detached = detached
