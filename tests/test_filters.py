@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionDone
-from twisted.internet.testing import EventLoggingObserver
+from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -17,6 +17,7 @@ from zope.interface import implementer
 from balancebeam.filters import Answer, text_answer
 from balancebeam.http1.heads import ResponseHead
 from balancebeam.interfaces import IExchange, IRequestFilter, IResponseObserver
+from balancebeam.relay.client import ClientConnection
 from tests.helpers import Harness, response
 
 GET = b"GET /page?q=1 HTTP/1.1\r\nHost: example.com\r\nCookie: a=b\r\n\r\n"
@@ -280,17 +281,27 @@ class ObserverTests(SynchronousTestCase):
     Response observers see the response as it is relayed.
     """
 
+    def watched(
+        self, observer: RecordingObserver
+    ) -> tuple[Harness, ClientConnection, StringTransport]:
+        """
+        A harness whose one filter attaches C{observer}, and a client that
+        sent L{GET}.
+        """
+        watcher = RecordingFilter("watch")
+        watcher.observer = observer
+        harness = Harness(filters=[watcher])
+        client, transport = harness.client()
+        client.dataReceived(GET)
+        return harness, client, transport
+
     def test_observer_sees_head_pieces_and_end(self) -> None:
         """
         The observer sees the status, each de-chunked piece and the end,
         while the client gets the response unchanged.
         """
         observer = RecordingObserver()
-        watcher = RecordingFilter("watch")
-        watcher.observer = observer
-        harness = Harness(filters=[watcher])
-        client, transport = harness.client()
-        client.dataReceived(GET)
+        harness, client, transport = self.watched(observer)
         protocol, _, _ = harness.accept()
         protocol.dataReceived(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
         protocol.dataReceived(b"2\r\nde\r\n0\r\n\r\n")
@@ -305,11 +316,7 @@ class ObserverTests(SynchronousTestCase):
         An upstream dying mid-body is reported to the observer once.
         """
         observer = RecordingObserver()
-        watcher = RecordingFilter("watch")
-        watcher.observer = observer
-        harness = Harness(filters=[watcher])
-        client, _ = harness.client()
-        client.dataReceived(GET)
+        harness, client, _ = self.watched(observer)
         protocol, _, _ = harness.accept()
         protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
         protocol.connectionLost(Failure(ConnectionDone()))
@@ -324,11 +331,7 @@ class ObserverTests(SynchronousTestCase):
         """
         stored = Answer(200, ((b"ETag", b'"v1"'),), b"stored body")
         observer = RecordingObserver(replace_head=stored)
-        watcher = RecordingFilter("cache")
-        watcher.observer = observer
-        harness = Harness(filters=[watcher])
-        client, transport = harness.client()
-        client.dataReceived(GET)
+        harness, client, transport = self.watched(observer)
         protocol, _, _ = harness.accept()
         protocol.dataReceived(b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\n\r\n")
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK\r\nETag: \"v1\"\r\n"))
@@ -343,11 +346,7 @@ class ObserverTests(SynchronousTestCase):
         dropped, and the client's next request waits for it to end.
         """
         observer = RecordingObserver(replace_head=Answer(200, (), b"stale copy"))
-        watcher = RecordingFilter("cache")
-        watcher.observer = observer
-        harness = Harness(filters=[watcher])
-        client, transport = harness.client()
-        client.dataReceived(GET)
+        harness, client, transport = self.watched(observer)
         protocol, upstream, _ = harness.accept()
         protocol.dataReceived(b"HTTP/1.1 500 Oops\r\nContent-Length: 6\r\n\r\nabc")
         self.assertTrue(transport.value().endswith(b"stale copy"))
@@ -380,11 +379,7 @@ class ObserverTests(SynchronousTestCase):
         complete, and the upstream connection is reused.
         """
         observer = RecordingObserver(keep_going=True)
-        watcher = RecordingFilter("cache")
-        watcher.observer = observer
-        harness = Harness(filters=[watcher])
-        client, _ = harness.client()
-        client.dataReceived(GET)
+        harness, client, _ = self.watched(observer)
         protocol, upstream, _ = harness.accept()
         protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nabc")
         client.connectionLost(Failure(ConnectionDone()))
@@ -400,11 +395,7 @@ class ObserverTests(SynchronousTestCase):
         upstream timeout.
         """
         observer = RecordingObserver(keep_going=True)
-        watcher = RecordingFilter("cache")
-        watcher.observer = observer
-        harness = Harness(filters=[watcher])
-        client, _ = harness.client()
-        client.dataReceived(GET)
+        harness, client, _ = self.watched(observer)
         protocol, upstream, _ = harness.accept()
         protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nabc")
         client.connectionLost(Failure(ConnectionDone()))
@@ -419,11 +410,7 @@ class ObserverTests(SynchronousTestCase):
         upstream connection.
         """
         observer = RecordingObserver(keep_going=False)
-        watcher = RecordingFilter("watch")
-        watcher.observer = observer
-        harness = Harness(filters=[watcher])
-        client, _ = harness.client()
-        client.dataReceived(GET)
+        harness, client, _ = self.watched(observer)
         protocol, upstream, _ = harness.accept()
         protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nabc")
         client.connectionLost(Failure(ConnectionDone()))

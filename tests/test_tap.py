@@ -19,7 +19,7 @@ from zope.interface import implementer
 
 from balancebeam import config as config_module
 from balancebeam import tap
-from balancebeam.config import BalancerConfig, Limits, Timeouts, UpstreamSpec
+from balancebeam.config import BalancerConfig, Timeouts, UpstreamSpec, build_config
 from balancebeam.demo import DemoUpstreamsService
 from balancebeam.service import BalancerService
 from tests.test_config import BAD_VALUES, GOOD_VALUES, with_base
@@ -69,48 +69,12 @@ class DefaultsTests(SynchronousTestCase):
 
     def test_defaults(self) -> None:
         """
-        The configuration built from one C{--upstream} holds the documented defaults.
+        The command line's defaults are the configuration's (spelled out in
+        C{tests.test_config}): one C{--upstream} builds the same record.
         """
         self.assertEqual(
             config_of("--upstream", "127.0.0.1:8081"),
-            BalancerConfig(
-                upstreams=(UpstreamSpec("127.0.0.1", 8081),),
-                listen=("tcp:1100:interface=0.0.0.0",),
-                timeouts=Timeouts(
-                    connect=5.0,
-                    upstream=60.0,
-                    client_header=10.0,
-                    client_idle=60.0,
-                    client_body=60.0,
-                    tunnel_idle=3600.0,
-                ),
-                limits=Limits(max_head_size=16384, max_header_count=100, max_body_size=None),
-                strategy="random",
-                active_health_check_interval=10.0,
-                active_health_check_path="/",
-                health_check_timeout=2.0,
-                health_check_rise=2,
-                health_check_fall=2,
-                passive_retry_interval=10.0,
-                max_requests_per_minute=0,
-                rate_limit_window=60.0,
-                rate_limit_algorithm="sliding",
-                rate_limit_backend="memory",
-                rate_limit_headers=False,
-                rate_limit_redis_timeout=0.05,
-                rate_limit_on_error="allow",
-                rate_limit_max_keys=1_000_000,
-                trusted_proxies=(),
-                pool_max_idle_per_upstream=32,
-                pool_idle_timeout=30.0,
-                pool_max_requests_per_connection=0,
-                pool_warm=0,
-                pool_max_connections_per_upstream=0,
-                queue_timeout=10.0,
-                access_log=False,
-                max_client_connections=10000,
-                shutdown_timeout=10.0,
-            ),
+            build_config({"upstream": ["127.0.0.1:8081"]}),
         )
 
     def test_help_shows_defaults(self) -> None:
