@@ -15,6 +15,8 @@ import urllib.parse
 from collections.abc import Sequence
 
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from balancebeam.filters import Answer
@@ -240,6 +242,30 @@ class AttackTests(SynchronousTestCase):
         self.assertEqual(verdict.status, 403)
         self.assertEqual(verdict.rule_ids, (942100, 949110))
         self.assertEqual(verdict.anomaly_score, 5)
+
+
+class DetectModeTests(SynchronousTestCase):
+    """
+    C{--waf detect} with the real rules: everything passes, the attacks are logged.
+    """
+
+    def test_attacks_pass_and_are_logged(self) -> None:
+        """
+        Every attack passes in detect mode, each logged once as C{detect}
+        with the CRS blocking rule among its rule ids.
+        """
+        inspector = real_inspector(self)
+        events = EventLoggingObserver.createWithCleanup(
+            self, globalLogPublisher  # type: ignore[arg-type]
+        )
+        answers = {
+            name: decide(self, inspector, case, mode="detect") for name, case in ATTACKS.items()
+        }
+        self.assertEqual(answers, {name: None for name in ATTACKS})
+        logged = [e for e in events if "action" in e]
+        self.assertEqual([e["action"] for e in logged], ["detect"] * len(ATTACKS))
+        self.assertTrue(all(949110 in e["rule_ids"] for e in logged))
+        self.assertTrue(all(e["anomaly_score"] >= 5 for e in logged))
 
 
 class BenignTests(SynchronousTestCase):

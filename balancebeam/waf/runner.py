@@ -154,14 +154,23 @@ class TurnTakingRunner:
 
     def run(self, work: Callable[[], T]) -> Deferred[T]:
         """
-        See L{IInspectionRunner.run}. The work never runs inside this call.
+        See L{IInspectionRunner.run}. The work never runs inside this call;
+        cancelling the result before its turn drops the work.
         """
         if self._stopped:
             return fail(RunnerBusy("the firewall is stopping"))
         if len(self._waiting) >= self._max_queued:
             return fail(RunnerBusy(f"{len(self._waiting)} inspections are waiting already"))
-        result: Deferred[T] = Deferred()
-        self._waiting.append((work, result))
+        entry: tuple[Callable[[], Any], Deferred[Any]]
+
+        def cancel(result: Deferred[T]) -> None:
+            # The request went away: its inspection will not run.
+            if entry in self._waiting:
+                self._waiting.remove(entry)
+
+        result: Deferred[T] = Deferred(cancel)
+        entry = (work, result)
+        self._waiting.append(entry)
         if self._turn is None:
             self._turn = self._clock.callLater(0, self._take_turn)
         return result
@@ -172,6 +181,8 @@ class TurnTakingRunner:
         before the next.
         """
         self._turn = None
+        if not self._waiting:
+            return
         work, result = self._waiting.popleft()
         if self._waiting:
             self._turn = self._clock.callLater(0, self._take_turn)
