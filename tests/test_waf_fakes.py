@@ -9,6 +9,7 @@ the real Core Rule Set once per settings, or explains what to install.
 from __future__ import annotations
 
 import os
+import platform
 from collections.abc import Sequence
 from typing import Any
 
@@ -158,8 +159,12 @@ def real_inspector(
     once per settings.
 
     Where the engine or the CRS is missing the test is skipped with what to
-    install, except in CI (C{CI} set), where that is a failure.
+    install, except in CI (C{CI} set), where that is a failure. The wheel's
+    tests are skipped on other interpreters than CPython, which it is not
+    built for.
     """
+    if binding == "wheel" and platform.python_implementation() != "CPython":
+        test.skipTest("the PyPI libmodsecurity wheel is built for CPython only")
     reason = build.unavailable_reason(binding)
     if reason is None and not rules:
         try:
