@@ -41,8 +41,12 @@ from balancebeam.config_values import (
     parse_positive,
     parse_positive_size,
     parse_rate_limit_backend,
+    parse_rule_pattern,
+    parse_size,
     parse_trusted_network,
     parse_upstream,
+    parse_waf_mode,
+    parse_waf_paranoia,
     parse_weight,
     validate_endpoint,
 )
@@ -176,6 +180,13 @@ OPTIONS: Mapping[str, Option] = MappingProxyType({option.name: option for option
     Option("pool-warm", VALUE, count_parser(0), "0", "pool_warm"),
     Option("pool-max-connections-per-upstream", VALUE, count_parser(0), "0",
            "pool_max_connections_per_upstream"),
+    # Web application firewall.
+    Option("waf", VALUE, parse_waf_mode, "off", "waf.mode"),
+    Option("waf-rules", LIST, parse_rule_pattern, field="waf.rules"),
+    Option("waf-paranoia", VALUE, parse_waf_paranoia, "1", "waf.paranoia"),
+    Option("waf-anomaly-threshold", VALUE, count_parser(1), "5", "waf.anomaly_threshold"),
+    Option("waf-body-limit", VALUE, parse_size, "128k", "waf.body_limit"),
+    Option("waf-threads", VALUE, count_parser(1), "2", "waf.threads"),
     # Logging.
     Option("access-log", FLAG, field="access_log"),
 ]})
@@ -240,6 +251,32 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class WafConfig:
+    """
+    The web application firewall (L{balancebeam.waf}).
+
+    @ivar mode: C{off}, C{detect} or C{block}.
+    @ivar rules: rule files and globs, in loading order; empty for the
+        system's Core Rule Set.
+    @ivar paranoia: the CRS paranoia level, 1 to 4.
+    @ivar anomaly_threshold: the CRS inbound anomaly score threshold.
+    @ivar body_limit: the most request body bytes inspected.
+    @ivar threads: inspection threads, when the engine releases the GIL.
+    @ivar binding: the engine binding: C{auto}, C{cffi} or C{wheel}.
+    @ivar max_queued: the most inspections waiting before requests are refused.
+    """
+
+    mode: str = _default("waf")
+    rules: tuple[str, ...] = ()
+    paranoia: int = _default("waf-paranoia")
+    anomaly_threshold: int = _default("waf-anomaly-threshold")
+    body_limit: int = _default("waf-body-limit")
+    threads: int = _default("waf-threads")
+    binding: str = "auto"
+    max_queued: int = 256
+
+
+@dataclass(frozen=True)
 class BalancerConfig:
     """
     Everything L{balancebeam.service.BalancerService} needs to build the balancer.
@@ -254,6 +291,7 @@ class BalancerConfig:
     listen: tuple[str, ...] = (bind_to_endpoint(DEFAULT_BIND),)
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
+    waf: WafConfig = field(default_factory=WafConfig)
     strategy: str = _default("strategy")
     active_health_check_interval: float = _default("active-health-check-interval")
     active_health_check_path: str = _default("active-health-check-path")
@@ -371,7 +409,7 @@ def build_config(values: Mapping[str, object]) -> BalancerConfig:
         else:
             parsed[option.name] = _default(option.name)
 
-    records: dict[str, dict[str, Any]] = {"": {}, "timeouts": {}, "limits": {}}
+    records: dict[str, dict[str, Any]] = {"": {}, "timeouts": {}, "limits": {}, "waf": {}}
     for option in OPTIONS.values():
         if option.field is not None:
             record, _, name = option.field.rpartition(".")
@@ -383,11 +421,14 @@ def build_config(values: Mapping[str, object]) -> BalancerConfig:
     else:
         health_check_timeout = parsed["health-check-timeout"]
     _check_pool(raw, parsed)
+    waf = WafConfig(**records["waf"])
+    _check_waf(waf)
     return BalancerConfig(
         upstreams=_upstreams(raw, parsed),
         listen=_listen(raw, parsed),
         timeouts=Timeouts(**records["timeouts"]),
         limits=Limits(**records["limits"]),
+        waf=waf,
         health_check_timeout=health_check_timeout,
         **records[""],
     )
@@ -458,3 +499,26 @@ def _check_pool(raw: Mapping[str, Any], parsed: Mapping[str, Any]) -> None:
             continue
         if warm > cap:
             raise ConfigError("pool-warm", f"cannot exceed --{cap_name} ({cap})", text)
+
+
+def _check_waf(waf: WafConfig) -> None:
+    """
+    With the firewall on, check that its engine is installed and that its
+    rules can be found (the rules themselves load when the service is built).
+
+    @raise ConfigError: naming C{--waf} (and what to install) or C{--waf-rules}.
+    """
+    if waf.mode == "off":
+        return
+    # Imported only when the firewall is on: it loads the engine's bindings.
+    from balancebeam.waf.build import rule_files, unavailable_reason
+
+    reason = unavailable_reason(waf.binding)
+    if reason is not None:
+        raise ConfigError("waf", reason.removeprefix("--waf "), waf.mode)
+    try:
+        rule_files(waf)
+    except ValueError as error:
+        if waf.rules:
+            raise ConfigError("waf-rules", str(error), " ".join(waf.rules)) from None
+        raise ConfigError("waf", str(error), waf.mode) from None

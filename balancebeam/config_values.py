@@ -412,3 +412,42 @@ def default_health_check_timeout(interval: float) -> float:
     if interval > 0:
         return min(interval, MAX_DEFAULT_HEALTH_CHECK_TIMEOUT)
     return MAX_DEFAULT_HEALTH_CHECK_TIMEOUT
+
+
+WAF_MODES: tuple[str, ...] = ("off", "detect", "block")
+"""The values of C{--waf}."""
+
+
+def parse_waf_mode(text: str) -> str:
+    """
+    Parse C{--waf}: C{off}, C{detect} or C{block} (any case).
+
+    @raise ValueError: on anything else.
+    """
+    mode = text.strip().lower()
+    if mode not in WAF_MODES:
+        raise ValueError("must be one of off, detect, block")
+    return mode
+
+
+def parse_waf_paranoia(text: str) -> int:
+    """
+    Parse C{--waf-paranoia}: the CRS paranoia level, 1 to 4.
+
+    @raise ValueError: on anything else.
+    """
+    if text.strip() not in ("1", "2", "3", "4"):
+        raise ValueError("must be a paranoia level from 1 to 4")
+    return int(text.strip())
+
+
+def parse_rule_pattern(text: str) -> str:
+    """
+    Check a C{--waf-rules} value: a file name or a glob pattern.
+
+    @return: C{text} unchanged (files are found when the rules load).
+    @raise ValueError: when it is empty.
+    """
+    if not text.strip():
+        raise ValueError("is empty: give a rule file or a glob such as rules/*.conf")
+    return text

@@ -33,3 +33,11 @@ class QueueTimeout(BalancerError):
     """
 
     status = 503
+
+
+class StartupError(Exception):
+    """
+    The balancer cannot start with this configuration, for a reason found
+    while building it (a rule file that fails to load, say): twistd prints
+    the message on one line and exits with status 1.
+    """

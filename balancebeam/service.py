@@ -3,7 +3,8 @@ The balancer as a tree of Twisted services, built from a L{BalancerConfig}.
 
 The tree, in start order (it stops in the reverse order, one child after the
 other):
-  1. the rate limiter (it connects to Redis here, not when built);
+  1. the rate limiter (it connects to Redis here, not when built), then the
+     firewall (its inspection threads);
   2. the upstream pool (warm-up connections);
   3. the active health checker (when on);
   4. the deadline timer;
@@ -18,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
@@ -41,6 +42,7 @@ from zope.interface import implementer
 
 from balancebeam.clientip import parse_trusted_networks
 from balancebeam.config import BalancerConfig, UpstreamSpec
+from balancebeam.errors import StartupError
 from balancebeam.health.checker import HealthChecker
 from balancebeam.health.probe import HTTPProbe
 from balancebeam.interfaces import IRateLimiter, IRequestFilter
@@ -53,6 +55,9 @@ from balancebeam.relay.deadlines import DeadlineTimer, resolution_for
 from balancebeam.routing import Dispatcher
 from balancebeam.stats import Stats
 from balancebeam.strategies import build_strategy
+
+if TYPE_CHECKING:
+    from balancebeam.waf.build import WafService
 
 
 class ListenFailed(Exception):
@@ -175,7 +180,8 @@ class BalancerService(_SequentialMultiService):
     @ivar pool: upstream connections.
     @ivar dispatcher: chooses upstreams and applies passive health.
     @ivar rate_limiter: the rate limiter, or C{None} when off.
-    @ivar filters: the request filters, in order.
+    @ivar waf: the web application firewall, or C{None} when off.
+    @ivar filters: the request filters, in order: the rate limiter, the firewall.
     @ivar factory: the client-side protocol factory of every listener.
     @ivar health: the active health checker, or C{None} when off.
     @ivar ports: the listening ports, once listening.
@@ -238,6 +244,10 @@ class BalancerService(_SequentialMultiService):
                     config.rate_limit_headers,
                 )
             )
+        self.waf: WafService | None = None
+        if config.waf.mode != "off":
+            self.waf = _build_waf(reactor, config)
+            filters.append(self.waf.filter)
         self.filters = tuple(filters)
         self.factory = RelayFactory(
             reactor,
@@ -255,6 +265,8 @@ class BalancerService(_SequentialMultiService):
         if self.rate_limiter is not None:
             limiter = self.rate_limiter
             _Lifecycle("rate limiter", limiter.start, limiter.close).setServiceParent(self)
+        if self.waf is not None:
+            self.waf.setServiceParent(self)
         _Lifecycle(
             "pool", lambda: self.pool.start(self.registry.upstreams), self.pool.close
         ).setServiceParent(self)
@@ -359,6 +371,9 @@ class BalancerService(_SequentialMultiService):
         if self.health is not None:
             values["health_probes_sent"] = self.health.probes_sent
             values["health_probes_failed"] = self.health.probes_failed
+        if self.waf is not None:
+            for name, count in self.waf.counters.snapshot().items():
+                values[f"waf_{name}"] = count
         values["upstreams_up"] = [u.name for u in self.registry.upstreams if u.alive]
         values["upstreams_down"] = [u.name for u in self.registry.upstreams if not u.alive]
         return values
@@ -374,6 +389,22 @@ class BalancerService(_SequentialMultiService):
 
     def _report(self, _: object) -> None:
         self.log.info("stopped; counters: {counters}", counters=self.snapshot())
+
+
+def _build_waf(reactor: Any, config: BalancerConfig) -> WafService:
+    """
+    Load the firewall's rules and start its engine.
+
+    @raise StartupError: when the rules fail to load, with the engine's
+        message and the file.
+    """
+    # Imported only when the firewall is on: it loads ModSecurity.
+    from balancebeam.waf.build import build_waf
+
+    try:
+        return build_waf(reactor, config.waf)
+    except ValueError as error:
+        raise StartupError(f"--waf: {error}") from None
 
 
 def describe_port(port: IListeningPort) -> str:

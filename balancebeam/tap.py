@@ -225,6 +225,25 @@ class Options(usage.Options):
             "Largest request body in bytes (k, m and g suffixes allowed, e.g. 10m); "
             "larger bodies get 413. 0 = unlimited. [default: unlimited]",
         ),
+        _parameter(
+            "waf",
+            "Web application firewall (ModSecurity with the OWASP Core Rule Set): off, "
+            "detect (log matches, let requests pass) or block (answer 403). See doc/waf.md.",
+        ),
+        _parameter("waf-paranoia", "The Core Rule Set's paranoia level, 1 to 4."),
+        _parameter(
+            "waf-anomaly-threshold",
+            "The Core Rule Set's inbound anomaly score at which a request is blocked.",
+        ),
+        _parameter(
+            "waf-body-limit",
+            "Request bodies up to this size are inspected (and held until then); larger "
+            "ones get 413 with --waf block and pass uninspected with --waf detect.",
+        ),
+        _parameter(
+            "waf-threads",
+            "Threads inspecting requests, when the engine lets other threads run.",
+        ),
     ]
 
     def __init__(self) -> None:
@@ -237,6 +256,7 @@ class Options(usage.Options):
         self["listen"] = []
         self["trust-forwarded-for"] = []
         self["upstream-weight"] = []
+        self["waf-rules"] = []
         self.config: config.BalancerConfig | None = None
 
     def opt_upstream(self, value: str) -> None:
@@ -272,6 +292,14 @@ class Options(usage.Options):
         1), honoured by every strategy; repeat for more.
         """
         self["upstream-weight"].append(value)
+
+    def opt_waf_rules(self, value: str) -> None:
+        """
+        A ModSecurity rule file or glob (e.g. /etc/crs/rules/*.conf), loaded in
+        the order given; repeat for more. Without it, --waf uses the system's
+        Core Rule Set (/usr/share/modsecurity-crs).
+        """
+        self["waf-rules"].append(value)
 
     def config_values(self) -> dict[str, object]:
         """
@@ -326,6 +354,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     # Imported here so that importing this module (twistd does, for Options
     # and --help) neither loads the whole balancer nor, through txredisapi,
     # installs the global reactor.
+    from balancebeam.errors import StartupError
     from balancebeam.service import BalancerService
     from balancebeam.signals import guard_stop_signals
 
@@ -335,7 +364,10 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     # A second SIGTERM during the drain only logs a line (see balancebeam.signals).
     reactor.callWhenRunning(guard_stop_signals, reactor)
     if not options["demo"]:
-        return BalancerService(balancer_config, reactor, exit_on_listen_failure=True)
+        try:
+            return BalancerService(balancer_config, reactor, exit_on_listen_failure=True)
+        except StartupError as error:
+            raise SystemExit(f"balancebeam: {error}") from None
 
     from balancebeam.demo import start_demo_upstreams
 
@@ -348,6 +380,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             reactor,
             exit_on_listen_failure=True,
         )
+    except StartupError as error:
+        demo_service.stopService()
+        raise SystemExit(f"balancebeam: {error}") from None
     except BaseException:
         demo_service.stopService()
         raise

@@ -25,6 +25,7 @@ from balancebeam.config import (
     Limits,
     Timeouts,
     UpstreamSpec,
+    WafConfig,
     build_config,
 )
 from balancebeam.config_values import (
@@ -192,6 +193,14 @@ GOOD_VALUES: list[tuple[str, Mapping[str, object], Callable[[BalancerConfig], ob
         16,
     ),
     ("access-log", {"access-log": True}, lambda c: c.access_log, True),
+    ("waf", {"waf": "Off"}, lambda c: c.waf.mode, "off"),
+    ("waf-rules", {"waf-rules": ["a.conf", "rules/*.conf"]}, lambda c: c.waf.rules,
+     ("a.conf", "rules/*.conf")),
+    ("waf-paranoia", {"waf-paranoia": "3"}, lambda c: c.waf.paranoia, 3),
+    ("waf-anomaly-threshold", {"waf-anomaly-threshold": "10"},
+     lambda c: c.waf.anomaly_threshold, 10),
+    ("waf-body-limit", {"waf-body-limit": "64k"}, lambda c: c.waf.body_limit, 65536),
+    ("waf-threads", {"waf-threads": "4"}, lambda c: c.waf.threads, 4),
 ]
 
 #: For every option taking a value: bad values and the start of the error message.
@@ -434,6 +443,14 @@ BAD_VALUES: list[tuple[str, Mapping[str, object], str]] = [
         {"pool-max-connections-per-upstream": "1.5"},
         "--pool-max-connections-per-upstream '1.5' must be a whole number",
     ),
+    ("waf", {"waf": "on"}, "--waf 'on' must be one of off, detect, block"),
+    ("waf-rules", {"waf-rules": [" "]}, "--waf-rules ' ' is empty"),
+    ("waf-paranoia", {"waf-paranoia": "5"}, "--waf-paranoia '5' must be a paranoia level"),
+    ("waf-anomaly-threshold", {"waf-anomaly-threshold": "0"},
+     "--waf-anomaly-threshold '0' must be a whole number of at least 1"),
+    ("waf-body-limit", {"waf-body-limit": "lots"}, "--waf-body-limit 'lots' is not a size"),
+    ("waf-threads", {"waf-threads": "0"},
+     "--waf-threads '0' must be a whole number of at least 1"),
 ]
 
 #: For every flag: a value of the wrong type (possible in a config file, not on the command line).
@@ -483,6 +500,7 @@ class OptionTableTests(SynchronousTestCase):
             "": {f.name for f in dataclasses.fields(BalancerConfig)},
             "timeouts": {f.name for f in dataclasses.fields(Timeouts)},
             "limits": {f.name for f in dataclasses.fields(Limits)},
+            "waf": {f.name for f in dataclasses.fields(WafConfig)},
         }
         seen = []
         for option in OPTIONS.values():

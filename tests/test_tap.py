@@ -111,6 +111,12 @@ class DefaultsTests(SynchronousTestCase):
             sorted(
                 [
                     "access-log",
+                    "waf",
+                    "waf-anomaly-threshold",
+                    "waf-body-limit",
+                    "waf-paranoia",
+                    "waf-rules",
+                    "waf-threads",
                     "max-client-connections",
                     "shutdown-timeout",
                     "active-health-check-interval",

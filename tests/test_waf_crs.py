@@ -19,6 +19,7 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from balancebeam.config import WafConfig
 from balancebeam.filters import Answer
 from balancebeam.waf import build, rules
 from balancebeam.waf.engine import IInspector, InspectedRequest, RulesError
@@ -459,7 +460,7 @@ class RuleFileErrorTests(SynchronousTestCase):
         with open(broken, "w") as f:
             f.write('SecRuleEngine On\nSecRule ARGS "@rx a" "id:1,phase:2,deny,nosuchaction"\n')
         with self.assertRaises(RulesError) as raised:
-            build.load_inspector(build.WafSettings(mode="block", rules=(broken,)))
+            build.load_inspector(WafConfig(mode="block", rules=(broken,)))
         self.assertEqual(raised.exception.source, broken)
         self.assertIn(broken, str(raised.exception))
         self.assertIn("nosuchaction", raised.exception.message)
@@ -474,7 +475,7 @@ class RuleFileErrorTests(SynchronousTestCase):
             with open(path, "w") as f:
                 f.write('SecRule ARGS "@rx a" "id:12345,phase:2,pass,log"\n')
         with self.assertRaises(RulesError) as raised:
-            build.load_inspector(build.WafSettings(mode="block", rules=(first, second)))
+            build.load_inspector(WafConfig(mode="block", rules=(first, second)))
         self.assertEqual(raised.exception.source, second)
         self.assertIn("12345", raised.exception.message)
 

@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+from balancebeam.config import WafConfig
 from balancebeam.http1.heads import RequestHead, parse_request_head
 from balancebeam.interfaces import IExchange, IResponseObserver
 from balancebeam.waf import build
@@ -168,7 +169,7 @@ def real_inspector(
     reason = build.unavailable_reason(binding)
     if reason is None and not rules:
         try:
-            build.rule_files(build.WafSettings(mode="block"))
+            build.rule_files(WafConfig(mode="block"))
         except ValueError as e:
             reason = str(e)
     if reason is not None:
@@ -178,7 +179,7 @@ def real_inspector(
         test.skipTest(message)
     key = (binding, paranoia, threshold, body_limit, rules)
     if key not in _engines:
-        settings = build.WafSettings(
+        settings = WafConfig(
             mode="block",
             rules=rules,
             paranoia=paranoia,

@@ -8,6 +8,7 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from balancebeam.config import WafConfig
 from balancebeam.waf import build, rules
 from balancebeam.waf.engine import SCORE_RULE_ID, MatchCollector
 
@@ -221,44 +222,15 @@ class CollectorTests(SynchronousTestCase):
 
 class FlagTests(SynchronousTestCase):
     """
-    Parsing and checking the C{--waf*} flags.
+    Checking the C{--waf*} settings (their values are parsed in
+    L{balancebeam.config}; see C{tests.test_config}).
     """
-
-    def test_parse_mode(self) -> None:
-        """
-        off, detect and block, in any case; anything else names the flag.
-        """
-        self.assertEqual(
-            [build.parse_mode(t) for t in ("off", "Detect", " block ")], ["off", "detect", "block"]
-        )
-        with self.assertRaises(ValueError) as raised:
-            build.parse_mode("on")
-        self.assertIn("--waf", str(raised.exception))
-
-    def test_parse_paranoia(self) -> None:
-        """
-        1 to 4 only.
-        """
-        self.assertEqual([build.parse_paranoia(t) for t in "1234"], [1, 2, 3, 4])
-        for bad in ("0", "5", "two", "1.5", ""):
-            self.assertRaises(ValueError, build.parse_paranoia, bad)
-
-    def test_parse_threshold(self) -> None:
-        """
-        A whole number of at least 1.
-        """
-        self.assertEqual(build.parse_anomaly_threshold("5"), 5)
-        self.assertEqual(build.parse_anomaly_threshold("1000"), 1000)
-        for bad in ("0", "-1", "2.5", "x"):
-            with self.assertRaises(ValueError) as raised:
-                build.parse_anomaly_threshold(bad)
-            self.assertIn("--waf-anomaly-threshold", str(raised.exception))
 
     def test_defaults(self) -> None:
         """
         Off, paranoia 1, threshold 5, 128 KiB of body, the system CRS.
         """
-        settings = build.WafSettings()
+        settings = WafConfig()
         self.assertEqual(
             (settings.mode, settings.paranoia, settings.anomaly_threshold, settings.body_limit,
              settings.rules, settings.binding),
@@ -269,7 +241,7 @@ class FlagTests(SynchronousTestCase):
         """
         With C{--waf off} nothing is checked, even rules that do not exist.
         """
-        build.validate(build.WafSettings(mode="off", rules=("/nonexistent/*.conf",)))
+        build.validate(WafConfig(mode="off", rules=("/nonexistent/*.conf",)))
 
     def test_missing_rules_are_a_usage_error(self) -> None:
         """
@@ -278,22 +250,8 @@ class FlagTests(SynchronousTestCase):
         if build.unavailable_reason() is not None:
             self.skipTest("needs an engine: bash .ci/install-waf.sh")
         with self.assertRaises(ValueError) as raised:
-            build.validate(build.WafSettings(mode="block", rules=("/nonexistent/x.conf",)))
+            build.validate(WafConfig(mode="block", rules=("/nonexistent/x.conf",)))
         self.assertIn("/nonexistent/x.conf", str(raised.exception))
-
-    def test_values_out_of_range(self) -> None:
-        """
-        Out-of-range settings are errors naming the flag.
-        """
-        for settings, flag in (
-            (build.WafSettings(mode="block", paranoia=5), "--waf-paranoia"),
-            (build.WafSettings(mode="block", anomaly_threshold=0), "--waf-anomaly-threshold"),
-            (build.WafSettings(mode="maybe"), "--waf"),
-            (build.WafSettings(mode="block", binding="rust"), "binding"),
-        ):
-            with self.assertRaises(ValueError) as raised:
-                build.validate_values(settings)
-            self.assertIn(flag, str(raised.exception))
 
     def test_engine_missing_says_what_to_install(self) -> None:
         """

@@ -17,8 +17,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
+from balancebeam.config import WafConfig
 from balancebeam.waf import rules
-from balancebeam.waf.build import WafSettings, build_waf
+from balancebeam.waf.build import build_waf
 from balancebeam.waf.engine import IInspector, InspectedRequest, Verdict
 from balancebeam.waf.filter import WafFilter
 from balancebeam.waf.runner import RunnerBusy, ThreadedRunner, TurnTakingRunner
@@ -378,7 +379,7 @@ class RealThreadTests(TestCase):
         accepts a TCP connection and echoes its data; then the inspection ends.
         """
         inspector = GateInspector()
-        service = build_waf(reactor, WafSettings(mode="block"), inspector=inspector)
+        service = build_waf(reactor, WafConfig(mode="block"), inspector=inspector)
         service.startService()
         self.addCleanup(service.stopService)
         self.addCleanup(inspector.gate.set)
@@ -422,7 +423,7 @@ class RealThreadTests(TestCase):
             def close(self) -> None:
                 pass
 
-        service = build_waf(reactor, WafSettings(mode="block"), inspector=Recording())
+        service = build_waf(reactor, WafConfig(mode="block"), inspector=Recording())
         service.startService()
         self.addCleanup(service.stopService)
         bad = FakeExchange(request_head("GET", "/?id=1%27%20OR%20%271%27%3D%271"))
@@ -561,7 +562,7 @@ class BuildTests(SynchronousTestCase):
         """
         A binding that releases the GIL runs in a thread pool of its own.
         """
-        service = build_waf(Clock(), WafSettings(mode="block", threads=3),
+        service = build_waf(Clock(), WafConfig(mode="block", threads=3),
                             inspector=FakeInspector(releases_gil=True))
         self.assertIsInstance(service.runner, ThreadedRunner)
         self.assertEqual(service._pool.max if service._pool else None, 3)  # noqa: SLF001
@@ -572,7 +573,7 @@ class BuildTests(SynchronousTestCase):
         stopping the service closes the engine.
         """
         inspector = FakeInspector(releases_gil=False)
-        service = build_waf(Clock(), WafSettings(mode="detect"), inspector=inspector)
+        service = build_waf(Clock(), WafConfig(mode="detect"), inspector=inspector)
         self.assertIsInstance(service.runner, TurnTakingRunner)
         service.startService()
         service.stopService()

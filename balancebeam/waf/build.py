@@ -1,26 +1,25 @@
 """
 Build the firewall the command line asks for: check, load the rules, start the threads.
 
-For the lead's C{config.py} and C{tap.py}: L{parse_mode}, L{parse_paranoia},
-L{parse_anomaly_threshold} and L{WafSettings} are the flags' parsing and
-defaults (C{--waf-body-limit} uses L{balancebeam.config.parse_size});
-L{validate} checks them without loading anything (the engine is installed,
-the rule files exist); L{build_waf} loads the rules and returns a
-L{WafService} whose C{filter} goes into the filter chain.
+The flags are parsed, and their defaults kept, in L{balancebeam.config}
+(L{WafConfig <balancebeam.config.WafConfig>}); L{validate} checks the
+environment without loading anything (the engine is installed, the rule
+files exist); L{build_waf} loads the rules and returns a L{WafService}
+whose C{filter} goes into the filter chain.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.threadpool import ThreadPool
 
+from balancebeam.config import WafConfig
 from balancebeam.waf import modsec_cffi, modsec_wheel, rules
 from balancebeam.waf.engine import IInspector, RulesError
-from balancebeam.waf.filter import MODES, WafCounters, WafFilter
+from balancebeam.waf.filter import WafCounters, WafFilter
 from balancebeam.waf.runner import IInspectionRunner, ThreadedRunner, TurnTakingRunner
 
 BINDINGS = ("auto", "cffi", "wheel")
@@ -31,69 +30,6 @@ INSTALL_HINT = (
     "pip install 'balancebeam[waf]' (for cffi); or pip install libmodsecurity "
     "(the PyPI wheel; it holds the GIL, so inspections then take turns on the reactor thread)"
 )
-
-
-@dataclass(frozen=True)
-class WafSettings:
-    """
-    The firewall's configuration.
-
-    @ivar mode: C{off}, C{detect} or C{block} (C{--waf}).
-    @ivar rules: rule files and globs in loading order (C{--waf-rules}); empty
-        for the system's Core Rule Set.
-    @ivar paranoia: the CRS paranoia level, 1 to 4 (C{--waf-paranoia}).
-    @ivar anomaly_threshold: the CRS inbound anomaly score threshold
-        (C{--waf-anomaly-threshold}).
-    @ivar body_limit: the most request body bytes inspected (C{--waf-body-limit}).
-    @ivar binding: C{auto}, C{cffi} or C{wheel} (see L{BINDINGS}).
-    @ivar threads: inspection threads, for a binding that releases the GIL.
-    @ivar max_queued: the most inspections waiting before requests are refused.
-    """
-
-    mode: str = "off"
-    rules: tuple[str, ...] = ()
-    paranoia: int = 1
-    anomaly_threshold: int = 5
-    body_limit: int = 128 * 1024
-    binding: str = "auto"
-    threads: int = 2
-    max_queued: int = 256
-
-
-def parse_mode(text: str) -> str:
-    """
-    Parse C{--waf}.
-
-    @raise ValueError: unless it is C{off}, C{detect} or C{block}.
-    """
-    mode = text.strip().lower()
-    if mode not in MODES:
-        raise ValueError(f"--waf {text!r} is not one of off, detect, block")
-    return mode
-
-
-def parse_paranoia(text: str) -> int:
-    """
-    Parse C{--waf-paranoia}.
-
-    @raise ValueError: unless it is a whole number from 1 to 4.
-    """
-    stripped = text.strip()
-    if stripped not in ("1", "2", "3", "4"):
-        raise ValueError(f"--waf-paranoia {text!r} is not a paranoia level from 1 to 4")
-    return int(stripped)
-
-
-def parse_anomaly_threshold(text: str) -> int:
-    """
-    Parse C{--waf-anomaly-threshold}.
-
-    @raise ValueError: unless it is a whole number of at least 1.
-    """
-    stripped = text.strip()
-    if not stripped.isdigit() or int(stripped) < 1:
-        raise ValueError(f"--waf-anomaly-threshold {text!r} must be a whole number of at least 1")
-    return int(stripped)
 
 
 def unavailable_reason(
@@ -126,7 +62,7 @@ def unavailable_reason(
     return f"--waf needs ModSecurity, which is not installed ({missing}): {INSTALL_HINT}"
 
 
-def rule_files(settings: WafSettings) -> list[str]:
+def rule_files(settings: WafConfig) -> list[str]:
     """
     The rule files to load: the expanded C{--waf-rules}, else the system CRS.
 
@@ -137,34 +73,13 @@ def rule_files(settings: WafSettings) -> list[str]:
     return rules.system_crs_files()
 
 
-def validate_values(settings: WafSettings) -> None:
-    """
-    Check the settings' values alone.
-
-    @raise ValueError: naming the flag, on a value out of range.
-    """
-    if settings.mode not in MODES:
-        raise ValueError(f"--waf {settings.mode!r} is not one of off, detect, block")
-    if settings.mode == "off":
-        return
-    if not 1 <= settings.paranoia <= 4:
-        raise ValueError(f"--waf-paranoia {settings.paranoia} is not from 1 to 4")
-    if settings.anomaly_threshold < 1:
-        raise ValueError(f"--waf-anomaly-threshold {settings.anomaly_threshold} is below 1")
-    if settings.threads < 1 or settings.max_queued < 1:
-        raise ValueError("the firewall needs at least one thread and one queue place")
-    if settings.binding not in BINDINGS:
-        raise ValueError(f"WAF binding {settings.binding!r} is not one of {', '.join(BINDINGS)}")
-
-
-def validate(settings: WafSettings) -> None:
+def validate(settings: WafConfig) -> None:
     """
     Check the settings without loading the engine: a usage error at startup.
 
     @raise ValueError: naming the flag, when C{--waf} is on and the engine is
         not installed, no rules are found, or a value is out of range.
     """
-    validate_values(settings)
     if settings.mode == "off":
         return
     reason = unavailable_reason(settings.binding)
@@ -173,7 +88,7 @@ def validate(settings: WafSettings) -> None:
     rule_files(settings)
 
 
-def load_inspector(settings: WafSettings) -> IInspector:
+def load_inspector(settings: WafConfig) -> IInspector:
     """
     Start the engine of C{settings.binding} and load the rules into it.
 
@@ -241,7 +156,7 @@ class WafService(Service):
 
 
 def build_waf(
-    reactor: IReactorTime, settings: WafSettings, inspector: IInspector | None = None
+    reactor: IReactorTime, settings: WafConfig, inspector: IInspector | None = None
 ) -> WafService:
     """
     Build the firewall for C{settings} (whose mode is not C{off}).
@@ -254,7 +169,6 @@ def build_waf(
     @param inspector: an engine already loaded; by default L{load_inspector}.
     @raise ValueError: as L{validate} and L{load_inspector}.
     """
-    validate_values(settings)
     if settings.mode == "off":
         raise ValueError("build_waf needs --waf detect or block")
     if inspector is None:
@@ -281,13 +195,9 @@ __all__ = [
     "WafCounters",
     "WafFilter",
     "WafService",
-    "WafSettings",
+    "WafConfig",
     "build_waf",
     "load_inspector",
-    "parse_anomaly_threshold",
-    "parse_mode",
-    "parse_paranoia",
     "unavailable_reason",
     "validate",
-    "validate_values",
 ]

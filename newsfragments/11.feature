@@ -1,0 +1,1 @@
+--waf off|detect|block runs ModSecurity v3 with the OWASP Core Rule Set as a request filter (--waf-rules, --waf-paranoia, --waf-anomaly-threshold, --waf-body-limit, --waf-threads).
