@@ -253,6 +253,11 @@ class MemoryRateLimiter:
             self._expire(index)
         return self.expirations - before
 
+    def start(self) -> None:
+        """
+        Nothing to do: there is no connection and no timer.
+        """
+
     def close(self) -> None:
         """
         Forget every counter; there are no timers to cancel.
