@@ -91,21 +91,25 @@ class IBalancingStrategy(Interface):
 class IRateLimiter(Interface):
     """
     Decides whether a client may make another request now.
+
+    Building a limiter does no I/O and schedules nothing; L{start} does,
+    from C{startService} (after twistd has daemonized and dropped
+    privileges), and L{close} undoes it.
     """
+
+    def start() -> None:
+        """
+        Open connections and start timers, if the limiter has any. Called
+        once; L{check} may be called before it.
+        """
 
     def check(key: str) -> RateLimitDecision | Deferred[RateLimitDecision]:
         """
         Count one request for C{key} and say whether it is allowed.
 
         In-memory limiters answer at once; remote ones return a L{Deferred}
-        that always fires (never errbacks) within their own timeout, applying
-        their failure policy.
-        """
-
-    def start() -> None:
-        """
-        Start working (connect, for remote limiters); called when the
-        balancer starts.
+        that always fires (never errbacks, unless cancelled) within their own
+        timeout, applying their failure policy.
         """
 
     def close() -> Deferred[None] | None:

@@ -386,6 +386,17 @@ class MemoryBoundTests(SynchronousTestCase):
         self.assertEqual(high, 1000)
         self.assertEqual(limiter.evictions, 999_000)
 
+    def test_start_does_nothing(self) -> None:
+        """
+        C{start} schedules nothing and keeps the counts taken before it.
+        """
+        limiter = MemoryRateLimiter(self.clock, 2, 60)
+        limiter.check("a")
+        limiter.start()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(limiter.check("a").remaining, 0)
+        self.assertFalse(limiter.check("a").allowed)
+
     def test_close_forgets_everything(self) -> None:
         """
         C{close} drops every entry.

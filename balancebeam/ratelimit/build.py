@@ -29,6 +29,10 @@ def build_rate_limiter(
     """
     Build the rate limiter for C{--rate-limit-backend}.
 
+    Nothing is connected or scheduled here (this runs in C{makeService},
+    before twistd daemonizes): call the limiter's C{start()} from
+    C{startService} and its C{close()} from C{stopService}.
+
     @param reactor: the clock of the memory limiter; the clock and connector
         of the Redis one.
     @param backend: C{memory} or C{redis://HOST:PORT/DB}.

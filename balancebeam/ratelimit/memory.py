@@ -255,7 +255,7 @@ class MemoryRateLimiter:
 
     def start(self) -> None:
         """
-        Interim: nothing to start.
+        Nothing to do: there is no connection and no timer.
         """
 
     def close(self) -> None:
