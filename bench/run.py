@@ -2029,7 +2029,8 @@ def render_comparisons(comparisons: Sequence[dict[str, Any]]) -> str:
         line = (f"  {c['scenario']:<9} {label:<48} {c['unit']} {fmt(c['current'], 1)} vs "
                 f"{fmt(c['value'], 1)}: ratio {fmt(c['ratio'], 3)}")
         if c.get("ratio_paired") is not None:
-            line += f" (per-round median {fmt(c['ratio_paired'], 3)}, {c['rounds']} rounds)"
+            line += (f" (per-round median {fmt(c['ratio_paired'], 3)}, "
+                     f"{c['rounds']} round(s))")
         if c.get("rps") is not None:
             line += f"; req/s {fmt(c['rps_current'], 0)} vs {fmt(c['rps'], 0)}"
         lines.append(line)
