@@ -6,6 +6,14 @@ Run from anywhere::
 
     python3 bench/run.py            # full run, under 5 minutes
     python3 bench/run.py --quick    # a few seconds per scenario, for development and CI
+    python3 bench/run.py --baseline HEAD~1 --scenarios small   # this tree against a commit
+
+With C{--baseline REV} the balancebeam of git revision C{REV} (exported with
+C{git archive}) runs as one more target, C{balancebeam@REV}, in the same
+rounds as the current tree; with C{--variant NAME:ENV=VAL,... ARGS} the
+current tree runs once more with other environment variables or arguments.
+The report ends with "current vs ..." lines: CPU microseconds per request
+of the current tree over each of them, scenario by scenario.
 
 Needs Debian's C{wrk}, C{nginx} and C{haproxy} (C{apt-get install -y wrk nginx haproxy});
 a missing nginx or haproxy is reported and its target skipped, a missing wrk is an
@@ -29,6 +37,7 @@ import ctypes
 import json
 import os
 import platform
+import re
 import resource
 import selectors
 import shlex
@@ -38,6 +47,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -123,6 +133,156 @@ done = function(summary, latency, requests)
     latency:percentile(99), latency:percentile(99.9), slow_share))
 end
 """
+
+
+@dataclass(frozen=True)
+class Variant:
+    """
+    Another configuration of the current tree measured in the same run
+    (C{--variant}).
+
+    @ivar name: its name; the target is C{balancebeam:NAME}.
+    @ivar env: environment variables set for it, on top of C{--balancer-env}.
+    @ivar twistd_args: twistd arguments added for it (a C{--reactor} here
+        replaces the one given with C{--twistd-arg}).
+    @ivar balancer_args: balancebeam arguments added for it.
+    """
+
+    name: str
+    env: dict[str, str]
+    twistd_args: list[str]
+    balancer_args: list[str]
+
+    @property
+    def key(self) -> str:
+        """
+        The target's name in the tables.
+        """
+        return f"balancebeam:{self.name}"
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+_VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+
+
+def parse_env_assignment(text: str) -> tuple[str, str]:
+    """
+    Split C{NAME=VALUE} (the value may be empty or contain C{=}).
+
+    @raise ValueError: C{NAME} is missing or not a valid variable name.
+    """
+    name, sep, value = text.partition("=")
+    if not sep or not _ENV_NAME.match(name):
+        raise ValueError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
+def parse_variant(spec: str) -> Variant:
+    """
+    Parse C{--variant NAME:WORDS}. C{WORDS} are split shell-style; the
+    leading words of the form C{ENV=VAL} (several may be joined with commas:
+    C{A=1,B=2}) are environment variables, the rest are balancebeam
+    arguments, of which a C{--reactor} goes to twistd. Examples:
+    C{plain-write:BALANCEBEAM_TWISTED_INTERNALS=off},
+    C{stock-epoll:--reactor=epoll}, C{p2c:--strategy p2c}.
+
+    @raise ValueError: the name is missing or malformed, or nothing is set.
+    """
+    name, sep, rest = spec.partition(":")
+    if not sep or not _VARIANT_NAME.match(name):
+        raise ValueError(f"expected NAME:ENV=VAL[,ENV=VAL] [ARGS], got {spec!r} "
+                         "(NAME: letters, digits, '.', '_', '-')")
+    words = shlex.split(rest)
+    env: dict[str, str] = {}
+    while words and _ASSIGNMENT.match(words[0]):
+        word = words.pop(0)
+        pieces = word.split(",")
+        if all(_ASSIGNMENT.match(piece) for piece in pieces):
+            assignments = pieces
+        else:  # a value containing a comma: A=x,y
+            assignments = [word]
+        for assignment in assignments:
+            key, value = parse_env_assignment(assignment)
+            env[key] = value
+    twistd_args, balancer_args = split_balancer_args([], [shlex.join(words)] if words else [])
+    if not env and not twistd_args and not balancer_args:
+        raise ValueError(f"variant {name!r} sets nothing: give ENV=VAL or arguments")
+    return Variant(name, env, twistd_args, balancer_args)
+
+
+def merge_twistd_args(common: Sequence[str], own: Sequence[str]) -> list[str]:
+    """
+    twistd arguments for a variant: C{common} then C{own}, except that a
+    reactor in C{own} replaces one in C{common} (twistd installs the
+    reactor as it parses the option, so it cannot be given twice).
+    """
+    def reactor_free(args: Sequence[str]) -> tuple[list[str], bool]:
+        out: list[str] = []
+        found = False
+        index = 0
+        while index < len(args):
+            word = args[index]
+            if word.startswith("--reactor="):
+                found = True
+            elif word in ("--reactor", "-r") and index + 1 < len(args):
+                found = True
+                index += 1
+            else:
+                out.append(word)
+            index += 1
+        return out, found
+
+    _, own_has_reactor = reactor_free(own)
+    if own_has_reactor:
+        common = reactor_free(common)[0]
+    return list(common) + list(own)
+
+
+def resolve_revision(rev: str) -> str | None:
+    """
+    The full commit id of git revision C{rev} in the repository holding this
+    script, or C{None} when git does not know it.
+    """
+    try:
+        result = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", "--quiet",
+                                 f"{rev}^{{commit}}"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    commit = result.stdout.strip()
+    return commit if result.returncode == 0 and commit else None
+
+
+def export_revision(commit: str, dest: Path) -> None:
+    """
+    Write the tree of C{commit} into C{dest} with C{git archive}.
+
+    @raise HarnessError: git failed.
+    """
+    dest.mkdir(parents=True)
+    archive = dest.with_suffix(".tar")
+    with open(archive, "wb") as out:
+        result = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", commit],
+                                stdout=out, stderr=subprocess.PIPE, timeout=120)
+    if result.returncode != 0:
+        raise HarnessError(f"git archive {commit} failed: "
+                           f"{result.stderr.decode(errors='replace').strip()}")
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            if member.name.startswith("/") or ".." in Path(member.name).parts:
+                raise HarnessError(f"git archive produced an unsafe path: {member.name}")
+        if hasattr(tarfile, "data_filter"):  # Python 3.12, and 3.11.4 and later
+            tar.extractall(dest, filter="data")
+        else:
+            tar.extractall(dest)
+    archive.unlink()
+
+
+def log_name_for(key: str) -> str:
+    """
+    A file-name-safe process name for a target key (C{balancebeam@HEAD~1}).
+    """
+    return re.sub(r"[^A-Za-z0-9@.,:~+_-]", "_", key)
 
 
 class HarnessError(Exception):
@@ -635,6 +795,37 @@ class Bench:
                                                                    args.balancer_arg)
         self.balancer_python = args.balancer_python or sys.executable
         self.balancer_warmup = args.balancer_warmup
+        self.balancer_env: dict[str, str] = dict(args.balancer_env)
+        self.variants: list[Variant] = list(args.variant)
+        self.baseline_rev: str | None = args.baseline
+        self.baseline_commit: str | None = args.baseline_commit
+        self.baseline_root: Path | None = None
+        self.baseline_help = ""
+        self.baseline_unavailable: str | None = None
+        self.imported_from: dict[str, str] = {}
+
+    @property
+    def baseline_key(self) -> str | None:
+        """
+        The baseline's target name (C{balancebeam@REV}), or C{None} without C{--baseline}.
+        """
+        return f"balancebeam@{self.baseline_rev}" if self.baseline_rev else None
+
+    def bb_keys(self) -> list[str]:
+        """
+        The balancebeam targets of the wrk, idle and download scenarios: the
+        current tree, its variants, the baseline.
+        """
+        keys = ["balancebeam"] + [v.key for v in self.variants]
+        if self.baseline_key:
+            keys.append(self.baseline_key)
+        return keys
+
+    def all_keys(self) -> list[str]:
+        """
+        Every target of the wrk, idle and download scenarios, in table order.
+        """
+        return ["direct", "nginx", "haproxy"] + self.bb_keys()
 
     # ----------------------------------------------------------------- starting servers
 
@@ -811,49 +1002,72 @@ backend be
         return self._start(name, "haproxy", port, argv)
 
     def balancebeam_argv(self, port: int, upstreams: Sequence[int],
-                         extra: Sequence[str] = ()) -> list[str]:
+                         extra: Sequence[str] = (),
+                         twistd_extra: Sequence[str] = ()) -> list[str]:
         """
         The balancebeam command line: twistd in the foreground, one process,
         active health checks and in-memory rate limiting on (never hit).
+        C{twistd_extra} (a variant's) is added to C{--twistd-arg}'s, its
+        reactor replacing theirs.
         """
         twistd = [self.balancer_python, "-c",
                   "import sys; sys.argv[0] = 'twistd'; "
                   "from twisted.scripts.twistd import run; run()"]
-        argv = twistd + ["-n", "--pidfile="] + self.twistd_args + [
-            "balancebeam", "--bind", f"{HOST}:{port}"]
+        argv = twistd + ["-n", "--pidfile="] + merge_twistd_args(
+            self.twistd_args, twistd_extra) + ["balancebeam", "--bind", f"{HOST}:{port}"]
         for upstream in upstreams:
             argv += ["--upstream", f"{HOST}:{upstream}"]
         argv += ["--active-health-check-interval", "10",
                  "--max-requests-per-minute", str(NEVER_HIT_LIMIT)]
         return argv + list(extra) + self.balancer_args
 
-    def balancebeam_env(self) -> dict[str, str]:
+    def balancebeam_env(self, root: Path = REPO,
+                        extra: dict[str, str] | None = None) -> dict[str, str]:
         """
-        The environment for twistd: the checkout first on C{PYTHONPATH}.
+        The environment for twistd: C{root} (the checkout, or the baseline's
+        export) first on C{PYTHONPATH}, then C{--balancer-env}, then C{extra}
+        (a variant's).
         """
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
+        env.update(self.balancer_env)
+        env.update(extra or {})
         return env
 
-    def probe_balancebeam(self) -> None:
+    def probe_balancebeam(self, root: Path = REPO) -> tuple[str, str | None]:
         """
-        Check that C{twistd balancebeam --help} works and remember the help
-        text (to find out which flags exist); record why not otherwise.
+        Check that C{twistd balancebeam --help} works when run from C{root}
+        and that C{balancebeam} is imported from C{root}.
+
+        @return: the help text (to find out which flags exist) and C{None},
+            or C{""} and why it does not work.
         """
+        env = self.balancebeam_env(root)
+        try:
+            where = subprocess.run(
+                [self.balancer_python, "-c",
+                 "import balancebeam, os; print(os.path.dirname(balancebeam.__file__))"],
+                cwd=root, env=env, capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            return "", "`import balancebeam` did not finish within 60 s"
+        package = where.stdout.strip()
+        if where.returncode != 0 or not package:
+            lines = where.stderr.strip().splitlines() or ["no output"]
+            return "", f"`import balancebeam` failed from {root}: {lines[-1]}"
+        if Path(package).resolve() != (root / "balancebeam").resolve():
+            return "", f"balancebeam is imported from {package}, not from {root}"
+        self.imported_from[str(root)] = package
         argv = self.balancebeam_argv(1, [])[:3] + ["balancebeam", "--help"]
         try:
-            result = subprocess.run(argv, cwd=REPO, env=self.balancebeam_env(),
+            result = subprocess.run(argv, cwd=root, env=env,
                                     capture_output=True, text=True, timeout=60)
         except subprocess.TimeoutExpired:
-            self.bb_unavailable = "`twistd balancebeam --help` did not finish within 60 s"
-            return
+            return "", "`twistd balancebeam --help` did not finish within 60 s"
         if result.returncode != 0 or "--upstream" not in result.stdout:
             lines = (result.stdout + result.stderr).strip().splitlines() or ["no output"]
             tail = "\n".join(lines[-8:])
-            self.bb_unavailable = (f"`twistd balancebeam --help` failed: {lines[-1].strip()}\n"
-                                   f"{tail}")
-            return
-        self.bb_help = result.stdout
+            return "", f"`twistd balancebeam --help` failed: {lines[-1].strip()}\n{tail}"
+        return result.stdout, None
 
     def bb_has(self, flag: str) -> bool:
         """
@@ -862,16 +1076,28 @@ backend be
         return flag in self.bb_help
 
     def start_balancebeam(self, name: str, upstreams: Sequence[int],
-                          extra: Sequence[str] = ()) -> Target:
+                          extra: Sequence[str] = (), variant: Variant | None = None,
+                          baseline: bool = False) -> Target:
         """
-        Start balancebeam from the checkout, pinned to the balancer core.
+        Start balancebeam pinned to the balancer core: from the checkout
+        (with a variant's environment and arguments when given), or with
+        C{baseline} from the export of C{--baseline}, with its directory as
+        working directory and first on C{PYTHONPATH}.
         """
-        if self.bb_unavailable:
+        root = REPO
+        if baseline:
+            if self.baseline_unavailable or self.baseline_root is None:
+                raise TargetFailure(self.baseline_unavailable or "the baseline was not exported")
+            root = self.baseline_root
+        elif self.bb_unavailable:
             raise TargetFailure(self.bb_unavailable)
         port = free_port(self.used_ports)
-        argv = self.balancebeam_argv(port, upstreams, extra)
-        target = self._start(name, "balancebeam", port, argv, env=self.balancebeam_env(),
-                             cwd=REPO)
+        if variant is not None:
+            extra = list(extra) + variant.balancer_args
+        argv = self.balancebeam_argv(port, upstreams, extra,
+                                     variant.twistd_args if variant else ())
+        env = self.balancebeam_env(root, variant.env if variant else None)
+        target = self._start(name, "balancebeam", port, argv, env=env, cwd=root)
         if self.balancer_warmup:
             # A JIT (PyPy) compiles the hot path under load: measure after it has.
             say(f"warming {name} up for {self.balancer_warmup}s")
@@ -885,10 +1111,11 @@ backend be
 
         @raise TargetFailure: it did not come up.
         """
-        proc = self.procs.spawn(name, argv, self._lb_core(), env=env, cwd=cwd)
-        target = Target(name, kind, port, proc, name, argv)
+        log_name = log_name_for(name)
+        proc = self.procs.spawn(log_name, argv, self._lb_core(), env=env, cwd=cwd)
+        target = Target(name, kind, port, proc, log_name, argv)
         try:
-            wait_ready(port, proc, self.procs, name)
+            wait_ready(port, proc, self.procs, log_name)
         except TargetFailure:
             self.procs.stop(proc)
             raise
@@ -933,8 +1160,26 @@ backend be
             else:
                 self.notes.append(f"haproxy not installed: haproxy target skipped ({APT_LINE})")
         if "balancebeam" in wanted:
-            self.probe_balancebeam()
+            self.bb_help, self.bb_unavailable = self.probe_balancebeam()
             self.add_target("balancebeam", lambda: self.start_balancebeam("balancebeam", ups))
+            for variant in self.variants:
+                self.add_target(variant.key, self._variant_starter(variant))
+            if self.baseline_key and self.baseline_commit:
+                self.baseline_root = self.tmp / "baseline"
+                export_revision(self.baseline_commit, self.baseline_root)
+                say(f"exported {self.baseline_rev} ({self.baseline_commit[:12]}) to "
+                    f"{self.baseline_root}")
+                self.baseline_help, self.baseline_unavailable = self.probe_balancebeam(
+                    self.baseline_root)
+                key = self.baseline_key
+                self.add_target(key, lambda: self.start_balancebeam(key, ups, baseline=True))
+
+    def _variant_starter(self, variant: Variant) -> Callable[[], Target]:
+        """
+        A starter for a variant of the current tree over the two upstreams.
+        """
+        return lambda: self.start_balancebeam(variant.key, self.upstream_ports,
+                                              variant=variant)
 
     def live(self, key: str) -> Target | None:
         """
@@ -1107,13 +1352,14 @@ backend be
     # ----------------------------------------------------------------- scenarios
 
     def scenario_wrk(self, scenario: str, path: str, headers: Sequence[str] = (),
-                     keys: Sequence[str] = ALL_TARGETS,
+                     keys: Sequence[str] | None = None,
                      rows: dict[str, str] | None = None, rounds: int | None = None) -> None:
         """
-        Alternating wrk rounds over C{keys}; C{rows} renames targets in the table.
+        Alternating wrk rounds over C{keys} (default: every target, with the
+        variants and the baseline); C{rows} renames targets in the table.
         """
         rows = rows or {}
-        present = [k for k in keys if k in self.targets]
+        present = [k for k in (self.all_keys() if keys is None else keys) if k in self.targets]
         for round_no in range(1, (rounds or self.settings.rounds) + 1):
             for key in self.rotation(present, round_no):
                 row = rows.get(key, key)
@@ -1132,7 +1378,7 @@ backend be
         resident set growth per connection; a small wrk load runs meanwhile.
         Quick mode leaves out C{direct}.
         """
-        present = [k for k in ALL_TARGETS if k in self.targets
+        present = [k for k in self.all_keys() if k in self.targets
                    and not (self.quick and k == "direct")]
         for round_no in range(1, self.settings.rounds + 1):
             for key in self.rotation(present, round_no):
@@ -1240,7 +1486,7 @@ backend be
         """
         Stream the big file through each target, timing it and sampling RSS.
         """
-        present = [k for k in ALL_TARGETS if k in self.targets]
+        present = [k for k in self.all_keys() if k in self.targets]
         for round_no in range(1, self.settings.rounds + 1):
             for key in self.rotation(present, round_no):
                 for _ in range(self.settings.downloads_per_round):
@@ -1499,7 +1745,8 @@ backend be
             elif scenario == "close":
                 self.scenario_wrk("close", "/", ("Connection: close",))
             elif scenario == "ratelimit":
-                self.scenario_wrk("ratelimit", "/", (), ("nginx-rl", "haproxy-rl", "balancebeam"),
+                self.scenario_wrk("ratelimit", "/", (),
+                                  ["nginx-rl", "haproxy-rl"] + self.bb_keys(),
                                   {"nginx-rl": "nginx", "haproxy-rl": "haproxy"})
             elif scenario == "idle":
                 self.scenario_idle()
@@ -1722,6 +1969,76 @@ def add_ratios(summary: dict[str, dict[str, dict[str, Any]]],
                 agg["mib_s_x_nginx"] = ratio(agg["mib_s"], ref["mib_s"])
 
 
+def compare_to_current(summary: dict[str, dict[str, dict[str, Any]]],
+                       measurements: Sequence[dict[str, Any]],
+                       others: Sequence[tuple[str, str]],
+                       current: str = "balancebeam") -> list[dict[str, Any]]:
+    """
+    The current tree against each of C{others} (C{(kind, row)}: the baseline
+    or a variant), for every scenario where both have figures: CPU us per
+    request (total CPU over total requests, as in the tables) and its ratio
+    current / other, the median of the per-round ratios (the two ran
+    seconds apart in each round), and req/s; for the download, CPU us per MiB.
+    """
+    by_round: dict[tuple[str, str, int], dict[str, Any]] = {
+        (m["scenario"], m["target"], m["round"]): m for m in measurements
+        if "failed" not in m and m.get("cpu_us_per_req")}
+    out: list[dict[str, Any]] = []
+    for scenario in ALL_SCENARIOS:
+        rows = summary.get(scenario, {})
+        mine = rows.get(current)
+        if not mine:
+            continue
+        for kind, row in others:
+            theirs = rows.get(row)
+            if not theirs:
+                continue
+            entry: dict[str, Any] = {"scenario": scenario, "kind": kind, "other": row}
+            if mine.get("cpu_us_per_req") and theirs.get("cpu_us_per_req"):
+                paired = [by_round[(scenario, current, r)]["cpu_us_per_req"] / m["cpu_us_per_req"]
+                          for (sc, t, r), m in by_round.items()
+                          if sc == scenario and t == row and (scenario, current, r) in by_round]
+                entry.update({
+                    "unit": "CPU us/req",
+                    "current": mine["cpu_us_per_req"], "value": theirs["cpu_us_per_req"],
+                    "ratio": mine["cpu_us_per_req"] / theirs["cpu_us_per_req"],
+                    "ratio_paired": median(paired), "rounds": len(paired),
+                    "rps_current": mine.get("rps"), "rps": theirs.get("rps"),
+                })
+            elif mine.get("cpu_us_per_mib") and theirs.get("cpu_us_per_mib"):
+                entry.update({
+                    "unit": "CPU us/MiB",
+                    "current": mine["cpu_us_per_mib"], "value": theirs["cpu_us_per_mib"],
+                    "ratio": mine["cpu_us_per_mib"] / theirs["cpu_us_per_mib"],
+                    "ratio_paired": None, "rounds": mine.get("rounds"),
+                })
+            else:
+                continue
+            out.append(entry)
+    return out
+
+
+def render_comparisons(comparisons: Sequence[dict[str, Any]]) -> str:
+    """
+    One "current vs ..." line per scenario and baseline or variant.
+    """
+    lines = ["", "== current tree vs baseline and variants (ratio = current / other: "
+                 "below 1.00 the current tree spends less CPU)"]
+    for c in comparisons:
+        label = f"current vs {c['kind']} ({c['other']})"
+        line = (f"  {c['scenario']:<9} {label:<48} {c['unit']} {fmt(c['current'], 1)} vs "
+                f"{fmt(c['value'], 1)}: ratio {fmt(c['ratio'], 3)}")
+        if c.get("ratio_paired") is not None:
+            line += (f" (per-round median {fmt(c['ratio_paired'], 3)}, "
+                     f"{c['rounds']} round(s))")
+        if c.get("rps") is not None:
+            line += f"; req/s {fmt(c['rps_current'], 0)} vs {fmt(c['rps'], 0)}"
+        lines.append(line)
+    if len(lines) == 2:
+        lines.append("  (no scenario has figures for both)")
+    return "\n".join(lines)
+
+
 def render_tables(summary: dict[str, dict[str, dict[str, Any]]], rounds: int,
                   duration: int) -> str:
     """
@@ -1916,6 +2233,11 @@ def environment(bench: Bench) -> dict[str, Any]:
         "haproxy": version([t["haproxy"], "-v"]) if t["haproxy"] else None,
         "upstreams": bench.upstream_kind,
         "git": version(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
+        "git_dirty": bool(version(["git", "-C", str(REPO), "status", "--porcelain",
+                                   "--untracked-files=no"])),
+        "baseline": ({"rev": bench.baseline_rev, "commit": bench.baseline_commit}
+                     if bench.baseline_rev else None),
+        "balancebeam_imported_from": bench.imported_from,
     }
 
 
@@ -1961,6 +2283,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--twistd-arg", action="append", default=[], metavar="ARGS",
                    help="extra twistd arguments before 'balancebeam', "
                         "e.g. --twistd-arg='--reactor epoll'")
+    p.add_argument("--balancer-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="an environment variable for every balancebeam process (current tree, "
+                        "variants, baseline); repeatable, e.g. "
+                        "--balancer-env BALANCEBEAM_TWISTED_INTERNALS=off")
+    p.add_argument("--variant", action="append", default=[],
+                   metavar="NAME:ENV=VAL[,ENV=VAL] [ARGS]",
+                   help="also run the current tree as target 'balancebeam:NAME' with these "
+                        "environment variables and/or balancebeam arguments (a --reactor among "
+                        "them goes to twistd and replaces --twistd-arg's), in the same rounds; "
+                        "repeatable, e.g. --variant 'plain:BALANCEBEAM_TWISTED_INTERNALS=off' "
+                        "--variant 'stock:--reactor=epoll'")
+    p.add_argument("--baseline", metavar="REV",
+                   help="also run the balancebeam of git revision REV (e.g. HEAD~1), exported "
+                        "with git archive, as target 'balancebeam@REV' in the same rounds, and "
+                        "report CPU us/request of the current tree against it")
     p.add_argument("--pool-off-args", metavar="ARGS",
                    help="balancebeam arguments that turn its upstream pool off (default: "
                         "guessed from --help, --pool-max-idle-per-upstream 0)")
@@ -2003,6 +2340,34 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name} must be at least 1")
+    env: list[tuple[str, str]] = []
+    for text in args.balancer_env:
+        try:
+            env.append(parse_env_assignment(text))
+        except ValueError as exc:
+            p.error(f"--balancer-env: {exc}")
+    args.balancer_env = env
+    variants: list[Variant] = []
+    for spec in args.variant:
+        try:
+            variant = parse_variant(spec)
+        except ValueError as exc:
+            p.error(f"--variant: {exc}")
+        if any(v.name == variant.name for v in variants):
+            p.error(f"--variant: the name {variant.name!r} is given twice")
+        variants.append(variant)
+    args.variant = variants
+    args.baseline_commit = None
+    if (variants or args.baseline) and "balancebeam" not in args.targets:
+        p.error("--variant and --baseline compare with the balancebeam target: "
+                "keep it in --targets")
+    if args.baseline is not None:
+        if not args.baseline or any(c.isspace() for c in args.baseline):
+            p.error(f"--baseline: {args.baseline!r} is not a git revision")
+        args.baseline_commit = resolve_revision(args.baseline)
+        if args.baseline_commit is None:
+            p.error(f"--baseline: git does not know the revision {args.baseline!r} "
+                    f"in {REPO}")
     return args
 
 
@@ -2079,6 +2444,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = aggregate(bench.measurements)
     add_ratios(summary, bench.measurements)
     checks = check_targets(summary)
+    others = [(f"variant {v.name}", v.key) for v in bench.variants]
+    if bench.baseline_key:
+        others.append(("baseline", bench.baseline_key))
+    comparisons = compare_to_current(summary, bench.measurements, others)
     s = bench.settings
     report = render_tables(summary, s.rounds, s.duration)
     print(f"balancebeam benchmark ({'quick' if args.quick else 'full'}), "
@@ -2089,7 +2458,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"balancebeam extra args: twistd {bench.twistd_args} balancer {bench.balancer_args}")
     print(f"balancebeam runs on: {bench.balancer_python} "
           f"(warm-up {bench.balancer_warmup}s after each start)")
+    if bench.balancer_env:
+        assignments = [f"{k}={v}" for k, v in bench.balancer_env.items()]
+        print(f"balancebeam environment: {shlex.join(assignments)}")
+    for variant in bench.variants:
+        print(f"variant {variant.key}: environment "
+              f"{shlex.join(f'{k}={v}' for k, v in variant.env.items()) or '-'}, twistd "
+              f"{shlex.join(variant.twistd_args) or '-'}, balancebeam "
+              f"{shlex.join(variant.balancer_args) or '-'}")
+    if bench.baseline_key:
+        print(f"baseline {bench.baseline_key}: commit {bench.baseline_commit}, exported with "
+              "git archive, run from its export (cwd and first on PYTHONPATH)")
     print(report)
+    if others:
+        print(render_comparisons(comparisons))
     warnings = saturation_warnings(summary)
     if "balancebeam" in summary.get("small", {}) or "balancebeam" in summary.get("idle", {}):
         print(render_checks(checks))
@@ -2112,6 +2494,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "settings": s.__dict__, "environment": environment(bench),
         "commands": {k: t.command for k, t in bench.targets.items()},
         "summary": summary, "checks": checks, "warnings": warnings,
+        "comparisons": comparisons,
+        "variants": [v.__dict__ for v in bench.variants],
         "measurements": bench.measurements,
         "notes": bench.notes, "harness_error": harness_error, "elapsed_s": round(elapsed, 1),
         "scenario_seconds": bench.timings, "profile": bench.profile,

@@ -17,8 +17,13 @@ balancebeam = ServiceMaker(
 )
 
 
+#: C{twistd --reactor=balancebeam-epoll}: L{balancebeam.twisted_internals.install}
+#: installs the lean epoll reactor on the Twisted versions it was checked
+#: against, Twisted's stock epoll reactor otherwise (saying so in the log).
 balancebeam_epoll = Reactor(
     "balancebeam-epoll",
     "balancebeam.twisted_internals",
-    "epoll without the legacy per-event log context: less CPU per request",
+    "epoll without the legacy per-event log context: less CPU per request "
+    "(Twisted's stock epoll on unchecked Twisted versions or with "
+    "BALANCEBEAM_TWISTED_INTERNALS=off)",
 )
