@@ -1,0 +1,18 @@
+"""
+The in-memory HTTP response cache (RFC 9111, RFC 5861, RFC 9211): a request
+filter (L{CacheFilter}) with a response observer, on the request-filter seam.
+
+Modules: C{directives} (list and Cache-Control parsing), C{freshness}
+(storability, age, freshness), C{keys} (primary and Vary keys), C{store}
+(LRU store with byte accounting, counters), C{coalescing} (request
+collapsing), C{ranges}, C{validation} (conditionals, 304 updates),
+C{interfaces} (L{IBackgroundFetch}) and C{filter}. See C{doc/cache.md}.
+"""
+
+from __future__ import annotations
+
+from balancebeam.cache.filter import CacheFilter
+from balancebeam.cache.interfaces import IBackgroundFetch
+from balancebeam.cache.store import CacheCounters
+
+__all__ = ["CacheCounters", "CacheFilter", "IBackgroundFetch"]
