@@ -180,6 +180,11 @@ OPTIONS: Mapping[str, Option] = MappingProxyType({option.name: option for option
     Option("pool-warm", VALUE, count_parser(0), "0", "pool_warm"),
     Option("pool-max-connections-per-upstream", VALUE, count_parser(0), "0",
            "pool_max_connections_per_upstream"),
+    # Response cache.
+    Option("cache-size", VALUE, parse_size, "0", "cache.size"),
+    Option("cache-max-object-size", VALUE, parse_positive_size, "1m", "cache.max_object_size"),
+    Option("cache-lock-timeout", VALUE, parse_non_negative, "5", "cache.lock_timeout"),
+    Option("cache-store-set-cookie", FLAG, field="cache.store_set_cookie"),
     # Web application firewall.
     Option("waf", VALUE, parse_waf_mode, "off", "waf.mode"),
     Option("waf-rules", LIST, parse_rule_pattern, field="waf.rules"),
@@ -251,6 +256,26 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class CacheConfig:
+    """
+    The response cache (L{balancebeam.cache}).
+
+    @ivar size: the bytes the cache may hold (heads, bodies and a fixed
+        overhead per entry); 0 turns it off.
+    @ivar max_object_size: the largest body stored.
+    @ivar lock_timeout: how long a request waits for another request's miss
+        on the same key before it goes upstream itself.
+    @ivar store_set_cookie: store responses carrying C{Set-Cookie} (without
+        that field); by default they are not stored.
+    """
+
+    size: int = _default("cache-size")
+    max_object_size: int = _default("cache-max-object-size")
+    lock_timeout: float = _default("cache-lock-timeout")
+    store_set_cookie: bool = False
+
+
+@dataclass(frozen=True)
 class WafConfig:
     """
     The web application firewall (L{balancebeam.waf}).
@@ -291,6 +316,7 @@ class BalancerConfig:
     listen: tuple[str, ...] = (bind_to_endpoint(DEFAULT_BIND),)
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     waf: WafConfig = field(default_factory=WafConfig)
     strategy: str = _default("strategy")
     active_health_check_interval: float = _default("active-health-check-interval")
@@ -409,7 +435,9 @@ def build_config(values: Mapping[str, object]) -> BalancerConfig:
         else:
             parsed[option.name] = _default(option.name)
 
-    records: dict[str, dict[str, Any]] = {"": {}, "timeouts": {}, "limits": {}, "waf": {}}
+    records: dict[str, dict[str, Any]] = {
+        record: {} for record in ("", "timeouts", "limits", "cache", "waf")
+    }
     for option in OPTIONS.values():
         if option.field is not None:
             record, _, name = option.field.rpartition(".")
@@ -428,6 +456,7 @@ def build_config(values: Mapping[str, object]) -> BalancerConfig:
         listen=_listen(raw, parsed),
         timeouts=Timeouts(**records["timeouts"]),
         limits=Limits(**records["limits"]),
+        cache=CacheConfig(**records["cache"]),
         waf=waf,
         health_check_timeout=health_check_timeout,
         **records[""],

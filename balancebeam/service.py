@@ -57,6 +57,8 @@ from balancebeam.stats import Stats
 from balancebeam.strategies import build_strategy
 
 if TYPE_CHECKING:
+    from balancebeam.cache import CacheFilter
+    from balancebeam.relay.settings import RelaySettings
     from balancebeam.waf.build import WafService
 
 
@@ -181,7 +183,9 @@ class BalancerService(_SequentialMultiService):
     @ivar dispatcher: chooses upstreams and applies passive health.
     @ivar rate_limiter: the rate limiter, or C{None} when off.
     @ivar waf: the web application firewall, or C{None} when off.
-    @ivar filters: the request filters, in order: the rate limiter, the firewall.
+    @ivar cache: the response cache, or C{None} when off.
+    @ivar filters: the request filters, in order: the rate limiter, the
+        firewall, the cache.
     @ivar factory: the client-side protocol factory of every listener.
     @ivar health: the active health checker, or C{None} when off.
     @ivar ports: the listening ports, once listening.
@@ -248,6 +252,10 @@ class BalancerService(_SequentialMultiService):
         if config.waf.mode != "off":
             self.waf = _build_waf(reactor, config)
             filters.append(self.waf.filter)
+        self.cache: CacheFilter | None = None
+        if config.cache.size > 0:
+            self.cache = _build_cache(reactor, config, lambda: self.factory.settings)
+            filters.append(self.cache)
         self.filters = tuple(filters)
         self.factory = RelayFactory(
             reactor,
@@ -374,6 +382,9 @@ class BalancerService(_SequentialMultiService):
         if self.waf is not None:
             for name, count in self.waf.counters.snapshot().items():
                 values[f"waf_{name}"] = count
+        if self.cache is not None:
+            for name, count in self.cache.counters.snapshot().items():
+                values[f"cache_{name}"] = count
         values["upstreams_up"] = [u.name for u in self.registry.upstreams if u.alive]
         values["upstreams_down"] = [u.name for u in self.registry.upstreams if not u.alive]
         return values
@@ -389,6 +400,26 @@ class BalancerService(_SequentialMultiService):
 
     def _report(self, _: object) -> None:
         self.log.info("stopped; counters: {counters}", counters=self.snapshot())
+
+
+def _build_cache(
+    reactor: Any, config: BalancerConfig, settings: Callable[[], RelaySettings]
+) -> CacheFilter:
+    """
+    The response cache, revalidating in the background on the relay's
+    current settings.
+    """
+    from balancebeam.cache import CacheFilter
+    from balancebeam.relay.background import BackgroundFetcher
+
+    return CacheFilter(
+        reactor,
+        config.cache.size,
+        config.cache.max_object_size,
+        config.cache.lock_timeout,
+        background=BackgroundFetcher(settings),
+        store_set_cookie=config.cache.store_set_cookie,
+    )
 
 
 def _build_waf(reactor: Any, config: BalancerConfig) -> WafService:

@@ -72,6 +72,12 @@ class Options(usage.Options):
             "to responses while rate limiting is on.",
         ],
         [
+            "cache-store-set-cookie",
+            None,
+            "Store responses that carry Set-Cookie in the cache (without that field); "
+            "by default they are not stored.",
+        ],
+        [
             "access-log",
             None,
             "Log one info line per request (client, method, path, upstream, status, latency).",
@@ -224,6 +230,17 @@ class Options(usage.Options):
             "max-body-size",
             "Largest request body in bytes (k, m and g suffixes allowed, e.g. 10m); "
             "larger bodies get 413. 0 = unlimited. [default: unlimited]",
+        ),
+        _parameter(
+            "cache-size",
+            "Bytes the in-memory response cache may hold (RFC 9111; k, m and g "
+            "suffixes allowed, e.g. 64m); 0 turns it off. See doc/cache.md.",
+        ),
+        _parameter("cache-max-object-size", "Largest response body the cache stores."),
+        _parameter(
+            "cache-lock-timeout",
+            "Seconds a request waits for another request's miss on the same URL "
+            "before it goes upstream itself.",
         ),
         _parameter(
             "waf",

@@ -21,6 +21,7 @@ from balancebeam.config import (
     OPTIONS,
     VALUE,
     BalancerConfig,
+    CacheConfig,
     ConfigError,
     Limits,
     Timeouts,
@@ -193,6 +194,12 @@ GOOD_VALUES: list[tuple[str, Mapping[str, object], Callable[[BalancerConfig], ob
         16,
     ),
     ("access-log", {"access-log": True}, lambda c: c.access_log, True),
+    ("cache-size", {"cache-size": "64M"}, lambda c: c.cache.size, 64 * 1024 * 1024),
+    ("cache-max-object-size", {"cache-max-object-size": "2m"},
+     lambda c: c.cache.max_object_size, 2 * 1024 * 1024),
+    ("cache-lock-timeout", {"cache-lock-timeout": "0.5"}, lambda c: c.cache.lock_timeout, 0.5),
+    ("cache-store-set-cookie", {"cache-store-set-cookie": True},
+     lambda c: c.cache.store_set_cookie, True),
     ("waf", {"waf": "Off"}, lambda c: c.waf.mode, "off"),
     ("waf-rules", {"waf-rules": ["a.conf", "rules/*.conf"]}, lambda c: c.waf.rules,
      ("a.conf", "rules/*.conf")),
@@ -443,6 +450,11 @@ BAD_VALUES: list[tuple[str, Mapping[str, object], str]] = [
         {"pool-max-connections-per-upstream": "1.5"},
         "--pool-max-connections-per-upstream '1.5' must be a whole number",
     ),
+    ("cache-size", {"cache-size": "big"}, "--cache-size 'big' is not a size"),
+    ("cache-max-object-size", {"cache-max-object-size": "0"},
+     "--cache-max-object-size '0' must be at least 1 byte"),
+    ("cache-lock-timeout", {"cache-lock-timeout": "-1"},
+     "--cache-lock-timeout '-1' must be a finite number"),
     ("waf", {"waf": "on"}, "--waf 'on' must be one of off, detect, block"),
     ("waf-rules", {"waf-rules": [" "]}, "--waf-rules ' ' is empty"),
     ("waf-paranoia", {"waf-paranoia": "5"}, "--waf-paranoia '5' must be a paranoia level"),
@@ -458,6 +470,8 @@ BAD_FLAGS: list[tuple[str, Mapping[str, object], str]] = [
     ("demo", {"demo": "yes"}, "--demo 'yes' must be true or false"),
     ("rate-limit-headers", {"rate-limit-headers": 1}, "--rate-limit-headers 1 must be true"),
     ("access-log", {"access-log": None}, "--access-log must be true or false"),
+    ("cache-store-set-cookie", {"cache-store-set-cookie": "no"},
+     "--cache-store-set-cookie 'no' must be true or false"),
 ]
 
 
@@ -501,6 +515,7 @@ class OptionTableTests(SynchronousTestCase):
             "timeouts": {f.name for f in dataclasses.fields(Timeouts)},
             "limits": {f.name for f in dataclasses.fields(Limits)},
             "waf": {f.name for f in dataclasses.fields(WafConfig)},
+            "cache": {f.name for f in dataclasses.fields(CacheConfig)},
         }
         seen = []
         for option in OPTIONS.values():

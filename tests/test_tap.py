@@ -111,6 +111,10 @@ class DefaultsTests(SynchronousTestCase):
             sorted(
                 [
                     "access-log",
+                    "cache-lock-timeout",
+                    "cache-max-object-size",
+                    "cache-size",
+                    "cache-store-set-cookie",
                     "waf",
                     "waf-anomaly-threshold",
                     "waf-body-limit",

@@ -454,8 +454,8 @@ class Exchange(ExchangeCore):
         observers = self._observers
         if (
             observers is not None
-            and self.connection is not None
-            and (state == _RECEIVING or state == _RECEIVE_BLOCKED)
+            and self.request_done
+            and _CONNECTING <= state <= _RECEIVE_BLOCKED
             and any([observer.continue_without_client() for observer in observers])
         ):
             self._detach()
@@ -529,12 +529,14 @@ class Exchange(ExchangeCore):
 
     def _detach(self) -> None:
         """
-        Go on reading the response for the observers, without a client.
+        Go on with the request for the observers, without a client: still
+        connecting, waiting for the head, or reading the body.
         """
         detached = DetachedClient(self.relay.detached, self.client.client_ip, self.client.scheme)
         detached.adopt(self)
         self.client = detached
+        self.keep_alive = False
         connection = self.connection
         if connection is not None:
             connection.stream.resumeProducing()
-        self._enter(_RECEIVING)
+        self._enter(_RECEIVING if self.state == _RECEIVE_BLOCKED else self.state)

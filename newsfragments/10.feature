@@ -1,0 +1,1 @@
+--cache-size turns on an in-memory HTTP response cache following RFC 9111: Vary variants, revalidation, request coalescing, stale-while-revalidate and stale-if-error, ranges, and a Cache-Status header.
