@@ -51,6 +51,7 @@ class UpstreamRegistry:
     reads L{live}. Pure state: no timers, no policy.
 
     @ivar upstreams: every configured upstream, in configuration order.
+    @ivar live_upstreams: what L{live} returns (read directly on the hot path).
     """
 
     log = Logger()
@@ -61,7 +62,7 @@ class UpstreamRegistry:
         self.upstreams: tuple[UpstreamState, ...] = tuple(UpstreamState(s) for s in specs)
         self._by_name = {u.name: u for u in self.upstreams}
         self._clock = clock
-        self._live: list[UpstreamState] = list(self.upstreams)
+        self.live_upstreams: list[UpstreamState] = list(self.upstreams)
         self._observers: list[StateObserver] = []
 
     def add_observer(self, observer: StateObserver) -> None:
@@ -82,7 +83,7 @@ class UpstreamRegistry:
         Empty when all are down. The same list object is returned until a
         state changes (strategies rely on it; see L{balancebeam.strategies}).
         """
-        return self._live
+        return self.live_upstreams
 
     def mark_down(self, upstream: UpstreamState, reason: str) -> None:
         """
@@ -111,6 +112,6 @@ class UpstreamRegistry:
         self._changed(upstream)
 
     def _changed(self, upstream: UpstreamState) -> None:
-        self._live = [u for u in self.upstreams if u.alive]
+        self.live_upstreams = [u for u in self.upstreams if u.alive]
         for observer in self._observers:
             observer(upstream)

@@ -91,7 +91,7 @@ class Exchange(ExchangeCore):
         ):
             raise HTTPError(413, f"request body larger than {max_body} bytes")
         filters = self.relay.filters
-        if filters:
+        if filters is not None:
             filters.run(self)
         else:
             self.filters_passed()

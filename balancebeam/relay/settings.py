@@ -34,7 +34,7 @@ class RelaySettings:
     @ivar deadlines: seconds allowed in each exchange state (see
         L{balancebeam.relay.states.deadline_table}).
     @ivar limits: size limits on what clients send.
-    @ivar filters: the request filters, in order.
+    @ivar filters: the request filters, in order, or C{None} when there are none.
     @ivar access_log: whether to log one line per request.
     @ivar detached: stand-ins for clients gone while an observer still
         wants their response; their deadlines are enforced like the
@@ -70,6 +70,6 @@ class RelaySettings:
         self.timeouts = timeouts
         self.deadlines = deadline_table(timeouts)
         self.limits = limits
-        self.filters = FilterChain(filters, stats)
+        self.filters = FilterChain(filters, stats) if filters else None
         self.access_log = access_log
         self.detached = detached
