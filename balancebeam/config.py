@@ -35,7 +35,10 @@ from balancebeam.config_values import (
     choice_parser,
     count_parser,
     default_health_check_timeout,
+    is_loopback_host,
+    parse_file_path,
     parse_health_check_path,
+    parse_host_port,
     parse_max_body_size,
     parse_non_negative,
     parse_positive,
@@ -178,6 +181,9 @@ OPTIONS: Mapping[str, Option] = MappingProxyType({option.name: option for option
            "pool_max_connections_per_upstream"),
     # Logging.
     Option("access-log", FLAG, field="access_log"),
+    # Operations: the admin listener (see doc/operations.md).
+    Option("admin-bind", VALUE, bind_to_endpoint, None, "admin_bind"),
+    Option("admin-token-file", VALUE, parse_file_path, None, "admin_token_file"),
 ]})
 # fmt: on
 """
@@ -281,6 +287,12 @@ class BalancerConfig:
     access_log: bool = False
     shutdown_timeout: float = _default("shutdown-timeout")
     max_client_connections: int = _default("max-client-connections")
+    #: The admin listener's endpoint (from C{--admin-bind HOST:PORT}), or
+    #: C{None} for none (see L{balancebeam.admin}).
+    admin_bind: str | None = None
+    #: The file holding the admin's bearer token, or C{None} for no token
+    #: (then C{admin_bind} is a loopback address).
+    admin_token_file: str | None = None
     #: Seed for the strategies' random source; C{None} (the default) seeds
     #: from the operating system. Tests fix it to make choices reproducible.
     random_seed: int | None = None
@@ -383,6 +395,7 @@ def build_config(values: Mapping[str, object]) -> BalancerConfig:
     else:
         health_check_timeout = parsed["health-check-timeout"]
     _check_pool(raw, parsed)
+    _check_admin(raw)
     return BalancerConfig(
         upstreams=_upstreams(raw, parsed),
         listen=_listen(raw, parsed),
@@ -458,3 +471,27 @@ def _check_pool(raw: Mapping[str, Any], parsed: Mapping[str, Any]) -> None:
             continue
         if warm > cap:
             raise ConfigError("pool-warm", f"cannot exceed --{cap_name} ({cap})", text)
+
+
+def _check_admin(raw: Mapping[str, Any]) -> None:
+    """
+    Check that an admin listener reachable from other machines has a token.
+
+    @raise ConfigError: when C{admin-bind} is not a loopback address and no
+        C{admin-token-file} is given, or a token file is given without it.
+    """
+    bind = raw["admin-bind"]
+    if bind is None:
+        if raw["admin-token-file"] is not None:
+            raise ConfigError(
+                "admin-token-file", "is given without --admin-bind", raw["admin-token-file"]
+            )
+        return
+    host, _ = parse_host_port(bind)
+    if not is_loopback_host(host) and raw["admin-token-file"] is None:
+        raise ConfigError(
+            "admin-bind",
+            "is not a loopback address: give --admin-token-file too (the bearer "
+            "token clients must send)",
+            bind,
+        )

@@ -192,6 +192,18 @@ GOOD_VALUES: list[tuple[str, Mapping[str, object], Callable[[BalancerConfig], ob
         16,
     ),
     ("access-log", {"access-log": True}, lambda c: c.access_log, True),
+    (
+        "admin-bind",
+        {"admin-bind": "127.0.0.1:9100"},
+        lambda c: c.admin_bind,
+        "tcp:9100:interface=127.0.0.1",
+    ),
+    (
+        "admin-token-file",
+        {"admin-bind": "0.0.0.0:9100", "admin-token-file": "/etc/bb/token"},
+        lambda c: (c.admin_bind, c.admin_token_file),
+        ("tcp:9100:interface=0.0.0.0", "/etc/bb/token"),
+    ),
 ]
 
 #: For every option taking a value: bad values and the start of the error message.
@@ -433,6 +445,27 @@ BAD_VALUES: list[tuple[str, Mapping[str, object], str]] = [
         "pool-max-connections-per-upstream",
         {"pool-max-connections-per-upstream": "1.5"},
         "--pool-max-connections-per-upstream '1.5' must be a whole number",
+    ),
+    ("admin-bind", {"admin-bind": "9100"}, "--admin-bind '9100' is not of the form HOST:PORT"),
+    (
+        "admin-bind",
+        {"admin-bind": "0.0.0.0:9100"},
+        "--admin-bind '0.0.0.0:9100' is not a loopback address: give --admin-token-file",
+    ),
+    (
+        "admin-bind",
+        {"admin-bind": "admin.example:9100"},
+        "--admin-bind 'admin.example:9100' is not a loopback address",
+    ),
+    (
+        "admin-token-file",
+        {"admin-bind": "[::1]:9100", "admin-token-file": " "},
+        "--admin-token-file ' ' is empty",
+    ),
+    (
+        "admin-token-file",
+        {"admin-token-file": "/etc/bb/token"},
+        "--admin-token-file '/etc/bb/token' is given without --admin-bind",
     ),
 ]
 

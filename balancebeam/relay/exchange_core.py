@@ -322,7 +322,10 @@ class ExchangeCore:
         response = self.response
         if not logged and response is not None and response.status != 101:
             self._log(response.status)
-        self.relay.dispatcher.release(self)
+        relay = self.relay
+        if response is None or response.status != 101:
+            relay.stats.count_duration(relay.clock.seconds() - self.started)
+        relay.dispatcher.release(self)
         self.state = _DONE
         self.client.exchange_done(self, self.keep_alive)
 
