@@ -250,7 +250,7 @@ class BalancerCollector(Collector):
             requests.add_metric(name, upstream.requests)
             for index, code in enumerate(CLASSES):
                 responses.add_metric([upstream.name, code], upstream.responses[index + 1])
-            responses.add_metric([upstream.name, "other"], upstream.responses[0])
+            responses.add_metric([upstream.name, "other"], sum(upstream.responses[6:]))
             for attribute, family in counters.items():
                 family.add_metric(name, getattr(upstream, attribute))
         yield from (up, serving, admin, weight, in_flight, idle, open_, since, requests, responses)

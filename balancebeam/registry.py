@@ -47,7 +47,7 @@ class UpstreamState:
         (or of its creation).
     @ivar requests: requests assigned to it (retries included).
     @ivar responses: response heads received from it, by status class
-        (index 2 counts 2xx; index 0 anything outside 100-599).
+        (index 2 counts 2xx; indexes 6 to 9 the statuses beyond 599).
     @ivar connect_failures: failed connects for requests.
     @ivar response_errors: connections that failed before the response was complete.
     @ivar timeouts: requests it did not answer in time (504).
@@ -91,7 +91,7 @@ class UpstreamState:
         self.admin_state = ENABLED
         self.state_since = since
         self.requests = 0
-        self.responses = [0, 0, 0, 0, 0, 0]
+        self.responses = [0] * 10
         self.connect_failures = 0
         self.response_errors = 0
         self.timeouts = 0

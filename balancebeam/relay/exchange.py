@@ -262,8 +262,8 @@ class Exchange(ExchangeCore):
         self.relay.stats.count_status(response.status)
         upstream = self.upstream
         if upstream is not None:
-            status = response.status
-            upstream.responses[status // 100 if 100 <= status < 600 else 0] += 1
+            # A parsed status has three digits, the first not 0.
+            upstream.responses[response.status // 100] += 1
         keep_alive = self.keep_alive and self.request_done
         chunked = False
         kind = response.body_kind
