@@ -37,7 +37,7 @@ table { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nu
 th, td { padding: 5px 8px; border-bottom: 1px solid #e3e8ed; text-align: right;
          white-space: nowrap; }
 th { background: #e9eef3; font-size: 12px; color: #3b4b5b; }
-th:first-child, td:first-child, td.text { text-align: left; }
+th:first-child, td:first-child, td.text, th.text { text-align: left; }
 tr.up td.state { background: #d8f3dc; }
 tr.down td.state { background: #f8d7da; }
 tr.draining td.state, tr.removed td.state { background: #fff1c2; }
@@ -63,7 +63,8 @@ footer { padding: 8px 14px; color: #6b7b8b; font-size: 12px; }
 <main>
 <div class="cards" id="summary"></div>
 <div class="wrap"><table class="upstreams" id="upstreams">
-<thead><tr><th>Upstream</th><th>State</th><th>Since</th><th>Last probe</th><th>Weight</th>
+<thead><tr><th>Upstream</th><th class="text">State</th><th>Since</th>
+<th class="text">Last probe</th><th>Weight</th>
 <th>In flight</th><th>Pool idle/open</th><th>Requests</th><th>1xx</th><th>2xx</th><th>3xx</th>
 <th>4xx</th><th>5xx</th><th>Failures</th></tr></thead>
 <tbody></tbody></table></div>
