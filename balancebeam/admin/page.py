@@ -123,7 +123,7 @@ function render(d) {
   });
   card(summary, "rate limited", String(d.rate_limited), "rate_limited");
   card(summary, "retries", String(d.retries), "retries");
-  card(summary, "upstreams up", d.upstreams_up + "/" + d.upstreams.length, "up");
+  card(summary, "upstreams serving", d.upstreams_up + "/" + d.upstreams.length, "up");
   card(summary, "reloads ok/failed", d.reloads.success + "/" + d.reloads.failure, "reloads");
   var body = document.querySelector("#upstreams tbody");
   body.textContent = "";
