@@ -49,7 +49,7 @@ from twisted.python.failure import Failure
 
 from balancebeam.admin.auth import read_token_file
 from balancebeam.clientip import parse_trusted_networks
-from balancebeam.config import BalancerConfig
+from balancebeam.config import BalancerConfig, UpstreamSpec
 from balancebeam.interfaces import IRateLimiter, IRequestFilter
 from balancebeam.ratelimit.build import build_rate_limiter
 from balancebeam.ratelimit.filter import RateLimitFilter
@@ -460,4 +460,8 @@ def check_config(config: BalancerConfig) -> None:
         "tcp:0:interface=127.0.0.1" if endpoint.startswith("systemd:") else endpoint
         for endpoint in config.listen
     )
-    BalancerService(dataclasses.replace(config, listen=listen), MemoryReactorClock())
+    # With --demo the upstreams may be none: the demo ones start only for real.
+    upstreams = config.upstreams or (UpstreamSpec("127.0.0.1", 1),)
+    BalancerService(
+        dataclasses.replace(config, listen=listen, upstreams=upstreams), MemoryReactorClock()
+    )

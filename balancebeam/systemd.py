@@ -201,7 +201,9 @@ class SystemdService(Service):
         Send C{READY=1} once every listener is up, and start the watchdog.
         """
         super().startService()
-        self._ready().addCallback(self.notifier.ready)
+        self._ready().addCallback(self.notifier.ready).addErrback(
+            lambda failure: Logger().failure("telling systemd READY=1 failed", failure)
+        )
         if self.watchdog_interval is not None:
             self._watchdog = WatchdogService(self.notifier, self._clock, self.watchdog_interval)
             self._watchdog.startService()

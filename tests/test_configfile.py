@@ -386,3 +386,51 @@ class CommandLineTests(SynchronousTestCase):
         code, out, _ = self.check("-u", "a:1")
         self.assertEqual(code, 0)
         self.assertIn("(command line: 1 upstream(s)", out)
+
+    def test_check_demo(self) -> None:
+        """
+        C{--demo} without upstreams passes the check (the demo upstreams
+        start only for real).
+        """
+        code, out, _ = self.check("--demo")
+        self.assertEqual(code, 0)
+        self.assertIn("(command line: 0 upstream(s)", out)
+
+
+class DemoReloadTests(SynchronousTestCase):
+    """
+    The reload C{makeService} wires up keeps the demo upstreams.
+    """
+
+    def test_demo_upstreams_kept(self) -> None:
+        """
+        A reload from a file, under C{--demo}, balances over the file's
+        upstreams and the demo ones.
+        """
+        from twisted.application.service import MultiService
+
+        from balancebeam.service import BalancerService
+        from tests.test_tap import PortAssigningReactor
+
+        path = write(self, GOOD)
+        options = tap.Options()
+        options.parseOptions(["--demo", "--config", path])
+        root = tap.makeService(options, PortAssigningReactor())
+        assert isinstance(root, MultiService)
+        balancer = list(root)[1]
+        assert isinstance(balancer, BalancerService)
+        self.assertEqual(len(balancer.registry.upstreams), 5)
+        write_over(path, GOOD.replace("10.0.0.11:8080", "10.0.0.13:8080"))
+        self.assertTrue(balancer.reloader.reload())
+        names = [u.name for u in balancer.registry.upstreams]
+        self.assertEqual(len(names), 5)
+        self.assertIn("10.0.0.13:8080", names)
+        self.assertNotIn("10.0.0.11:8080", names)
+
+
+def write_over(path: str, text: str) -> None:
+    """
+    Replace C{path}'s contents.
+    """
+    with open(path, "w", encoding="utf-8") as file:
+        file.write(text)
