@@ -35,7 +35,10 @@ from balancebeam.config_values import (
     choice_parser,
     count_parser,
     default_health_check_timeout,
+    is_loopback_host,
+    parse_file_path,
     parse_health_check_path,
+    parse_host_port,
     parse_max_body_size,
     parse_non_negative,
     parse_positive,
@@ -194,6 +197,9 @@ OPTIONS: Mapping[str, Option] = MappingProxyType({option.name: option for option
     Option("waf-threads", VALUE, count_parser(1), "2", "waf.threads"),
     # Logging.
     Option("access-log", FLAG, field="access_log"),
+    # Operations: the admin listener (see doc/operations.md).
+    Option("admin-bind", VALUE, bind_to_endpoint, None, "admin_bind"),
+    Option("admin-token-file", VALUE, parse_file_path, None, "admin_token_file"),
 ]})
 # fmt: on
 """
@@ -345,6 +351,12 @@ class BalancerConfig:
     access_log: bool = False
     shutdown_timeout: float = _default("shutdown-timeout")
     max_client_connections: int = _default("max-client-connections")
+    #: The admin listener's endpoint (from C{--admin-bind HOST:PORT}), or
+    #: C{None} for none (see L{balancebeam.admin}).
+    admin_bind: str | None = None
+    #: The file holding the admin's bearer token, or C{None} for no token
+    #: (then C{admin_bind} is a loopback address).
+    admin_token_file: str | None = None
     #: Seed for the strategies' random source; C{None} (the default) seeds
     #: from the operating system. Tests fix it to make choices reproducible.
     random_seed: int | None = None
@@ -451,6 +463,7 @@ def build_config(values: Mapping[str, object]) -> BalancerConfig:
     _check_pool(raw, parsed)
     waf = WafConfig(**records["waf"])
     _check_waf(waf)
+    _check_admin(raw)
     return BalancerConfig(
         upstreams=_upstreams(raw, parsed),
         listen=_listen(raw, parsed),
@@ -551,3 +564,27 @@ def _check_waf(waf: WafConfig) -> None:
         if waf.rules:
             raise ConfigError("waf-rules", str(error), " ".join(waf.rules)) from None
         raise ConfigError("waf", str(error), waf.mode) from None
+
+
+def _check_admin(raw: Mapping[str, Any]) -> None:
+    """
+    Check that an admin listener reachable from other machines has a token.
+
+    @raise ConfigError: when C{admin-bind} is not a loopback address and no
+        C{admin-token-file} is given, or a token file is given without it.
+    """
+    bind = raw["admin-bind"]
+    if bind is None:
+        if raw["admin-token-file"] is not None:
+            raise ConfigError(
+                "admin-token-file", "is given without --admin-bind", raw["admin-token-file"]
+            )
+        return
+    host, _ = parse_host_port(bind)
+    if not is_loopback_host(host) and raw["admin-token-file"] is None:
+        raise ConfigError(
+            "admin-bind",
+            "is not a loopback address: give --admin-token-file too (the bearer "
+            "token clients must send)",
+            bind,
+        )

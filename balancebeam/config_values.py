@@ -12,7 +12,10 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,6 +165,47 @@ validates it without listening or touching the global reactor.
 """
 
 
+_ASSUME_SYSTEMD_SOCKETS: ContextVar[bool] = ContextVar("assume_systemd_sockets", default=False)
+
+
+@contextmanager
+def assume_systemd_sockets() -> Iterator[None]:
+    """
+    While this is in effect, L{validate_endpoint} checks C{systemd:}
+    endpoints' syntax only: C{--check-config} runs where systemd passes no
+    socket (in C{ExecReload}, or by hand) and must still accept them.
+    """
+    token = _ASSUME_SYSTEMD_SOCKETS.set(True)
+    try:
+        yield
+    finally:
+        _ASSUME_SYSTEMD_SOCKETS.reset(token)
+
+
+def _check_systemd_syntax(text: str) -> None:
+    """
+    Check a C{systemd:domain=D:index=N} or C{systemd:domain=D:name=NAME}
+    endpoint without looking for the socket.
+
+    @raise ValueError: otherwise.
+    """
+    arguments = dict(part.partition("=")[::2] for part in text.split(":")[1:])
+    domain = arguments.pop("domain", "")
+    index = arguments.pop("index", None)
+    name = arguments.pop("name", None)
+    if (
+        arguments
+        or not hasattr(socket, "AF_" + domain)
+        or (index is None) == (name is None)
+        or (index is not None and not _is_digits(index))
+        or (name is not None and not name)
+    ):
+        raise ValueError(
+            "is not a server endpoint such as systemd:domain=INET:index=0 "
+            "or systemd:domain=INET:name=http"
+        )
+
+
 def validate_endpoint(text: str) -> str:
     """
     Check that C{text} is a Twisted server endpoint description.
@@ -175,6 +219,9 @@ def validate_endpoint(text: str) -> str:
     """
     if not text.strip():
         raise ValueError("is empty")
+    if text.startswith("systemd:") and _ASSUME_SYSTEMD_SOCKETS.get():
+        _check_systemd_syntax(text)
+        return text
     try:
         serverFromString(_PARSE_ONLY_REACTOR, text)
     except (IndexError, KeyError) as e:
@@ -450,4 +497,33 @@ def parse_rule_pattern(text: str) -> str:
     """
     if not text.strip():
         raise ValueError("is empty: give a rule file or a glob such as rules/*.conf")
+    return text
+
+
+# Operations (issue 13): the admin listener.
+
+
+def is_loopback_host(host: str) -> bool:
+    """
+    Whether C{host} (as L{parse_host_port} returns it) can only be reached
+    from this machine: C{localhost}, or an IP literal in 127.0.0.0/8 or C{::1}.
+    """
+    if host.rstrip(".").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_file_path(text: str) -> str:
+    """
+    Check a file name given as an option value (its contents are read where
+    it is used).
+
+    @return: C{text} unchanged.
+    @raise ValueError: when it is empty.
+    """
+    if not text.strip():
+        raise ValueError("is empty")
     return text

@@ -136,7 +136,7 @@ class UpstreamPool:
         queue_timeout: float = 10.0,
         max_queue_per_upstream: int = 1024,
         warm: int = 0,
-        is_alive: Callable[[UpstreamState], bool] = lambda upstream: upstream.alive,
+        is_alive: Callable[[UpstreamState], bool] = lambda upstream: upstream.serving,
         on_connect_failed: Callable[[UpstreamState, Failure], None] | None = None,
     ) -> None:
         self._clock = clock
@@ -223,6 +223,7 @@ class UpstreamPool:
             idle_for = self._clock.seconds() - connection.idle_since
             if max_idle_age is None or idle_for < max_idle_age:
                 self.reused += 1
+                upstream.connections_reused += 1
                 if self._warm:
                     self._top_up(upstream)
                 return connection
@@ -280,13 +281,17 @@ class UpstreamPool:
     def upstream_changed(self, upstream: UpstreamState) -> None:
         """
         Registry observer: close idle connections to an upstream that went
-        down and fail its waiters; warm one that came back.
+        down and fail its waiters; warm one that came back. One taken out of
+        rotation while healthy (drained, disabled, removed) only loses its
+        idle connections: requests already queued for it are still served.
         """
-        if upstream.alive:
+        if self._is_alive(upstream):
             self._top_up(upstream)
             return
         for connection in self._idle.pop(upstream, []):
             connection.close()
+        if upstream.alive:
+            return
         waiters = self._waiters.pop(upstream, None)
         while waiters:
             _next_waiter(waiters).deferred.errback(
@@ -314,11 +319,69 @@ class UpstreamPool:
         self._serve_waiters(upstream)
         self._top_up(upstream)
 
+    # Operations (issue 13): a reload changes the settings in place.
+
+    def reconfigure(
+        self,
+        *,
+        max_idle_per_upstream: int,
+        idle_timeout: float,
+        max_requests_per_connection: int,
+        max_connections_per_upstream: int,
+        queue_timeout: float,
+        warm: int,
+        upstreams: tuple[UpstreamState, ...] = (),
+    ) -> None:
+        """
+        Use new settings from now on. Connections open now stay; idle ones
+        beyond the new C{max_idle_per_upstream} close; a raised connection
+        cap serves queued requests; C{warm} tops up C{upstreams}. Waiters
+        already queued keep their deadline.
+        """
+        self._max_idle = max_idle_per_upstream
+        self._max_requests = max_requests_per_connection
+        self._max_connections = max_connections_per_upstream
+        self._queue_timeout = queue_timeout
+        if self._closing is None:
+            self._warm = warm
+        if idle_timeout != self._idle_timeout:
+            self._idle_timeout = idle_timeout
+            if self._sweeper.running:
+                self._sweeper.stop()
+                interval = max(0.05, min(1.0, idle_timeout / 4))
+                self._sweeper = LoopingCall(self._sweep)
+                self._sweeper.clock = self._clock
+                self._sweeper.start(interval, now=False)
+        for idle in self._idle.values():
+            while len(idle) > self._max_idle:
+                idle.pop(0).close()
+        for upstream in list(self._waiters):
+            self._serve_waiters(upstream)
+        for upstream in upstreams:
+            self._top_up(upstream)
+
+    def forget(self, upstream: UpstreamState) -> bool:
+        """
+        Drop what the pool remembers of an upstream removed by a reload,
+        once it has no connection open and no request queued.
+
+        @return: whether it was forgotten (else call again later).
+        """
+        if self._open.get(upstream, 0) or self._waiters.get(upstream):
+            return False
+        for connection in self._idle.pop(upstream, []):
+            connection.close()
+        self._open.pop(upstream, None)
+        self._warming.pop(upstream, None)
+        self._waiters.pop(upstream, None)
+        return True
+
     # Internals
 
     def _open_connection(self, upstream: UpstreamState) -> Deferred[UpstreamConnection]:
         self._open[upstream] = self._open.get(upstream, 0) + 1
         self.opened += 1
+        upstream.connections_opened += 1
         connection = UpstreamConnection(upstream, self)
         endpoint = self._connect(upstream.spec)
         attempt = endpoint.connect(_OneConnectionFactory(connection))

@@ -162,6 +162,7 @@ class Dispatcher:
         upstream = self._strategy.choose(candidates)
         exchange.upstream = upstream
         upstream.in_flight += 1
+        upstream.requests += 1
         max_idle_age = None if exchange.replayable else SAFE_REUSE_AGE
         connection = self._pool.checkout(upstream, max_idle_age)
         # Deferred's metaclass is ABCMeta, whose isinstance is slow: test the
@@ -202,6 +203,7 @@ class Dispatcher:
         message = reason.getErrorMessage()
         self.mark_down(upstream, f"connect failed: {message}")
         self._stats.connect_failures += 1
+        upstream.connect_failures += 1
         self.log.warn(
             "connecting to {upstream} failed for {method} {path}: {reason}",
             upstream=upstream.name,
@@ -250,6 +252,8 @@ class Dispatcher:
             self._stats.reuse_retries += 1
         elif upstream is not None:
             exchange.add_tried(upstream)
+        if upstream is not None:
+            upstream.retries += 1
         self._stats.retries += 1
         return True
 
@@ -274,6 +278,27 @@ class Dispatcher:
         failed connect for a request.
         """
         self.mark_down(upstream, f"connect failed: {reason.getErrorMessage()}")
+
+    def reconfigure(
+        self,
+        strategy: IBalancingStrategy | None,
+        *,
+        passive_retry_interval: float | None,
+        retry_after: int,
+    ) -> None:
+        """
+        A reload changed the strategy (C{None}: keep it) or the passive health
+        settings: use them from the next choice on. Upstreams already
+        scheduled for a passive retry keep their time; with passive retries
+        now off, active health checks bring them back instead.
+        """
+        if strategy is not None:
+            self._strategy = strategy
+        self._passive_retry_interval = passive_retry_interval or None
+        if self._passive_retry_interval is None:
+            self._retry_at.clear()
+            self._next_retry_at = None
+        self._no_upstream_fields = ((b"Retry-After", b"%d" % retry_after),)
 
     def _revive_due(self) -> None:
         now = self._clock.seconds()

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -40,6 +40,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from balancebeam.admin.auth import AdminToken, read_token_file
+from balancebeam.admin.providers import IFeatureCounters, IPurger
+from balancebeam.admin.rate import RequestRate
+from balancebeam.admin.resources import build_admin_site
 from balancebeam.clientip import parse_trusted_networks
 from balancebeam.config import BalancerConfig, UpstreamSpec
 from balancebeam.errors import StartupError
@@ -53,8 +57,9 @@ from balancebeam.registry import UpstreamRegistry
 from balancebeam.relay.client import RelayFactory
 from balancebeam.relay.deadlines import DeadlineTimer, resolution_for
 from balancebeam.routing import Dispatcher
-from balancebeam.stats import Stats
+from balancebeam.stats import ReloadCounts, Stats
 from balancebeam.strategies import build_strategy
+from balancebeam.systemd import SystemdService
 
 if TYPE_CHECKING:
     from balancebeam.cache import CacheFilter
@@ -270,9 +275,11 @@ class BalancerService(_SequentialMultiService):
         )
         self.ports: list[IListeningPort] = []
 
-        if self.rate_limiter is not None:
-            limiter = self.rate_limiter
-            _Lifecycle("rate limiter", limiter.start, limiter.close).setServiceParent(self)
+        # The current limiter (a reload may replace it) and those it retired.
+        self.retired_limiters: list[IRateLimiter] = []
+        _Lifecycle(
+            "rate limiter", self._start_rate_limiter, self._close_rate_limiters
+        ).setServiceParent(self)
         if self.waf is not None:
             self.waf.setServiceParent(self)
         _Lifecycle(
@@ -296,13 +303,195 @@ class BalancerService(_SequentialMultiService):
         timer.setName("deadlines")
         timer.setServiceParent(self)
         _Lifecycle("drain", lambda: None, self._drain).setServiceParent(self)
+        self._add_operations()
+        self._register_features()
         for description in config.listen:
             endpoint = _ReportingEndpoint(
-                serverFromString(reactor, description), description, self.ports.append
+                serverFromString(reactor, description), description, self._port_listening
             )
             listener = ListenerService(endpoint, self.factory)
             listener.setName(f"listener {description}")
             listener.setServiceParent(self)
+
+    # Operations (issue 13): the admin listener, systemd, and what a reload
+    # and the admin read and change.
+
+    def _add_operations(self) -> None:
+        """
+        Add the admin listener (with C{--admin-bind}) and the systemd
+        notifications, before the listeners (which stop first).
+
+        @ivar clock: the reactor, as the admin's clock.
+        @ivar started_at: clock time the balancer started, or C{None}.
+        @ivar reloads: reload outcomes (L{ReloadCounts}).
+        @ivar feature_counters: counters of optional features (the cache,
+            the firewall, TLS) shown by the admin (L{IFeatureCounters}).
+        @ivar purger: the cache's purger for C{POST /cache/purge}, or C{None}.
+        @ivar admin_ports: the admin listener's port, once listening.
+        @ivar admin_token: the admin's token holder, or C{None} without admin.
+        @ivar request_rate: requests per second over a minute (with admin).
+        @ivar systemd: the systemd notifications (L{SystemdService}).
+        @ivar reload_steps: what a reload calls for features of their own
+            (see L{balancebeam.reload.ReloadStep}).
+        @ivar reloader: the L{balancebeam.reload.Reloader}, once made.
+        @ivar listening_on: C{host:port} of each listener, once listening.
+        """
+        reactor = self._reactor
+        config = self.config
+        self.clock: Any = reactor
+        self.started_at: float | None = None
+        self.reloads = ReloadCounts()
+        self.feature_counters: list[IFeatureCounters] = []
+        self.purger: IPurger | None = None
+        self.admin_ports: list[IListeningPort] = []
+        self.admin_token: AdminToken | None = None
+        self.request_rate: RequestRate | None = None
+        self.reload_steps: list[Any] = []
+        self.reloader: Any = None
+        self.listening_on: list[str] = []
+        self._listening_waiters: list[Deferred[str]] = []
+        if config.admin_bind is not None:
+            token = None
+            if config.admin_token_file is not None:
+                try:
+                    token = read_token_file(config.admin_token_file)
+                except ValueError as e:
+                    if self._exit_on_listen_failure:
+                        raise SystemExit(f"balancebeam: {e}") from None
+                    raise
+            self.admin_token = AdminToken(token)
+            self.request_rate = RequestRate(reactor, lambda: self.stats.requests)
+            self.request_rate.setServiceParent(self)
+            site = build_admin_site(self, self.admin_token)
+            endpoint = _AdminEndpoint(
+                serverFromString(reactor, config.admin_bind),
+                f"--admin-bind ({config.admin_bind})",
+                self._admin_listening,
+            )
+            admin = ListenerService(endpoint, site)
+            admin.setName("admin listener")
+            admin.setServiceParent(self)
+        self.systemd = SystemdService(reactor, self._all_listening, self.summary)
+        self.systemd.setServiceParent(self)
+
+    def _port_listening(self, port: IListeningPort) -> None:
+        self.ports.append(port)
+        self.listening_on.append(describe_port(port))
+        self._check_listening()
+
+    def _admin_listening(self, port: IListeningPort) -> None:
+        self.admin_ports.append(port)
+        self._check_listening()
+
+    def _listeners_up(self) -> bool:
+        expected = len(self.config.listen) + (1 if self.config.admin_bind is not None else 0)
+        return len(self.ports) + len(self.admin_ports) >= expected
+
+    def _check_listening(self) -> None:
+        if self._listeners_up():
+            waiters, self._listening_waiters = self._listening_waiters, []
+            for waiter in waiters:
+                waiter.callback(self.summary())
+
+    def _all_listening(self) -> Deferred[str]:
+        """
+        Fires with L{summary} once every listener (the admin's too) is up;
+        records the start time.
+        """
+        self.started_at = self._reactor.seconds()
+        waiter: Deferred[str] = Deferred()
+        self._listening_waiters.append(waiter)
+        self._check_listening()
+        return waiter
+
+    def not_ready_reason(self) -> str | None:
+        """
+        Why the balancer cannot serve (C{/ready} answers 503 with it), or
+        C{None} when every listener is up and an upstream takes requests.
+        """
+        if self.factory.draining:
+            return "draining"
+        if not self.running or not self._listeners_up():
+            return "not listening yet"
+        if not self.registry.live():
+            return "no upstream is up"
+        return None
+
+    def is_ready(self) -> bool:
+        """
+        Whether L{not_ready_reason} is C{None}.
+        """
+        return self.not_ready_reason() is None
+
+    def summary(self) -> str:
+        """
+        One line for systemd's C{STATUS=}: listeners, upstreams, load.
+        """
+        upstreams = self.registry.upstreams
+        serving = sum(1 for u in upstreams if u.serving)
+        listening = ", ".join(self.listening_on) or "nothing yet"
+        return (
+            f"listening on {listening}; {serving}/{len(upstreams)} upstreams serving; "
+            f"{len(self.factory.connections)} connections; {self.stats.requests} requests"
+        )
+
+    def _register_features(self) -> None:
+        """
+        Show the firewall's and the cache's counters on the admin's metrics,
+        status page and JSON.
+        """
+        if self.waf is not None:
+            self.feature_counters.append(
+                _FeatureCounters("waf", self.waf.counters.snapshot, gauges=())
+            )
+        if self.cache is not None:
+            snapshot = self.cache.counters.snapshot
+            self.feature_counters.append(
+                _FeatureCounters("cache", snapshot, gauges=("bytes", "entries"))
+            )
+
+    def _start_rate_limiter(self) -> None:
+        if self.rate_limiter is not None:
+            self.rate_limiter.start()
+
+    def _close_rate_limiters(self) -> Deferred[None]:
+        """
+        Close the current rate limiter and any a reload retired.
+        """
+        if self.reloader is not None:
+            self.reloader.stop()
+        limiters = list(self.retired_limiters)
+        self.retired_limiters.clear()
+        if self.rate_limiter is not None:
+            limiters.append(self.rate_limiter)
+        closing = [maybeDeferred(limiter.close) for limiter in limiters]
+        return gatherResults(closing).addCallback(lambda _: None)
+
+    def forget_endpoints(self) -> None:
+        """
+        Build upstream endpoints anew (a reload changed the connect timeout).
+        """
+        self._endpoints.clear()
+
+    def build_health_checker(self, config: BalancerConfig) -> HealthChecker | None:
+        """
+        A health checker for C{config}'s settings on this registry, not
+        started; C{None} when active checks are off.
+        """
+        if config.active_health_check_interval <= 0:
+            return None
+        probe = HTTPProbe(self._probe_endpoint_for, config.active_health_check_path)
+        checker = HealthChecker(
+            self.registry,
+            self._reactor,
+            probe.probe,
+            interval=config.active_health_check_interval,
+            timeout=config.health_check_timeout,
+            rise=config.health_check_rise,
+            fall=config.health_check_fall,
+        )
+        checker.setName("health checks")
+        return checker
 
     def _endpoint_for(self, spec: UpstreamSpec) -> IStreamClientEndpoint:
         """
@@ -436,6 +625,41 @@ def _build_waf(reactor: Any, config: BalancerConfig) -> WafService:
         return build_waf(reactor, config.waf)
     except ValueError as error:
         raise StartupError(f"--waf: {error}") from None
+
+
+@implementer(IFeatureCounters)
+class _FeatureCounters:
+    """
+    A feature's own counters as the admin reads them: counters get the
+    C{_total} suffix, the named gauges keep their names.
+    """
+
+    def __init__(
+        self, name: str, snapshot: Callable[[], Mapping[str, int]], gauges: Sequence[str]
+    ) -> None:
+        self.name = name
+        self._snapshot = snapshot
+        self._gauges = frozenset(gauges)
+
+    def snapshot(self) -> dict[str, float]:
+        """
+        The counters now.
+        """
+        return {
+            key if key in self._gauges else f"{key}_total": value
+            for key, value in self._snapshot().items()
+        }
+
+
+class _AdminEndpoint(_ReportingEndpoint):
+    """
+    The admin listener's endpoint: logs where the admin listens.
+    """
+
+    def _listened(self, port: IListeningPort) -> IListeningPort:
+        self.log.info("Admin listening on {address}", address=describe_port(port))
+        self._listening(port)
+        return port
 
 
 def describe_port(port: IListeningPort) -> str:

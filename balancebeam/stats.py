@@ -4,6 +4,14 @@ Counters describing what the balancer has done, cheap to update on the hot path.
 
 from __future__ import annotations
 
+from bisect import bisect_left
+
+#: Upper bounds, in seconds, of the request-duration histogram's buckets
+#: (Prometheus C{le}); a last bucket holds the longer ones.
+DURATION_BOUNDS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)
+
 
 class Stats:
     """
@@ -22,6 +30,11 @@ class Stats:
     @ivar refused_connections: client connections answered 503 over the connection limit.
     @ivar filter_errors: request filters that raised or failed (see
         L{IRequestFilter.fail_open <balancebeam.interfaces.IRequestFilter>}).
+    @ivar client_connections: client connections accepted (refused ones included).
+    @ivar durations: finished requests by duration, one count per bucket of
+        L{DURATION_BOUNDS} plus one for longer (not cumulative); from the
+        parsed head to the end of the response (tunnels are not counted).
+    @ivar duration_sum: the seconds those requests took, in total.
     """
 
     __slots__ = (
@@ -37,6 +50,9 @@ class Stats:
         "client_errors",
         "refused_connections",
         "filter_errors",
+        "client_connections",
+        "durations",
+        "duration_sum",
     )
 
     def __init__(self) -> None:
@@ -52,6 +68,9 @@ class Stats:
         self.client_errors = 0
         self.refused_connections = 0
         self.filter_errors = 0
+        self.client_connections = 0
+        self.durations = [0] * (len(DURATION_BOUNDS) + 1)
+        self.duration_sum = 0.0
 
     def count_status(self, status: int) -> None:
         """
@@ -59,11 +78,41 @@ class Stats:
         """
         self.by_class[status // 100 if 100 <= status < 600 else 0] += 1
 
+    def count_duration(self, seconds: float) -> None:
+        """
+        Count one finished request that took C{seconds}.
+        """
+        self.durations[bisect_left(DURATION_BOUNDS, seconds)] += 1
+        self.duration_sum += seconds
+
     def snapshot(self) -> dict[str, object]:
         """
         A copy of every counter, for logs and status pages.
         """
         values: dict[str, object] = {name: getattr(self, name) for name in self.__slots__}
         del values["by_class"]
+        del values["durations"]
+        del values["duration_sum"]
         values["responses"] = {f"{n}xx": count for n, count in enumerate(self.by_class) if n}
         return values
+
+
+class ReloadCounts:
+    """
+    How configuration reloads went (see L{balancebeam.reload}).
+
+    @ivar success: reloads applied.
+    @ivar failure: reloads refused (an invalid file changes nothing).
+    @ivar last_ok: whether the last one was applied (C{True} before any).
+    @ivar last_at: clock time of the last one, or C{None}.
+    @ivar last_success_at: clock time of the last one applied, or C{None}.
+    @ivar last_error: why the last one was refused, or C{None}.
+    """
+
+    def __init__(self) -> None:
+        self.success = 0
+        self.failure = 0
+        self.last_ok = True
+        self.last_at: float | None = None
+        self.last_success_at: float | None = None
+        self.last_error: str | None = None

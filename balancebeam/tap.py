@@ -14,6 +14,9 @@ L{makeService}, and the balancer listens when twistd starts its service.
 from __future__ import annotations
 
 import dataclasses
+import getopt
+import sys
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from twisted.application.service import IService, MultiService
@@ -81,6 +84,12 @@ class Options(usage.Options):
             "access-log",
             None,
             "Log one info line per request (client, method, path, upstream, status, latency).",
+        ],
+        [
+            "check-config",
+            None,
+            "Check the configuration (--config and the other options) and exit: "
+            "status 0 if it is valid, 1 with the error otherwise. Nothing starts.",
         ],
     ]
 
@@ -226,6 +235,25 @@ class Options(usage.Options):
             "suffixes allowed. Larger heads get 431.",
         ),
         _parameter("max-header-count", "Most header lines in a request head; more get 431."),
+        [
+            "config",
+            "c",
+            None,
+            "A TOML configuration file whose keys are these options' long names "
+            "(see doc/operations.md); options given here replace its values. "
+            "SIGHUP re-reads it.",
+        ],
+        _parameter(
+            "admin-bind",
+            "HOST:PORT of the admin listener (/metrics, /status, /healthz, /ready, "
+            "upstream drain/enable/disable). Off by default; meant for loopback. "
+            "Any other address needs --admin-token-file.",
+        ),
+        _parameter(
+            "admin-token-file",
+            "A file holding the bearer token the admin listener requires "
+            "(Authorization: Bearer TOKEN); re-read on SIGHUP.",
+        ),
         _parameter(
             "max-body-size",
             "Largest request body in bytes (k, m and g suffixes allowed, e.g. 10m); "
@@ -333,6 +361,85 @@ class Options(usage.Options):
                 values[name] = self[name]
         return values
 
+    # Operations (issue 13): the configuration file and --check-config.
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        Parse the command line, remembering which options it gives
+        (L{given}), so that they replace the configuration file's values.
+        """
+        arguments = sys.argv[1:] if options is None else list(options)
+        self.given = self._given_names(arguments)
+        super().parseOptions(arguments)
+
+    def _given_names(self, arguments: list[str]) -> set[str]:
+        """
+        The long names of the options in C{arguments}, found as
+        C{usage.Options.parseOptions} finds them (errors are left to it).
+        """
+        try:
+            pairs, _ = getopt.getopt(arguments, self.shortOpt, self.longOpt)
+        except getopt.error:
+            return set()
+        names: set[str] = set()
+        for flag, _ in pairs:
+            name = flag[2:] if flag.startswith("--") else flag[1:]
+            name = self.synonyms.get(name, self.synonyms.get(name.replace("-", "_"), name))
+            names.add(name.replace("_", "-"))
+        return names
+
+    def command_line_values(self) -> dict[str, object]:
+        """
+        The values of the options given on the command line only, keyed as
+        L{config.build_config} takes them (what replaces the file's values).
+        """
+        given: set[str] = getattr(self, "given", set())
+        return {name: value for name, value in self.config_values().items() if name in given}
+
+    def _post_options_operations(self) -> None:
+        """
+        Build L{config} from C{--config} and the command line; with
+        C{--check-config}, also check what only starting would (the admin
+        token file, the service tree built on a memory reactor) and exit.
+
+        @raise usage.UsageError: for a bad file or value, naming the file,
+            line and key (or the flag).
+        @raise SystemExit: with C{--check-config}: 0 when the configuration
+            is valid, else 1 with the error on standard error.
+        """
+        from balancebeam.config_values import assume_systemd_sockets
+        from balancebeam.configfile import ConfigFileError
+
+        path = self["config"]
+        checking: AbstractContextManager[None] = (
+            assume_systemd_sockets() if self["check-config"] else nullcontext()
+        )
+        try:
+            with checking:
+                built = self.config = self._build_operations_config(path)
+            if self["check-config"]:
+                from balancebeam.reload import check_config
+
+                check_config(built)
+        except (config.ConfigError, ConfigFileError, ValueError) as e:
+            if self["check-config"]:
+                print(f"balancebeam: configuration error: {e}", file=sys.stderr)
+                raise SystemExit(1) from None
+            raise usage.UsageError(str(e)) from None
+        if self["check-config"]:
+            print(
+                f"balancebeam: configuration OK ({path or 'command line'}: "
+                f"{len(built.upstreams)} upstream(s), listening on {', '.join(built.listen)})"
+            )
+            raise SystemExit(0)
+
+    def _build_operations_config(self, path: str | None) -> config.BalancerConfig:
+        from balancebeam.configfile import load_config
+
+        if path is not None:
+            return load_config(path, self.command_line_values())
+        return config.build_config(self.config_values())
+
     def postOptions(self) -> None:
         """
         Build L{config} with L{config.build_config}.
@@ -342,6 +449,9 @@ class Options(usage.Options):
         @raise usage.UsageError: for an unknown option or the first bad value,
             naming its flag.
         """
+        if self["config"] is not None or self["check-config"]:
+            self._post_options_operations()
+            return
         try:
             self.config = config.build_config(self.config_values())
         except config.ConfigError as e:
@@ -382,9 +492,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     reactor.callWhenRunning(guard_stop_signals, reactor)
     if not options["demo"]:
         try:
-            return BalancerService(balancer_config, reactor, exit_on_listen_failure=True)
+            balancer = BalancerService(balancer_config, reactor, exit_on_listen_failure=True)
         except StartupError as error:
             raise SystemExit(f"balancebeam: {error}") from None
+        _operations(options, balancer, reactor)
+        return balancer
 
     from balancebeam.demo import start_demo_upstreams
 
@@ -403,7 +515,41 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     except BaseException:
         demo_service.stopService()
         raise
+    _operations(options, balancer, reactor, tuple(demo_specs))
     root = MultiService()
     demo_service.setServiceParent(root)
     balancer.setServiceParent(root)
     return root
+
+
+def _operations(
+    options: Options, balancer: Any, reactor: Any, demo: tuple[config.UpstreamSpec, ...] = ()
+) -> None:
+    """
+    Wire what operating the balancer needs (issue 13): systemd
+    notifications and watchdog from the environment, and a reload on
+    C{SIGHUP} that reads C{--config} (and the command line over it) again.
+
+    @param demo: the demo upstreams, kept on every reload.
+    """
+    import os
+
+    from balancebeam.configfile import load_config
+    from balancebeam.reload import Reloader, install_sighup
+    from balancebeam.systemd import Notifier, watchdog_interval
+
+    balancer.systemd.notifier = Notifier.from_environment(os.environ)
+    balancer.systemd.watchdog_interval = watchdog_interval(os.environ)
+    path = options["config"]
+
+    def load() -> config.BalancerConfig:
+        if path is not None:
+            loaded = load_config(path, options.command_line_values())
+        else:
+            loaded = config.build_config(options.config_values())
+        if demo:
+            loaded = dataclasses.replace(loaded, upstreams=loaded.upstreams + demo)
+        return loaded
+
+    reloader = Reloader(balancer, load, reactor)
+    reactor.callWhenRunning(install_sighup, reactor, reloader.reload)

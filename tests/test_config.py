@@ -208,6 +208,18 @@ GOOD_VALUES: list[tuple[str, Mapping[str, object], Callable[[BalancerConfig], ob
      lambda c: c.waf.anomaly_threshold, 10),
     ("waf-body-limit", {"waf-body-limit": "64k"}, lambda c: c.waf.body_limit, 65536),
     ("waf-threads", {"waf-threads": "4"}, lambda c: c.waf.threads, 4),
+    (
+        "admin-bind",
+        {"admin-bind": "127.0.0.1:9100"},
+        lambda c: c.admin_bind,
+        "tcp:9100:interface=127.0.0.1",
+    ),
+    (
+        "admin-token-file",
+        {"admin-bind": "0.0.0.0:9100", "admin-token-file": "/etc/bb/token"},
+        lambda c: (c.admin_bind, c.admin_token_file),
+        ("tcp:9100:interface=0.0.0.0", "/etc/bb/token"),
+    ),
 ]
 
 #: For every option taking a value: bad values and the start of the error message.
@@ -463,6 +475,27 @@ BAD_VALUES: list[tuple[str, Mapping[str, object], str]] = [
     ("waf-body-limit", {"waf-body-limit": "lots"}, "--waf-body-limit 'lots' is not a size"),
     ("waf-threads", {"waf-threads": "0"},
      "--waf-threads '0' must be a whole number of at least 1"),
+    ("admin-bind", {"admin-bind": "9100"}, "--admin-bind '9100' is not of the form HOST:PORT"),
+    (
+        "admin-bind",
+        {"admin-bind": "0.0.0.0:9100"},
+        "--admin-bind '0.0.0.0:9100' is not a loopback address: give --admin-token-file",
+    ),
+    (
+        "admin-bind",
+        {"admin-bind": "admin.example:9100"},
+        "--admin-bind 'admin.example:9100' is not a loopback address",
+    ),
+    (
+        "admin-token-file",
+        {"admin-bind": "[::1]:9100", "admin-token-file": " "},
+        "--admin-token-file ' ' is empty",
+    ),
+    (
+        "admin-token-file",
+        {"admin-token-file": "/etc/bb/token"},
+        "--admin-token-file '/etc/bb/token' is given without --admin-bind",
+    ),
 ]
 
 #: For every flag: a value of the wrong type (possible in a config file, not on the command line).

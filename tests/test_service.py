@@ -15,7 +15,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from balancebeam.config import BalancerConfig, UpstreamSpec
+from balancebeam.config import BalancerConfig, CacheConfig, UpstreamSpec
 from balancebeam.relay.client import ClientConnection
 from balancebeam.service import (
     BalancerService,
@@ -189,3 +189,28 @@ class StopOrderTests(SynchronousTestCase):
         self.assertTrue(upstream_transport.disconnecting)
         upstream.connectionLost(None)  # type: ignore[arg-type]  # the pool closed it
         self.successResultOf(stopped)
+
+
+class FeatureCountersTests(SynchronousTestCase):
+    """
+    The firewall's and the cache's counters reach the admin.
+    """
+
+    def test_cache_counters_in_metrics_names(self) -> None:
+        """
+        With the cache on, its counters are a feature of the admin: counters
+        with C{_total}, its size a gauge.
+        """
+        config = BalancerConfig(
+            upstreams=(UpstreamSpec("127.0.0.1", 8081),),
+            listen=("tcp:1100",),
+            active_health_check_interval=0.0,
+            cache=CacheConfig(size=1024 * 1024),
+        )
+        service = BalancerService(config, MemoryReactorClock())
+        [feature] = service.feature_counters
+        self.assertEqual(feature.name, "cache")
+        snapshot = feature.snapshot()
+        self.assertEqual(snapshot["hits_total"], 0)
+        self.assertIn("bytes", snapshot)
+        self.assertNotIn("bytes_total", snapshot)

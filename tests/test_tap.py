@@ -121,6 +121,10 @@ class DefaultsTests(SynchronousTestCase):
                     "waf-paranoia",
                     "waf-rules",
                     "waf-threads",
+                    "admin-bind",
+                    "admin-token-file",
+                    "check-config",
+                    "config",
                     "max-client-connections",
                     "shutdown-timeout",
                     "active-health-check-interval",
@@ -191,7 +195,9 @@ class DefaultsTests(SynchronousTestCase):
                 self.assertEqual(defaults[name], option.default, name)
         self.assertEqual(
             flags | set(defaults),
-            {name for name, o in config_module.OPTIONS.items() if o.kind != config_module.LIST},
+            {name for name, o in config_module.OPTIONS.items() if o.kind != config_module.LIST}
+            # Command line only: the configuration file and its check.
+            | {"config", "check-config"},
         )
 
     def test_health_check_timeout_follows_short_interval(self) -> None:

@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from balancebeam.health.probe import ProbeFailed
-from balancebeam.registry import UpstreamRegistry, UpstreamState
+from balancebeam.registry import DISABLED, UpstreamRegistry, UpstreamState
 
 Probe = Callable[[UpstreamState], Deferred[int]]
 
@@ -96,7 +96,8 @@ class HealthChecker(Service):
     Probes every upstream each C{interval} seconds and marks them up or down
     in the registry.
 
-    A round probes all upstreams concurrently, each under C{timeout}; the
+    A round probes all upstreams concurrently (except those disabled through
+    the admin listener, which are in maintenance), each under C{timeout}; the
     next round is scheduled only once every probe of the round has finished,
     so rounds never overlap. The first round runs one interval after start.
     A probe is healthy only when it fires with status 200; a timeout, an
@@ -211,7 +212,11 @@ class HealthChecker(Service):
         @return: a L{Deferred} that fires (never fails) when every probe of
             the round has finished and its result has been recorded.
         """
-        checks = [self._check(upstream) for upstream in self._registry.upstreams]
+        checks = [
+            self._check(upstream)
+            for upstream in self._registry.upstreams
+            if upstream.admin_state != DISABLED
+        ]
         return gatherResults(checks).addCallback(lambda _: None)
 
     def _check(self, upstream: UpstreamState) -> Deferred[None]:
@@ -260,6 +265,7 @@ class HealthChecker(Service):
             reason = f"status {result}"
         if not healthy:
             self.probes_failed += 1
+            upstream.check_failures += 1
         self.last_results[upstream.name] = ProbeResult(healthy, reason, self._clock.seconds())
         self.log.debug(
             "health probe of {upstream}: {reason}",
@@ -297,6 +303,13 @@ class HealthChecker(Service):
         relay's or the registry's passive retry).
         """
         self._streaks[upstream.name] = _Streak()
+
+    def detach(self) -> None:
+        """
+        Stop watching the registry: this checker was replaced by a reload
+        (after L{stopService}).
+        """
+        self._registry.remove_observer(self._state_changed)
 
     def _loop_failed(self, failure: Failure) -> None:
         """

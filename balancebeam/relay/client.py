@@ -137,6 +137,7 @@ class RelayFactory(Factory):
         A protocol for one client connection, or one that answers 503 and
         closes when C{max_connections} are already open.
         """
+        self.stats.client_connections += 1
         if self.max_connections and len(self.connections) >= self.max_connections:
             self.stats.refused_connections += 1
             return _OverCapacity(self.retry_after)

@@ -260,6 +260,10 @@ class Exchange(ExchangeCore):
                     return
         self.response = response
         self.relay.stats.count_status(response.status)
+        upstream = self.upstream
+        if upstream is not None:
+            # A parsed status has three digits, the first not 0.
+            upstream.responses[response.status // 100] += 1
         keep_alive = self.keep_alive and self.request_done
         chunked = False
         kind = response.body_kind
@@ -358,6 +362,8 @@ class Exchange(ExchangeCore):
             return
         relay = self.relay
         relay.stats.upstream_failures += 1
+        if self.upstream is not None:
+            self.upstream.response_errors += 1
         name = self.upstream.name if self.upstream is not None else self.last_upstream
         if self.response is not None:
             self.log.warn(
@@ -485,6 +491,8 @@ class Exchange(ExchangeCore):
                 path=self.path_text,
             )
             self.relay.stats.upstream_timeouts += 1
+            if self.upstream is not None:
+                self.upstream.timeouts += 1
             self._fail(504, "the upstream server did not answer in time")
         elif state == _RECEIVING or state == _RECEIVE_BLOCKED:
             stalled = "the upstream stalled"

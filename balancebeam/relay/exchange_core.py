@@ -11,6 +11,7 @@ client, and stopping the work done upstream.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Final
 
@@ -33,6 +34,7 @@ from balancebeam.interfaces import IExchange, IResponseObserver
 from balancebeam.relay.body import RequestBody
 from balancebeam.relay.interfaces import IClientSide
 from balancebeam.relay.states import PAUSE_WAITING, ExchangeState
+from balancebeam.stats import DURATION_BOUNDS
 
 if TYPE_CHECKING:
     from balancebeam.registry import UpstreamState
@@ -322,7 +324,14 @@ class ExchangeCore:
         response = self.response
         if not logged and response is not None and response.status != 101:
             self._log(response.status)
-        self.relay.dispatcher.release(self)
+        relay = self.relay
+        if response is None or response.status != 101:
+            # Stats.count_duration, inlined: this runs once per request.
+            stats = relay.stats
+            elapsed = relay.clock.seconds() - self.started
+            stats.durations[bisect_left(DURATION_BOUNDS, elapsed)] += 1
+            stats.duration_sum += elapsed
+        relay.dispatcher.release(self)
         self.state = _DONE
         self.client.exchange_done(self, self.keep_alive)
 

@@ -1,0 +1,316 @@
+# -*- test-case-name: tests.test_metrics -*-
+"""
+Prometheus metrics, read from balancebeam's own counters at scrape time.
+
+The relay counts with plain integer attributes (L{balancebeam.stats.Stats},
+the counters on each L{balancebeam.registry.UpstreamState}, the pool's and
+the health checker's); no C{prometheus_client} metric object is touched per
+request. L{BalancerCollector} turns those numbers into metric families when
+C{/metrics} is scraped, and C{prometheus_client} formats the exposition.
+
+Names follow the Prometheus conventions, and the HAProxy exporter's where it
+has an equivalent (C{haproxy_server_check_failures_total} is
+C{balancebeam_upstream_check_failures_total}); every name starts with
+C{balancebeam_}. Labels are bounded: C{upstream} (the configured
+upstreams), C{code} (a status class), C{state}, C{result}. No client
+address or path is ever a label. The full list is in C{doc/operations.md}.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector, CollectorRegistry
+
+import balancebeam
+import twisted
+from balancebeam.admin.providers import check_name
+from balancebeam.admin.status import CLASSES, requests_in_flight
+from balancebeam.registry import ADMIN_STATES, UpstreamState
+from balancebeam.stats import DURATION_BOUNDS
+
+if TYPE_CHECKING:
+    from balancebeam.service import BalancerService
+
+PREFIX = "balancebeam_"
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+"""The C{Content-Type} of the exposition."""
+
+
+def _counter(name: str, documentation: str, labels: Iterable[str] = ()) -> CounterMetricFamily:
+    return CounterMetricFamily(PREFIX + name, documentation, labels=list(labels))
+
+
+def _gauge(name: str, documentation: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
+    return GaugeMetricFamily(PREFIX + name, documentation, labels=list(labels))
+
+
+class BalancerCollector(Collector):
+    """
+    Collects every balancebeam metric from a running L{BalancerService}.
+    """
+
+    def __init__(self, service: BalancerService) -> None:
+        self._service = service
+
+    def collect(self) -> Iterator[Metric]:
+        """
+        The metric families, read now.
+        """
+        yield from self._process()
+        yield from self._requests()
+        yield from self._upstreams()
+        yield from self._operations()
+        yield from self._features()
+
+    def _process(self) -> Iterator[Metric]:
+        service = self._service
+        info = _gauge(
+            "build_info",
+            "balancebeam's version and runtime, as labels; always 1",
+            ["version", "python", "twisted"],
+        )
+        info.add_metric(
+            [
+                balancebeam.__version__,
+                f"{platform.python_implementation()} {platform.python_version()}",
+                twisted.__version__,
+            ],
+            1,
+        )
+        yield info
+        if service.started_at is not None:
+            started = _gauge("start_time_seconds", "When the balancer started (Unix time)")
+            started.add_metric([], service.started_at)
+            yield started
+
+    def _requests(self) -> Iterator[Metric]:
+        service = self._service
+        stats = service.stats
+        requests = _counter("http_requests", "Client request heads received")
+        requests.add_metric([], stats.requests)
+        yield requests
+        responses = _counter(
+            "http_responses", "Responses sent to clients, by status class", ["code"]
+        )
+        for index, name in enumerate(CLASSES):
+            responses.add_metric([name], stats.by_class[index + 1])
+        responses.add_metric(["other"], stats.by_class[0])
+        yield responses
+        buckets: list[tuple[str, float]] = []
+        cumulative = 0
+        for bound, count in zip(DURATION_BOUNDS, stats.durations):
+            cumulative += count
+            buckets.append((repr(float(bound)), cumulative))
+        cumulative += stats.durations[-1]
+        buckets.append(("+Inf", cumulative))
+        duration = HistogramMetricFamily(
+            PREFIX + "http_request_duration_seconds",
+            "Time from a request head to the end of its response (tunnels excluded)",
+            buckets=buckets,
+            sum_value=stats.duration_sum,
+        )
+        yield duration
+        for name, value, documentation in (
+            (
+                "http_requests_in_flight",
+                requests_in_flight(service),
+                "Client requests being served",
+            ),
+            (
+                "client_connections_open",
+                len(service.factory.connections),
+                "Open client connections",
+            ),
+        ):
+            gauge = _gauge(name, documentation)
+            gauge.add_metric([], value)
+            yield gauge
+        for name, value, documentation in (
+            ("client_connections", stats.client_connections, "Client connections accepted"),
+            (
+                "client_connections_refused",
+                stats.refused_connections,
+                "Client connections refused (503) over --max-client-connections",
+            ),
+            ("client_errors", stats.client_errors, "Malformed, over-limit or too slow requests"),
+            ("rate_limited_requests", stats.rate_limited, "Requests answered 429 (rate limited)"),
+            ("retries", stats.retries, "Requests sent again after an upstream failed"),
+            (
+                "keepalive_race_retries",
+                stats.reuse_retries,
+                "Retries after an upstream closed a reused connection as it was reused",
+            ),
+            ("no_upstream", stats.no_upstream, "Requests answered 503: no upstream available"),
+            ("requests_timed_out", stats.upstream_timeouts, "Requests answered 504"),
+            ("filter_errors", stats.filter_errors, "Request filters that raised or failed"),
+            ("pool_connections_opened", service.pool.opened, "Upstream connections opened"),
+            (
+                "pool_connections_reused",
+                service.pool.reused,
+                "Requests sent on an idle pooled upstream connection",
+            ),
+        ):
+            counter = _counter(name, documentation)
+            counter.add_metric([], value)
+            yield counter
+
+    def _upstreams(self) -> Iterator[Metric]:
+        service = self._service
+        registry = service.registry
+        upstreams: list[UpstreamState] = list(registry.upstreams) + list(registry.retiring)
+        labels = ["upstream"]
+        up = _gauge(
+            "upstream_up", "Whether the upstream passes its health checks (1) or not", labels
+        )
+        serving = _gauge(
+            "upstream_serving", "Whether the upstream takes new requests (up and enabled)", labels
+        )
+        admin = _gauge(
+            "upstream_admin_state",
+            "The upstream's admin state: 1 for the current one",
+            ["upstream", "state"],
+        )
+        weight = _gauge("upstream_weight", "The upstream's weight", labels)
+        in_flight = _gauge(
+            "upstream_requests_in_flight", "Requests assigned to the upstream now", labels
+        )
+        idle = _gauge(
+            "upstream_idle_connections", "Idle pooled connections to the upstream", labels
+        )
+        open_ = _gauge(
+            "upstream_open_connections",
+            "Connections to the upstream, open or being opened (idle and busy)",
+            labels,
+        )
+        since = _gauge(
+            "upstream_last_state_change_timestamp_seconds",
+            "When the upstream's health or admin state last changed (Unix time)",
+            labels,
+        )
+        requests = _counter("upstream_requests", "Requests sent to the upstream", labels)
+        responses = _counter(
+            "upstream_responses",
+            "Responses from the upstream, by status class",
+            ["upstream", "code"],
+        )
+        counters = {
+            "connect_failures": _counter(
+                "upstream_connection_errors", "Failed connects to the upstream", labels
+            ),
+            "response_errors": _counter(
+                "upstream_response_errors",
+                "Upstream connections that failed before the response was complete",
+                labels,
+            ),
+            "timeouts": _counter(
+                "upstream_timeouts", "Requests the upstream did not answer in time (504)", labels
+            ),
+            "retries": _counter(
+                "upstream_retries",
+                "Requests sent again after the upstream failed before answering",
+                labels,
+            ),
+            "check_failures": _counter(
+                "upstream_check_failures", "Failed active health checks", labels
+            ),
+            "state_changes": _counter(
+                "upstream_state_changes", "Health state changes (up to down and back)", labels
+            ),
+            "connections_opened": _counter(
+                "upstream_connection_attempts", "Connections opened to the upstream", labels
+            ),
+            "connections_reused": _counter(
+                "upstream_connection_reuses", "Requests sent on an idle pooled connection", labels
+            ),
+        }
+        pool = service.pool
+        for upstream in upstreams:
+            name = [upstream.name]
+            up.add_metric(name, 1 if upstream.alive else 0)
+            serving.add_metric(name, 1 if upstream.serving else 0)
+            for state in ADMIN_STATES:
+                admin.add_metric([upstream.name, state], 1 if upstream.admin_state == state else 0)
+            weight.add_metric(name, upstream.weight)
+            in_flight.add_metric(name, upstream.in_flight)
+            idle.add_metric(name, pool.idle_count(upstream))
+            open_.add_metric(name, pool.open_count(upstream))
+            since.add_metric(name, upstream.state_since)
+            requests.add_metric(name, upstream.requests)
+            for index, code in enumerate(CLASSES):
+                responses.add_metric([upstream.name, code], upstream.responses[index + 1])
+            responses.add_metric([upstream.name, "other"], sum(upstream.responses[6:]))
+            for attribute, family in counters.items():
+                family.add_metric(name, getattr(upstream, attribute))
+        yield from (up, serving, admin, weight, in_flight, idle, open_, since, requests, responses)
+        yield from counters.values()
+        health = service.health
+        probes = _counter("health_checks", "Active health probes sent")
+        failed = _counter("health_check_failures", "Active health probes that failed")
+        probes.add_metric([], health.probes_sent if health is not None else 0)
+        failed.add_metric([], health.probes_failed if health is not None else 0)
+        yield probes
+        yield failed
+
+    def _operations(self) -> Iterator[Metric]:
+        reloads = self._service.reloads
+        total = _counter("config_reloads", "Configuration reloads, by result", ["result"])
+        total.add_metric(["success"], reloads.success)
+        total.add_metric(["failure"], reloads.failure)
+        yield total
+        last = _gauge(
+            "config_last_reload_successful", "Whether the last reload succeeded (1 with none yet)"
+        )
+        last.add_metric([], 1 if reloads.last_ok else 0)
+        yield last
+        if reloads.last_success_at is not None:
+            when = _gauge(
+                "config_last_reload_success_timestamp_seconds",
+                "When the configuration was last reloaded successfully (Unix time)",
+            )
+            when.add_metric([], reloads.last_success_at)
+            yield when
+
+    def _features(self) -> Iterator[Metric]:
+        for provider in self._service.feature_counters:
+            prefix = check_name(provider.name) + "_"
+            for key, value in sorted(provider.snapshot().items()):
+                check_name(key)
+                family: CounterMetricFamily | GaugeMetricFamily
+                if key.endswith("_total"):
+                    family = _counter(prefix + key[: -len("_total")], f"{provider.name}: {key}")
+                else:
+                    family = _gauge(prefix + key, f"{provider.name}: {key}")
+                family.add_metric([], value)
+                yield family
+
+
+def build_registry(service: BalancerService, process: bool = True) -> CollectorRegistry:
+    """
+    A registry of its own (not C{prometheus_client}'s global one) holding
+    L{BalancerCollector} and, when C{process}, the process collector
+    (C{process_cpu_seconds_total}, C{process_open_fds}, ...).
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(BalancerCollector(service))
+    if process:
+        ProcessCollector(registry=registry)
+    return registry
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """
+    The text exposition of every metric in C{registry}.
+    """
+    return generate_latest(registry)

@@ -1,0 +1,1 @@
+An admin listener (--admin-bind) serves Prometheus metrics, a live status page, readiness and upstream drain/disable/enable; --config reads a TOML file, --check-config checks it, and SIGHUP reloads it without dropping a request; balancebeam speaks sd_notify (ready, reloading, stopping, watchdog) and ships systemd unit files.
