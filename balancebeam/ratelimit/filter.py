@@ -90,6 +90,9 @@ class RateLimitFilter:
         # Deferred's metaclass is ABCMeta, whose isinstance is slow: test the
         # in-memory limiter's answer first.
         if type(decision) is RateLimitDecision:
+            if decision.allowed and not self._headers:
+                # The common case, without a call to _decided.
+                return None
             return self._decided(decision, exchange)
         # Any other answer is a Deferred (mypy cannot narrow a NamedTuple away).
         pending = cast("Deferred[RateLimitDecision]", decision)

@@ -355,8 +355,10 @@ class ClientConnection(Protocol):
         self.state = _IDLE
         factory = self.factory
         self.deadline = factory.clock.seconds() + factory.settings.timeouts.client_idle
-        self.resume_reading(PAUSE_PIPELINE | PAUSE_WAITING | PAUSE_UPSTREAM_FULL)
-        self._process()
+        if self._paused:
+            self.resume_reading(PAUSE_PIPELINE | PAUSE_WAITING | PAUSE_UPSTREAM_FULL)
+        if self._buffer or self._client_eof:
+            self._process()
 
     def abort(self) -> None:
         """

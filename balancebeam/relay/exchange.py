@@ -142,7 +142,10 @@ class Exchange(ExchangeCore):
             )
         body = self.body
         done = self.request_done
-        self._enter(_WAITING if done else _SENDING)
+        # _enter, inlined: once per request.
+        state = self.state = _WAITING if done else _SENDING
+        relay = self.relay
+        client.deadline = relay.clock.seconds() + relay.deadlines[state]
         if body is None:
             connection.send_request(self, request.method, head)
             return True
@@ -259,11 +262,13 @@ class Exchange(ExchangeCore):
                     self._write_answer(answer)
                     return
         self.response = response
-        self.relay.stats.count_status(response.status)
+        # A parsed status has three digits, the first not 0 (Stats.count_status
+        # inlined: once per request).
+        status_class = response.status // 100
+        self.relay.stats.by_class[status_class] += 1
         upstream = self.upstream
         if upstream is not None:
-            # A parsed status has three digits, the first not 0.
-            upstream.responses[response.status // 100] += 1
+            upstream.responses[status_class] += 1
         keep_alive = self.keep_alive and self.request_done
         chunked = False
         kind = response.body_kind
@@ -277,7 +282,10 @@ class Exchange(ExchangeCore):
         head = response_head_for_client(response, request.minor, keep_alive, chunked)
         if self._extra:
             head = head[:-2] + self._extra + CRLF
-        self._enter(_RECEIVE_BLOCKED if client.writes_paused else _RECEIVING)
+        # _enter, inlined: once per request.
+        state = self.state = _RECEIVE_BLOCKED if client.writes_paused else _RECEIVING
+        relay = self.relay
+        client.deadline = relay.clock.seconds() + relay.deadlines[state]
         client.write(head)
 
     def _switch_protocols(self, connection: UpstreamConnection, response: ResponseHead) -> None:
@@ -312,7 +320,9 @@ class Exchange(ExchangeCore):
             else:
                 client.write(data)
             if state == _RECEIVING:
-                self._touch()
+                # _touch, inlined: once per piece of body.
+                relay = self.relay
+                client.deadline = relay.clock.seconds() + relay.deadlines[state]
         elif state == _TUNNEL:
             self.client.write(data)
             self._touch()

@@ -26,6 +26,7 @@ from balancebeam.http1.heads import (
     BODY_LENGTH,
     BODY_NONE,
     CRLF,
+    IDEMPOTENT_METHODS,
     RequestHead,
     ResponseHead,
 )
@@ -59,6 +60,7 @@ class ExchangeCore:
 
     @ivar request: the parsed request head.
     @ivar client: where the response goes (L{IClientSide}).
+    @ivar client_ip: the client's address (L{IExchange.client_ip}).
     @ivar relay: the settings this exchange started with (L{RelaySettings}).
     @ivar started: clock time the head was parsed.
     @ivar number: the request's number in this process (its id).
@@ -79,6 +81,7 @@ class ExchangeCore:
     __slots__ = (
         "request",
         "client",
+        "client_ip",
         "relay",
         "started",
         "number",
@@ -114,6 +117,7 @@ class ExchangeCore:
     ) -> None:
         self.request = request
         self.client = client
+        self.client_ip = client.client_ip
         self.relay = relay
         self.started = started
         self.number = number
@@ -146,13 +150,6 @@ class ExchangeCore:
         return f"<Exchange {self.request_id} {self.method_text} {self.path_text} {self.state!r}>"
 
     # What filters, the dispatcher and logs read
-
-    @property
-    def client_ip(self) -> str:
-        """
-        The client's address (L{IExchange.client_ip}).
-        """
-        return self.client.client_ip
 
     @property
     def scheme(self) -> bytes:
@@ -189,7 +186,10 @@ class ExchangeCore:
         any) still held in full.
         """
         body = self.body
-        return body.replayable if body is not None else self.request.idempotent
+        if body is not None:
+            return body.replayable
+        request = self.request
+        return request.method in IDEMPOTENT_METHODS or request.idempotent
 
     def add_tried(self, upstream: UpstreamState) -> None:
         """
@@ -322,9 +322,9 @@ class ExchangeCore:
         if self.state == _DONE:
             return
         response = self.response
-        if not logged and response is not None and response.status != 101:
-            self._log(response.status)
         relay = self.relay
+        if relay.access_log and not logged and response is not None and response.status != 101:
+            self._log(response.status)
         if response is None or response.status != 101:
             # Stats.count_duration, inlined: this runs once per request.
             stats = relay.stats
