@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final, cast
 from typing import Protocol as TypingProtocol
 
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import INegotiated, IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -154,7 +154,12 @@ class UpstreamConnection(Protocol):
         still answer.
         """
         stream = self.stream
-        lose_write = getattr(stream, "loseWriteConnection", None)
+        # A TLS transport has no half-close of its own (Twisted's TLS wrapper
+        # would pass loseWriteConnection to the TCP transport below it, under
+        # the TLS records): close the whole connection instead.
+        lose_write = None
+        if not INegotiated.providedBy(stream):
+            lose_write = getattr(stream, "loseWriteConnection", None)
         if lose_write is not None:
             lose_write()
         else:
