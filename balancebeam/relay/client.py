@@ -49,7 +49,7 @@ from balancebeam.relay.states import (
     PAUSE_WAITING,
     ClientState,
 )
-from balancebeam.relay.transport import StreamTransport, enable_no_delay
+from balancebeam.relay.transport import StreamTransport, close_when_sent, enable_no_delay
 from balancebeam.routing import Dispatcher
 from balancebeam.stats import Stats
 from balancebeam.twisted_internals import send_now
@@ -402,7 +402,7 @@ class ClientConnection(Protocol):
         self._buffer = b""
         self.deadline = math.inf
         self.flush()
-        self._stream.loseConnection()
+        close_when_sent(self._stream)
 
     # Reading from the client
 

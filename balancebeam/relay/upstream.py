@@ -29,7 +29,7 @@ from balancebeam.http1.heads import (
 )
 from balancebeam.relay.interfaces import IResponseSink
 from balancebeam.relay.states import UpstreamConnectionState
-from balancebeam.relay.transport import StreamTransport, enable_no_delay
+from balancebeam.relay.transport import StreamTransport, close_when_sent, enable_no_delay
 from balancebeam.twisted_internals import send_now
 
 if TYPE_CHECKING:
@@ -146,7 +146,7 @@ class UpstreamConnection(Protocol):
         """
         self.owner = None
         if self.state != _CLOSED and self.transport is not None:
-            self.stream.loseConnection()
+            close_when_sent(self.stream)
 
     def half_close(self) -> None:
         """
@@ -163,7 +163,7 @@ class UpstreamConnection(Protocol):
         if lose_write is not None:
             lose_write()
         else:
-            stream.loseConnection()
+            close_when_sent(stream)
 
     def start_tunnel(self) -> None:
         """
