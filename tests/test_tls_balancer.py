@@ -656,6 +656,8 @@ class ServiceTreeTests(SynchronousTestCase):
         wrapper = servers[8443]
         assert isinstance(wrapper, TLSMemoryBIOFactory)
         self.assertIs(wrapper.wrappedFactory, service.https_factory)
+        # Each write is encrypted and sent at once (the relay batches its writes).
+        self.assertIs(wrapper.protocol, TLSMemoryBIOProtocol)
         self.assertIs(servers[8080], service.factory)
         self.assertEqual((len(service.ports), len(service.tls_ports)), (1, 1))
 
