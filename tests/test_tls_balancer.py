@@ -23,7 +23,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
-from twisted.internet.protocol import Factory, ProcessProtocol, connectionDone
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol, connectionDone
 from twisted.internet.ssl import (
     Certificate,
     CertificateOptions,
@@ -41,6 +41,8 @@ from balancebeam.config import BalancerConfig, Timeouts, TlsConfig, UpstreamSpec
 from balancebeam.relay.client import ClientConnection
 from balancebeam.relay.deadlines import DeadlineTimer
 from balancebeam.service import BalancerService, ListenerService
+from balancebeam.tls.layer import DirectTLSFactory, DirectTLSProtocol
+from balancebeam.tls.store import CertificateStore
 from tests.helpers import unused_port, wait_until
 from tests.test_integration import HOST, IntegrationTestCase, build_request, reactor
 from tests.test_tls_support import InspectingClient, bundle, write
@@ -657,7 +659,7 @@ class ServiceTreeTests(SynchronousTestCase):
         assert isinstance(wrapper, TLSMemoryBIOFactory)
         self.assertIs(wrapper.wrappedFactory, service.https_factory)
         # Each write is encrypted and sent at once (the relay batches its writes).
-        self.assertIs(wrapper.protocol, TLSMemoryBIOProtocol)
+        self.assertIs(wrapper.protocol, DirectTLSProtocol)
         self.assertIs(servers[8080], service.factory)
         self.assertEqual((len(service.ports), len(service.tls_ports)), (1, 1))
 
@@ -779,6 +781,84 @@ class ServiceTreeTests(SynchronousTestCase):
         self.assertEqual(
             [creator.upstream for creator in service.upstream_tls.creators], ["127.0.0.1:8443"]
         )
+
+
+class _Answer(Protocol):
+    """
+    Answers every piece of data with C{b"answer"}.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        """Answer at once."""
+        assert self.transport is not None
+        self.transport.write(b"answer")
+
+
+class _Collect(Protocol):
+    """
+    Collects what arrives.
+    """
+
+    received = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        """Keep it."""
+        self.received += data
+
+
+class TLSLayerTests(SynchronousTestCase):
+    """
+    L{DirectTLSFactory}: what a TLS connection writes is encrypted and
+    handed to the transport below at once, not on a later reactor turn.
+    """
+
+    def test_write_reaches_transport_at_once(self) -> None:
+        """
+        After the handshake, the server's answer to a request is on its TCP
+        transport before the clock moves, and the client decrypts it.
+        """
+        ca = trustme.CA()
+        path = write(os.path.abspath(self.mktemp()), "a.pem", bundle(ca, "a.example"))
+        clock = MemoryReactorClock()
+        server_factory = DirectTLSFactory(
+            CertificateStore(clock, [path]), False, Factory.forProtocol(_Answer), clock=clock
+        )
+        client_factory = TLSMemoryBIOFactory(
+            InspectingClient(b"a.example"), True, Factory.forProtocol(_Collect), clock=clock
+        )
+        server = server_factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        client = client_factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 2))
+        assert server is not None and client is not None
+        server_wire, client_wire = StringTransport(), StringTransport()
+        server.makeConnection(server_wire)
+        client.makeConnection(client_wire)
+
+        def pump() -> None:
+            while client_wire.value() or server_wire.value():
+                to_server, to_client = client_wire.value(), server_wire.value()
+                client_wire.clear()
+                server_wire.clear()
+                if to_server:
+                    server.dataReceived(to_server)
+                if to_client:
+                    client.dataReceived(to_client)
+
+        pump()
+        client.write(b"request")
+        client_factory_protocol = client.wrappedProtocol
+        assert isinstance(client_factory_protocol, _Collect)
+        request = client_wire.value()
+        if not request:
+            clock.advance(0)  # Twisted's client side aggregates its small writes
+            request = client_wire.value()
+        client_wire.clear()
+        server.dataReceived(request)
+        answer = server_wire.value()
+        self.assertNotEqual(answer, b"")
+        self.assertNotIn(b"answer", answer)
+        server_wire.clear()
+        client.dataReceived(answer)
+        self.assertEqual(client_factory_protocol.received, b"answer")
 
 
 class StartupErrorTests(SynchronousTestCase):
