@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -30,6 +30,7 @@ from balancebeam.config_values import (
     RATE_LIMIT_ALGORITHMS,
     RATE_LIMIT_ON_ERROR,
     STRATEGIES,
+    UPSTREAM_TLS_VERIFY,
     UpstreamSpec,
     bind_to_endpoint,
     choice_parser,
@@ -44,8 +45,11 @@ from balancebeam.config_values import (
     parse_positive,
     parse_positive_size,
     parse_rate_limit_backend,
+    parse_readable_directory,
+    parse_readable_file,
     parse_rule_pattern,
     parse_size,
+    parse_tls_name,
     parse_trusted_network,
     parse_upstream,
     parse_waf_mode,
@@ -130,11 +134,22 @@ OPTIONS: Mapping[str, Option] = MappingProxyType({option.name: option for option
     # Listening. The default of bind applies only when no listen is given.
     Option("bind", VALUE, bind_to_endpoint, DEFAULT_BIND),
     Option("listen", LIST, validate_endpoint),
+    # HTTPS listeners.
+    Option("tls-bind", LIST, bind_to_endpoint, field="tls.listen"),
+    Option("tls-cert", LIST, parse_readable_file, field="tls.certificates"),
+    Option("tls-cert-dir", LIST, parse_readable_directory, field="tls.certificate_dirs"),
     # Upstreams and balancing.
     Option("upstream", LIST, parse_upstream),
     Option("upstream-weight", LIST, parse_weight),
     Option("demo", FLAG),
     Option("strategy", VALUE, choice_parser(STRATEGIES), "random", "strategy"),
+    # TLS to upstreams.
+    Option("upstream-ca", VALUE, parse_readable_file, None, "tls.upstream_ca"),
+    Option("upstream-tls-name", VALUE, parse_tls_name, None, "tls.upstream_name"),
+    Option("upstream-tls-verify", VALUE, choice_parser(UPSTREAM_TLS_VERIFY), "full",
+           "tls.upstream_verify"),
+    Option("upstream-client-cert", VALUE, parse_readable_file, None,
+           "tls.upstream_client_cert"),
     # Health checks. health-check-timeout has no default: see
     # default_health_check_timeout.
     Option("active-health-check-interval", VALUE, parse_non_negative, "10",
@@ -308,6 +323,42 @@ class WafConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """
+    TLS on both sides (L{balancebeam.tls}, C{doc/tls.md}).
+
+    @ivar listen: the endpoint strings of the HTTPS listeners (C{--tls-bind}).
+    @ivar certificates: PEM files, each with a certificate, its chain and
+        its key (C{--tls-cert}), in order; the first certificate loaded is
+        served when no name matches.
+    @ivar certificate_dirs: directories whose C{*.pem} files are loaded too,
+        after C{certificates} (C{--tls-cert-dir}).
+    @ivar upstream_ca: a PEM file of the authorities TLS upstreams must
+        chain to, or C{None} for the system trust store.
+    @ivar upstream_name: the name every TLS upstream's certificate must
+        carry (and the SNI sent), or C{None} for each upstream's host.
+    @ivar upstream_verify: C{full}, or C{none} to accept any certificate.
+    @ivar upstream_client_cert: a PEM file (certificate, chain, key) to
+        present to TLS upstreams, or C{None}.
+    """
+
+    listen: tuple[str, ...] = ()
+    certificates: tuple[str, ...] = ()
+    certificate_dirs: tuple[str, ...] = ()
+    upstream_ca: str | None = None
+    upstream_name: str | None = None
+    upstream_verify: str = _default("upstream-tls-verify")
+    upstream_client_cert: str | None = None
+
+    @property
+    def listening(self) -> bool:
+        """
+        Whether there is an HTTPS listener (and so a certificate store).
+        """
+        return bool(self.listen)
+
+
+@dataclass(frozen=True)
 class BalancerConfig:
     """
     Everything L{balancebeam.service.BalancerService} needs to build the balancer.
@@ -324,6 +375,7 @@ class BalancerConfig:
     limits: Limits = field(default_factory=Limits)
     cache: CacheConfig = field(default_factory=CacheConfig)
     waf: WafConfig = field(default_factory=WafConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
     strategy: str = _default("strategy")
     active_health_check_interval: float = _default("active-health-check-interval")
     active_health_check_path: str = _default("active-health-check-path")
@@ -448,7 +500,7 @@ def build_config(values: Mapping[str, object]) -> BalancerConfig:
             parsed[option.name] = _default(option.name)
 
     records: dict[str, dict[str, Any]] = {
-        record: {} for record in ("", "timeouts", "limits", "cache", "waf")
+        record: {} for record in ("", "timeouts", "limits", "cache", "waf", "tls")
     }
     for option in OPTIONS.values():
         if option.field is not None:
@@ -464,13 +516,18 @@ def build_config(values: Mapping[str, object]) -> BalancerConfig:
     waf = WafConfig(**records["waf"])
     _check_waf(waf)
     _check_admin(raw)
+    upstreams = _upstreams(raw, parsed)
+    listen = _listen(raw, parsed)
+    tls = TlsConfig(**records["tls"])
+    _check_tls(raw, tls, listen, upstreams)
     return BalancerConfig(
-        upstreams=_upstreams(raw, parsed),
-        listen=_listen(raw, parsed),
+        upstreams=upstreams,
+        listen=listen,
         timeouts=Timeouts(**records["timeouts"]),
         limits=Limits(**records["limits"]),
         cache=CacheConfig(**records["cache"]),
         waf=waf,
+        tls=tls,
         health_check_timeout=health_check_timeout,
         **records[""],
     )
@@ -495,7 +552,9 @@ def _upstreams(raw: Mapping[str, Any], parsed: Mapping[str, Any]) -> tuple[Upstr
             "or use --demo",
         )
     weighted: set[str] = set()
-    for text, (name, weight) in zip(raw["upstream-weight"] or (), parsed["upstream-weight"]):
+    for text, (name, tls, weight) in zip(
+        raw["upstream-weight"] or (), parsed["upstream-weight"]
+    ):
         if name not in specs:
             known = ", ".join(specs) or "none"
             raise ConfigError(
@@ -503,21 +562,26 @@ def _upstreams(raw: Mapping[str, Any], parsed: Mapping[str, Any]) -> tuple[Upstr
             )
         if name in weighted:
             raise ConfigError("upstream-weight", f"{name} is weighted twice", text)
-        weighted.add(name)
         spec = specs[name]
-        specs[name] = UpstreamSpec(spec.host, spec.port, weight)
+        if tls is not None and tls != spec.tls:
+            given = "https" if spec.tls else "plain HTTP"
+            raise ConfigError("upstream-weight", f"{name} is an --upstream over {given}", text)
+        weighted.add(name)
+        specs[name] = replace(spec, weight=weight)
     return tuple(specs.values())
 
 
 def _listen(raw: Mapping[str, Any], parsed: Mapping[str, Any]) -> tuple[str, ...]:
     """
-    The endpoint strings to listen on: C{bind} (or its default) first, then
-    every C{listen}; C{listen} alone replaces the default C{bind}.
+    The endpoint strings to listen on for plain HTTP: C{bind} (or its
+    default) first, then every C{listen}; C{listen} or C{tls-bind} alone
+    replaces the default C{bind} (an HTTPS-only balancer opens no plain port
+    it was not asked for).
 
     @raise ConfigError: on an endpoint given twice.
     """
     endpoints: list[str] = []
-    if raw["bind"] is not None or not parsed["listen"]:
+    if raw["bind"] is not None or not (parsed["listen"] or parsed["tls-bind"]):
         endpoints.append(parsed["bind"])
     for text, endpoint in zip(raw["listen"] or (), parsed["listen"]):
         if endpoint in endpoints:
@@ -588,3 +652,49 @@ def _check_admin(raw: Mapping[str, Any]) -> None:
             "token clients must send)",
             bind,
         )
+
+
+# Not upstream-tls-verify: the command line always gives its default.
+_UPSTREAM_TLS_OPTIONS = ("upstream-ca", "upstream-tls-name", "upstream-client-cert")
+
+
+def _check_tls(
+    raw: Mapping[str, Any],
+    tls: TlsConfig,
+    listen: tuple[str, ...],
+    upstreams: tuple[UpstreamSpec, ...],
+) -> None:
+    """
+    Check that the TLS options fit together: an HTTPS listener has a
+    certificate and certificates have a listener, no address is given twice
+    (as HTTPS, or as HTTPS and plain HTTP), and the upstream TLS files and
+    name are given only with an C{https://} upstream. The files themselves are loaded
+    when the service is built.
+
+    @raise ConfigError: naming the option that does not fit.
+    """
+    for number, (text, endpoint) in enumerate(zip(raw["tls-bind"] or (), tls.listen)):
+        if endpoint in tls.listen[:number]:
+            raise ConfigError("tls-bind", "this address is given twice", text)
+        if endpoint in listen:
+            raise ConfigError("tls-bind", "is also a plain-HTTP listener (--bind)", text)
+    has_certificates = bool(tls.certificates or tls.certificate_dirs)
+    if tls.listen and not has_certificates:
+        raise ConfigError(
+            "tls-bind",
+            "has no certificate: give --tls-cert FILE or --tls-cert-dir DIR",
+            raw["tls-bind"][0],
+        )
+    if has_certificates and not tls.listen:
+        name = "tls-cert" if tls.certificates else "tls-cert-dir"
+        raise ConfigError(
+            name, "is given without --tls-bind: no listener would serve it", raw[name][0]
+        )
+    if not any(spec.tls for spec in upstreams):
+        for name in _UPSTREAM_TLS_OPTIONS:
+            if raw[name] is not None:
+                raise ConfigError(
+                    name,
+                    "applies to TLS upstreams, and no --upstream is https://HOST:PORT",
+                    raw[name],
+                )

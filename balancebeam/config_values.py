@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
 import socket
 from collections.abc import Callable, Iterator
@@ -30,11 +31,13 @@ class UpstreamSpec:
     @ivar host: hostname or IP literal (IPv6 without brackets).
     @ivar port: TCP port.
     @ivar weight: relative share of traffic for weighted strategies.
+    @ivar tls: whether connections to it use TLS (C{--upstream https://...}).
     """
 
     host: str
     port: int
     weight: int = 1
+    tls: bool = False
 
     @property
     def name(self) -> str:
@@ -123,29 +126,69 @@ def parse_host_port(text: str) -> tuple[str, int]:
     return host, parse_port(port_text)
 
 
+UPSTREAM_SCHEMES: dict[str, tuple[bool, int]] = {"http": (False, 80), "https": (True, 443)}
+"""
+The schemes an upstream may be written with: whether each means TLS, and its
+default port.
+"""
+
+
+def split_upstream_scheme(text: str) -> tuple[bool | None, str]:
+    """
+    Take the scheme off an upstream address: C{https://HOST[:PORT]} is TLS,
+    C{http://HOST[:PORT]} plain; a port left out is the scheme's default
+    (443, 80). One trailing C{/} is allowed; a path is not.
+
+    @return: C{True} for C{https://}, C{False} for C{http://}, C{None} when
+        no scheme was written; and C{HOST:PORT}.
+    @raise ValueError: on another scheme, or a path after the address.
+    """
+    text = text.strip()
+    scheme, separator, rest = text.partition("://")
+    if not separator:
+        return None, text
+    known = UPSTREAM_SCHEMES.get(scheme.lower())
+    if known is None:
+        raise ValueError(f"scheme {scheme!r} must be http or https")
+    tls, default_port = known
+    if rest.endswith("/"):
+        rest = rest[:-1]
+    if "/" in rest or "?" in rest or "#" in rest:
+        raise ValueError("must be an address without a path, such as https://HOST:PORT")
+    bracketed = rest.startswith("[") and rest.endswith("]")
+    if bracketed or (rest and ":" not in rest):
+        rest = f"{rest}:{default_port}"
+    return tls, rest
+
+
 def parse_upstream(text: str) -> UpstreamSpec:
     """
-    Parse an C{--upstream HOST:PORT} value.
+    Parse an C{--upstream} value: C{HOST:PORT} or C{http://HOST[:PORT]}
+    (plain), or C{https://HOST[:PORT]} (TLS).
     """
-    host, port = parse_host_port(text)
-    return UpstreamSpec(host=host, port=port)
+    tls, address = split_upstream_scheme(text)
+    host, port = parse_host_port(address)
+    return UpstreamSpec(host=host, port=port, tls=bool(tls))
 
 
-def parse_weight(text: str) -> tuple[str, int]:
+def parse_weight(text: str) -> tuple[str, bool | None, int]:
     """
-    Parse an C{--upstream-weight HOST:PORT=W} value.
+    Parse an C{--upstream-weight [SCHEME://]HOST:PORT=W} value.
 
-    @return: the upstream name in canonical form and the weight.
+    @return: the upstream name in canonical form (C{HOST:PORT}), whether
+        the scheme written says TLS (C{None} when none is written), and the
+        weight.
     @raise ValueError: when C{text} is not of that form or W is not a whole
         number of at least 1.
     """
     target, equals, weight_text = text.rpartition("=")
     if not equals:
         raise ValueError("is not of the form HOST:PORT=WEIGHT")
-    host, port = parse_host_port(target)
+    tls, address = split_upstream_scheme(target)
+    host, port = parse_host_port(address)
     if not _is_digits(weight_text) or int(weight_text) < 1:
         raise ValueError(f"weight {weight_text!r} must be a whole number of at least 1")
-    return UpstreamSpec(host, port).name, int(weight_text)
+    return UpstreamSpec(host, port).name, tls, int(weight_text)
 
 
 def bind_to_endpoint(text: str) -> str:
@@ -527,3 +570,79 @@ def parse_file_path(text: str) -> str:
     if not text.strip():
         raise ValueError("is empty")
     return text
+
+
+# TLS (balancebeam.tls reads the files' contents when the service is built;
+# here they are only checked to be there and readable).
+
+
+def parse_readable_file(text: str) -> str:
+    """
+    Check a file option (a certificate or CA file): a regular file this
+    process can read.
+
+    @return: the file's absolute path, so that a reload reads the same file
+        whatever the working directory is by then.
+    @raise ValueError: when it is empty, missing, not a file, or unreadable.
+    """
+    if not text.strip():
+        raise ValueError("is empty: give a file name")
+    path = os.path.abspath(text)
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except IsADirectoryError:
+        raise ValueError("is a directory, not a file") from None
+    except OSError as error:
+        raise ValueError(f"cannot be read: {error.strerror or error}") from None
+    return path
+
+
+def parse_readable_directory(text: str) -> str:
+    """
+    Check a directory option (C{--tls-cert-dir}): a directory this process
+    can list.
+
+    @return: the directory's absolute path.
+    @raise ValueError: when it is empty, missing, not a directory, or cannot
+        be listed.
+    """
+    if not text.strip():
+        raise ValueError("is empty: give a directory")
+    path = os.path.abspath(text)
+    try:
+        os.listdir(path)
+    except NotADirectoryError:
+        raise ValueError("is not a directory") from None
+    except OSError as error:
+        raise ValueError(f"cannot be listed: {error.strerror or error}") from None
+    return path
+
+
+def parse_tls_name(text: str) -> str:
+    """
+    Check an C{--upstream-tls-name} value: a DNS name (no wildcard) or an IP
+    address, the name TLS upstreams' certificates must carry.
+
+    @return: the name, lower-cased, without a trailing dot (an IPv6 address
+        without brackets).
+    @raise ValueError: otherwise.
+    """
+    name = text.strip().lower()
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        pass
+    if not name:
+        raise ValueError("is empty: give the name the upstreams' certificates carry")
+    try:
+        _check_hostname(name)
+    except ValueError:
+        raise ValueError("must be a DNS name (without wildcards) or an IP address") from None
+    return name.rstrip(".")
+
+
+UPSTREAM_TLS_VERIFY: tuple[str, ...] = ("full", "none")
+"""The values of C{--upstream-tls-verify}."""

@@ -304,15 +304,16 @@ class Reloader:
                 if step is not None:
                     step()
             service.config = new
-            factory = service.factory
-            factory.reconfigure(
-                service.dispatcher, new.timeouts, new.limits, service.filters, new.access_log
-            )
-            factory.max_connections = new.max_client_connections
-            factory.retry_after = _retry_after(new)
+            factories = service.relay_factories
+            for factory in factories:
+                factory.reconfigure(
+                    service.dispatcher, new.timeouts, new.limits, service.filters, new.access_log
+                )
+                factory.max_connections = new.max_client_connections
+                factory.retry_after = _retry_after(new)
             if resolution_for(old.timeouts) != resolution_for(new.timeouts):
                 old_timer = service.getServiceNamed("deadlines")
-                timer = DeadlineTimer(self._clock, [factory], resolution_for(new.timeouts))
+                timer = DeadlineTimer(self._clock, factories, resolution_for(new.timeouts))
                 timer.setName("deadlines")
                 replace_child(service, old_timer, timer, old_timer)
             self._start_retirement()

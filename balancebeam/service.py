@@ -3,13 +3,15 @@ The balancer as a tree of Twisted services, built from a L{BalancerConfig}.
 
 The tree, in start order (it stops in the reverse order, one child after the
 other):
+  0. with HTTPS listeners, the certificate store (its reload poll and the
+     SIGHUP handler);
   1. the rate limiter (it connects to Redis here, not when built), then the
      firewall (its inspection threads);
   2. the upstream pool (warm-up connections);
   3. the active health checker (when on);
   4. the deadline timer;
   5. the drain step, which on stop lets requests in progress finish;
-  6. one L{StreamServerEndpointService} per listener.
+  6. one L{StreamServerEndpointService} per listener: plain HTTP, then HTTPS.
 So on stop the listeners close first, then the connections drain, and only
 then do the timers, the pool and the limiter go.
 """
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -45,7 +47,7 @@ from balancebeam.admin.providers import IFeatureCounters, IPurger
 from balancebeam.admin.rate import RequestRate
 from balancebeam.admin.resources import build_admin_site
 from balancebeam.clientip import parse_trusted_networks
-from balancebeam.config import BalancerConfig, UpstreamSpec
+from balancebeam.config import BalancerConfig, TlsConfig, UpstreamSpec
 from balancebeam.errors import StartupError
 from balancebeam.health.checker import HealthChecker
 from balancebeam.health.probe import HTTPProbe
@@ -64,6 +66,7 @@ from balancebeam.systemd import SystemdService
 if TYPE_CHECKING:
     from balancebeam.cache import CacheFilter
     from balancebeam.relay.settings import RelaySettings
+    from balancebeam.tls import CertificateStore, UpstreamTLS
     from balancebeam.waf.build import WafService
 
 
@@ -120,10 +123,12 @@ class _ReportingEndpoint:
         endpoint: IStreamServerEndpoint,
         description: str,
         listening: Callable[[IListeningPort], None],
+        tls: bool = False,
     ) -> None:
         self._endpoint = endpoint
         self._description = description
         self._listening = listening
+        self._tls = tls
 
     def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
         """
@@ -133,7 +138,12 @@ class _ReportingEndpoint:
         return listening.addCallbacks(self._listened, self._failed)
 
     def _listened(self, port: IListeningPort) -> IListeningPort:
-        self.log.info("Listening for requests on {address}", address=describe_port(port))
+        if self._tls:
+            self.log.info(
+                "Listening for requests on {address} (HTTPS)", address=describe_port(port)
+            )
+        else:
+            self.log.info("Listening for requests on {address}", address=describe_port(port))
         self._listening(port)
         return port
 
@@ -191,9 +201,16 @@ class BalancerService(_SequentialMultiService):
     @ivar cache: the response cache, or C{None} when off.
     @ivar filters: the request filters, in order: the rate limiter, the
         firewall, the cache.
-    @ivar factory: the client-side protocol factory of every listener.
+    @ivar factory: the client-side protocol factory of the plain-HTTP listeners.
+    @ivar https_factory: that of the HTTPS listeners (C{X-Forwarded-Proto:
+        https}), sharing the dispatcher, filters, stats and connection cap;
+        C{None} without any.
+    @ivar certificates: the HTTPS listeners' certificate store, or C{None}.
+    @ivar upstream_tls: what TLS upstreams' connections share (trust,
+        client certificate), or C{None} when no upstream is C{https://}.
     @ivar health: the active health checker, or C{None} when off.
-    @ivar ports: the listening ports, once listening.
+    @ivar ports: the plain-HTTP listening ports, once listening.
+    @ivar tls_ports: the HTTPS listening ports, once listening.
     """
 
     log = Logger()
@@ -206,6 +223,12 @@ class BalancerService(_SequentialMultiService):
         self._reactor = reactor
         self._exit_on_listen_failure = exit_on_listen_failure
         self._endpoints: dict[UpstreamSpec, IStreamClientEndpoint] = {}
+        self._restore_sighup: Callable[[], None] | None = None
+        # TLS material is loaded first: a bad certificate stops startup
+        # before anything else is built.
+        self.certificates: CertificateStore | None = None
+        self.upstream_tls: UpstreamTLS | None = None
+        self.certificates, self.upstream_tls = _load_tls(reactor, config)
         active = config.active_health_check_interval > 0
         self.stats = Stats()
         self.registry = UpstreamRegistry(config.upstreams, reactor)
@@ -273,8 +296,28 @@ class BalancerService(_SequentialMultiService):
             retry_after=retry_after,
             max_connections=config.max_client_connections,
         )
+        self.https_factory: RelayFactory | None = None
+        if self.certificates is not None:
+            self.https_factory = RelayFactory(
+                reactor,
+                self.dispatcher,
+                self.stats,
+                config.timeouts,
+                config.limits,
+                self.filters,
+                scheme=b"https",
+                access_log=config.access_log,
+                retry_after=retry_after,
+                max_connections=config.max_client_connections,
+            )
+            self.https_factory.share_connection_cap(self.factory)
         self.ports: list[IListeningPort] = []
+        self.tls_ports: list[IListeningPort] = []
 
+        if self.certificates is not None:
+            _Lifecycle(
+                "tls certificates", self._start_certificates, self._stop_certificates
+            ).setServiceParent(self)
         # The current limiter (a reload may replace it) and those it retired.
         self.retired_limiters: list[IRateLimiter] = []
         _Lifecycle(
@@ -299,7 +342,7 @@ class BalancerService(_SequentialMultiService):
             )
             self.health.setName("health checks")
             self.health.setServiceParent(self)
-        timer = DeadlineTimer(reactor, [self.factory], resolution_for(config.timeouts))
+        timer = DeadlineTimer(reactor, self.relay_factories, resolution_for(config.timeouts))
         timer.setName("deadlines")
         timer.setServiceParent(self)
         _Lifecycle("drain", lambda: None, self._drain).setServiceParent(self)
@@ -312,6 +355,75 @@ class BalancerService(_SequentialMultiService):
             listener = ListenerService(endpoint, self.factory)
             listener.setName(f"listener {description}")
             listener.setServiceParent(self)
+        if self.certificates is not None and self.https_factory is not None:
+            self._add_tls_listeners(reactor, self.certificates, self.https_factory)
+
+    @property
+    def relay_factories(self) -> tuple[RelayFactory, ...]:
+        """
+        The client-side factories: plain HTTP, then HTTPS when configured.
+        """
+        if self.https_factory is None:
+            return (self.factory,)
+        return (self.factory, self.https_factory)
+
+    def _add_tls_listeners(
+        self, reactor: Any, store: CertificateStore, factory: RelayFactory
+    ) -> None:
+        """
+        One listener per C{--tls-bind}, with TLS from C{store} on top of
+        its TCP endpoint.
+        """
+        from balancebeam.tls import tls_server_endpoint
+
+        for description in self.config.tls.listen:
+            tls_endpoint = tls_server_endpoint(
+                reactor, store, serverFromString(reactor, description)
+            )
+            endpoint = _ReportingEndpoint(
+                tls_endpoint, f"{description} (HTTPS)", self.tls_ports.append, tls=True
+            )
+            listener = ListenerService(endpoint, factory)
+            listener.setName(f"https listener {description}")
+            listener.setServiceParent(self)
+
+    def _start_certificates(self) -> None:
+        """
+        Start the certificate store's poll and reload it on SIGHUP.
+        """
+        from balancebeam.tls import reload_on_sighup
+
+        store = self.certificates
+        assert store is not None
+        store.startService()
+        try:
+            self._restore_sighup = reload_on_sighup(self._reactor, store)
+        except ValueError as error:
+            # signal.signal works only in the main thread.
+            self.log.warn(
+                "TLS certificates will not reload on SIGHUP: {reason}", reason=str(error)
+            )
+
+    def hangup(self) -> None:
+        """
+        What C{SIGHUP} does under twistd (L{balancebeam.tap} installs it):
+        reload the TLS certificates, then the configuration.
+        """
+        if self.certificates is not None:
+            self.certificates.reload()
+        if self.reloader is not None:
+            self.reloader.reload()
+
+    def _stop_certificates(self) -> Deferred[None]:
+        """
+        Put the previous SIGHUP handler back and stop the poll.
+        """
+        restore, self._restore_sighup = self._restore_sighup, None
+        if restore is not None:
+            restore()
+        store = self.certificates
+        assert store is not None
+        return store.stopService()
 
     # Operations (issue 13): the admin listener, systemd, and what a reload
     # and the admin read and change.
@@ -507,6 +619,19 @@ class BalancerService(_SequentialMultiService):
         return self._make_endpoint(spec, self.config.timeouts.connect)
 
     def _make_endpoint(self, spec: UpstreamSpec, timeout: float) -> IStreamClientEndpoint:
+        """
+        The endpoint that connects to C{spec}; for a TLS upstream, one whose
+        connection is handed over only once the upstream's certificate has
+        been verified (within the same C{timeout} as the TCP connect).
+        """
+        endpoint = self._tcp_endpoint(spec, timeout)
+        if not spec.tls:
+            return endpoint
+        # _load_tls builds it whenever the configuration has a TLS upstream.
+        assert self.upstream_tls is not None, "a TLS upstream without upstream TLS"
+        return self.upstream_tls.endpoint(self._reactor, spec.host, spec.port, endpoint, timeout)
+
+    def _tcp_endpoint(self, spec: UpstreamSpec, timeout: float) -> IStreamClientEndpoint:
         try:
             address = ipaddress.ip_address(spec.host)
         except ValueError:
@@ -532,9 +657,10 @@ class BalancerService(_SequentialMultiService):
             for child in list(self):
                 if isinstance(child, ListenerService) and child.running:
                     child.stopService()
-            for port in self.ports:
+            for port in self.ports + self.tls_ports:
                 port.stopListening()
             self.ports.clear()
+            self.tls_ports.clear()
             if self._exit_on_listen_failure:
                 raise SystemExit(f"balancebeam: {error}") from None
             raise
@@ -551,11 +677,17 @@ class BalancerService(_SequentialMultiService):
         )
 
     def _drain(self) -> Deferred[None]:
+        factories = self.relay_factories
         self.log.info(
             "stopping: draining {count} client connection(s)",
-            count=len(self.factory.connections),
+            count=sum(len(factory.connections) for factory in factories),
         )
-        return self.factory.drain(self.config.shutdown_timeout)
+        if len(factories) == 1:
+            return self.factory.drain(self.config.shutdown_timeout)
+        drained = DeferredList(
+            [factory.drain(self.config.shutdown_timeout) for factory in factories]
+        )
+        return drained.addCallback(lambda _: None)
 
     def snapshot(self) -> dict[str, object]:
         """
@@ -574,8 +706,30 @@ class BalancerService(_SequentialMultiService):
         if self.cache is not None:
             for name, count in self.cache.counters.snapshot().items():
                 values[f"cache_{name}"] = count
+        values.update(self._tls_counters())
         values["upstreams_up"] = [u.name for u in self.registry.upstreams if u.alive]
         values["upstreams_down"] = [u.name for u in self.registry.upstreams if not u.alive]
+        return values
+
+    def _tls_counters(self) -> dict[str, object]:
+        """
+        The certificate store's reloads, and the TLS upstream handshakes
+        (all, resumed, refused by verification), when TLS is on.
+        """
+        values: dict[str, object] = {}
+        store = self.certificates
+        if store is not None:
+            values["tls_certificate_reloads"] = store.reloads
+            values["tls_certificate_reload_failures"] = store.reload_failures
+        if self.upstream_tls is not None:
+            creators = self.upstream_tls.creators
+            values["tls_upstream_handshakes"] = sum(c.handshakes for c in creators)
+            values["tls_upstream_resumed_handshakes"] = sum(
+                c.resumed_handshakes for c in creators
+            )
+            values["tls_upstream_verification_failures"] = sum(
+                c.verification_failures for c in creators
+            )
         return values
 
     def stopService(self) -> Deferred[None]:
@@ -609,6 +763,55 @@ def _build_cache(
         background=BackgroundFetcher(settings),
         store_set_cookie=config.cache.store_set_cookie,
     )
+
+
+def _load_tls(
+    reactor: Any, config: BalancerConfig
+) -> tuple[CertificateStore | None, UpstreamTLS | None]:
+    """
+    Load the listeners' certificates (with C{--tls-bind}) and the upstreams'
+    trust anchors and client certificate (with an C{https://} upstream).
+
+    L{balancebeam.tls} (and so pyOpenSSL) is imported only then.
+
+    @raise StartupError: naming the flag and the file, when one cannot be
+        used (unreadable, bad PEM, a key that does not match, no
+        certificate at all).
+    """
+    tls = config.tls
+    needs_upstream_tls = any(spec.tls for spec in config.upstreams)
+    if not tls.listening and not needs_upstream_tls:
+        return None, None
+    from balancebeam.tls import CertificateError, CertificateStore, UpstreamTLS
+
+    store: CertificateStore | None = None
+    upstream_tls: UpstreamTLS | None = None
+    try:
+        if tls.listening:
+            store = CertificateStore(reactor, tls.certificates, tls.certificate_dirs)
+        if needs_upstream_tls:
+            upstream_tls = UpstreamTLS(
+                ca_file=tls.upstream_ca,
+                verify=tls.upstream_verify != "none",
+                server_name=tls.upstream_name,
+                client_certificate_file=tls.upstream_client_cert,
+            )
+    except CertificateError as error:
+        raise StartupError(f"{_tls_flag(tls, error.path)} {error}") from None
+    return store, upstream_tls
+
+
+def _tls_flag(tls: TlsConfig, path: str) -> str:
+    """
+    The flag that named C{path}, for a startup error about it.
+    """
+    if path == tls.upstream_ca:
+        return "--upstream-ca"
+    if path == tls.upstream_client_cert:
+        return "--upstream-client-cert"
+    if path in tls.certificates:
+        return "--tls-cert"
+    return "--tls-cert-dir"
 
 
 def _build_waf(reactor: Any, config: BalancerConfig) -> WafService:

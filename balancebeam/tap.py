@@ -32,7 +32,9 @@ twistd -n --pidfile= balancebeam --bind 127.0.0.1:8080 --upstream 10.0.0.5:8081
 --upstream [2001:db8::7]:8081 --strategy least-connections. Try it with no
 servers of your own: twistd -n --pidfile= balancebeam --demo. Durations are
 in seconds (fractions allowed); sizes are bytes or a number with a k, m or g
-suffix (powers of 1024). See doc/options.md for the full reference.
+suffix (powers of 1024). HTTPS: --tls-bind 0.0.0.0:443 --tls-cert site.pem, and
+--upstream https://HOST:PORT re-encrypts (doc/tls.md). See doc/options.md for
+the full reference.
 """
 
 
@@ -48,10 +50,9 @@ class Options(usage.Options):
     """
     The options of C{twistd balancebeam}.
 
-    Repeatable flags collect their raw values in C{self["upstream"]},
-    C{self["listen"]}, C{self["trust-forwarded-for"]} and
-    C{self["upstream-weight"]}; L{postOptions} hands every value to
-    L{config.build_config}.
+    Repeatable flags collect their raw values in lists (C{self["upstream"]},
+    C{self["listen"]}, C{self["tls-bind"]}, ...: every L{config.LIST}
+    option); L{postOptions} hands every value to L{config.build_config}.
 
     @ivar config: the validated configuration, set by L{postOptions}. With
         C{--demo} its upstreams are only those given with C{--upstream} (maybe
@@ -104,6 +105,27 @@ class Options(usage.Options):
             "--bind, any --listen endpoints replace it; with both, both are used. "
             f"[default: {config.DEFAULT_BIND}]",
         ],
+        _parameter(
+            "upstream-ca",
+            "PEM file of the certificate authorities that https:// upstreams' "
+            "certificates must chain to. [default: the system trust store]",
+        ),
+        _parameter(
+            "upstream-tls-name",
+            "The name sent as SNI to every https:// upstream and required in its "
+            "certificate (use it when upstreams are addressed by IP). "
+            "[default: each upstream's host]",
+        ),
+        _parameter(
+            "upstream-tls-verify",
+            "full (check the chain and the name of https:// upstreams' certificates) "
+            "or none (accept any certificate: for test setups only).",
+        ),
+        _parameter(
+            "upstream-client-cert",
+            "PEM file (certificate, chain, private key) presented to https:// "
+            "upstreams that ask for a client certificate (mutual TLS).",
+        ),
         _parameter(
             "active-health-check-interval",
             "Seconds between active health probes of each upstream; 0 turns active checks off.",
@@ -302,13 +324,17 @@ class Options(usage.Options):
         self["trust-forwarded-for"] = []
         self["upstream-weight"] = []
         self["waf-rules"] = []
+        self["tls-bind"] = []
+        self["tls-cert"] = []
+        self["tls-cert-dir"] = []
         self.config: config.BalancerConfig | None = None
 
     def opt_upstream(self, value: str) -> None:
         """
-        An upstream server as HOST:PORT; repeat for more. IPv6 literals go in
-        brackets ([::1]:8080); hostnames are resolved when connecting. At least
-        one is required unless --demo is given.
+        An upstream server as HOST:PORT (or http://HOST:PORT), or
+        https://HOST:PORT to connect to it with TLS; repeat for more. IPv6
+        literals go in brackets ([::1]:8080); hostnames are resolved when
+        connecting. At least one is required unless --demo is given.
         """
         self["upstream"].append(value)
 
@@ -323,6 +349,29 @@ class Options(usage.Options):
         """
         self["listen"].append(value)
 
+    def opt_tls_bind(self, value: str) -> None:
+        """
+        HOST:PORT to listen on for HTTPS (IPv6 in brackets); repeat for more.
+        Needs --tls-cert or --tls-cert-dir. Requests get X-Forwarded-Proto: https.
+        """
+        self["tls-bind"].append(value)
+
+    def opt_tls_cert(self, value: str) -> None:
+        """
+        A PEM file holding a certificate, its chain and its private key, served
+        by the --tls-bind listeners to the names it carries; repeat for more. The
+        first one is served when no name matches. Reloaded on SIGHUP and when
+        the file changes.
+        """
+        self["tls-cert"].append(value)
+
+    def opt_tls_cert_dir(self, value: str) -> None:
+        """
+        A directory whose *.pem files (each a certificate, chain and key) are
+        served like --tls-cert files, in name order after them; repeat for more.
+        """
+        self["tls-cert-dir"].append(value)
+
     def opt_trust_forwarded_for(self, value: str) -> None:
         """
         A CIDR range (e.g. 10.0.0.0/8) of proxies whose X-Forwarded-For header is
@@ -333,8 +382,8 @@ class Options(usage.Options):
 
     def opt_upstream_weight(self, value: str) -> None:
         """
-        HOST:PORT=W gives a configured upstream weight W (a whole number, default
-        1), honoured by every strategy; repeat for more.
+        HOST:PORT=W (or https://HOST:PORT=W) gives a configured upstream weight
+        W (a whole number, default 1), honoured by every strategy; repeat for more.
         """
         self["upstream-weight"].append(value)
 
@@ -551,5 +600,7 @@ def _operations(
             loaded = dataclasses.replace(loaded, upstreams=loaded.upstreams + demo)
         return loaded
 
-    reloader = Reloader(balancer, load, reactor)
-    reactor.callWhenRunning(install_sighup, reactor, reloader.reload)
+    # The reloader registers itself as balancer.reloader.
+    Reloader(balancer, load, reactor)
+    # SIGHUP reloads the certificates and the configuration (BalancerService.hangup).
+    reactor.callWhenRunning(install_sighup, reactor, balancer.hangup)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import ctypes
+import functools
 import json
 import os
 import platform
@@ -71,8 +72,9 @@ NEVER_HIT_LIMIT = 100_000_000  # requests per minute: the rate limiter runs but 
 STRATEGIES = ("random", "round-robin", "least-connections", "p2c")
 LB_TARGETS = ("nginx", "haproxy", "balancebeam")
 ALL_TARGETS = ("direct",) + LB_TARGETS
+TLS_SCENARIOS = ("https", "handshake", "reencrypt")  # issue 12: see the TLS section below
 ALL_SCENARIOS = ("small", "16k", "close", "ratelimit", "idle", "download", "pool", "slow",
-                 "profile")
+                 *TLS_SCENARIOS, "profile")
 DEFAULT_SCENARIOS = ALL_SCENARIOS[:-1]  # "profile" only with --profile
 
 SCENARIO_TITLES = {
@@ -85,6 +87,9 @@ SCENARIO_TITLES = {
     "pool": "balancebeam upstream connection pool off vs on (GET /, 50 connections)",
     "slow": "3 upstreams, one adds 50 ms per response: strategies compared (GET /, 50 conns)",
     "profile": "balancebeam under GET / keep-alive, sampled by py-spy (not a measurement)",
+    "https": "GET / over HTTPS, 50 keep-alive connections (and plain HTTP to the same processes)",
+    "handshake": "GET / over HTTPS with Connection: close: a new TLS handshake per request",
+    "reencrypt": "GET / to TLS upstreams (verified, warm pool), 50 keep-alive connections",
 }
 
 # wrk prints its own report; this done() hook adds one parseable line. With
@@ -701,6 +706,7 @@ class Target:
     @ivar log_name: the process's log name in the temp dir.
     @ivar command: how it was started, for the JSON record.
     @ivar failed: why it is skipped from now on, or C{None}.
+    @ivar scheme: how wrk reaches it: C{http}, or C{https} for a TLS listener.
     """
 
     name: str
@@ -710,6 +716,7 @@ class Target:
     log_name: str
     command: list[str] = field(default_factory=list)
     failed: str | None = None
+    scheme: str = "http"
 
     def pids(self) -> list[int]:
         """
@@ -1229,7 +1236,8 @@ backend be
     # ----------------------------------------------------------------- measuring
 
     def run_wrk(self, port: int, path: str, connections: int, duration: int,
-                headers: Sequence[str] = (), lua: Path | None = None) -> dict[str, Any]:
+                headers: Sequence[str] = (), lua: Path | None = None,
+                scheme: str = "http") -> dict[str, Any]:
         """
         Run wrk on the load core for C{duration} seconds and parse its
         C{done()} line.
@@ -1241,7 +1249,7 @@ backend be
                 "-s", str(lua or self.lua)]
         for header in headers:
             argv += ["-H", header]
-        argv.append(f"http://{HOST}:{port}{path}")
+        argv.append(f"{scheme}://{HOST}:{port}{path}")
         name = "wrk"
         log = self.procs.log_path(name)
         log.write_bytes(b"")
@@ -1285,7 +1293,7 @@ backend be
         ticks = cpu_ticks(pids)
         with RssSampler(pids, 0.05) as sampler:
             result = self.run_wrk(target.port, path, connections or self.settings.connections,
-                                  duration, headers, lua)
+                                  duration, headers, lua, target.scheme)
         cpu_us = (cpu_ticks(pids) - ticks) * 1e6 / CLK_TCK
         result.update({
             "cpu_us": cpu_us,
@@ -1758,8 +1766,453 @@ backend be
                 self.scenario_slow()
             elif scenario == "profile":
                 self.scenario_profile()
+            elif scenario in TLS_SCENARIOS:
+                tls_scenario(self, scenario)
             self.timings[scenario] = round(time.monotonic() - began, 1)
             say(f"scenario {scenario} took {self.timings[scenario]:.1f}s")
+
+
+# ----------------------------------------------------------------- TLS (issue 12)
+#
+# Three scenarios, each next to nginx in the same alternating rounds:
+#   https      wrk over HTTPS keep-alive to a TLS listener; the same processes'
+#              plain-HTTP port is measured in the same rounds, which gives
+#              balancebeam's TLS cost per request against its own plain HTTP;
+#   handshake  wrk over HTTPS with Connection: close, so every request is a new
+#              full handshake (wrk offers no session for resumption);
+#   reencrypt  wrk over plain HTTP to a balancer whose upstreams are TLS (nginx
+#              upstreams with ssl), verified, with a warm pool (nginx: proxy_ssl
+#              with keepalive); the plain-upstream balancers for reference.
+# Both balancers serve the same ECDSA P-256 certificate, made here with the
+# openssl command line, and the TLS profile of Mozilla's "intermediate".
+
+TLS_NAME = "bench.example"
+TLS_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305"
+)
+HTTPS_CPU_LIMIT = 1.5  # keep-alive HTTPS CPU per request over balancebeam's own plain HTTP
+HANDSHAKE_RATE_LIMIT = 0.5  # new handshakes per second over nginx's
+
+
+@dataclass(frozen=True)
+class TlsMaterial:
+    """
+    A private CA and one server certificate for L{TLS_NAME} and 127.0.0.1.
+
+    @ivar ca: the CA certificate (PEM).
+    @ivar certificate: the server certificate (PEM).
+    @ivar key: its private key (PEM, PKCS#8).
+    @ivar bundle: certificate then key in one file, as balancebeam's --tls-cert takes.
+    """
+
+    ca: Path
+    certificate: Path
+    key: Path
+    bundle: Path
+
+
+def make_tls_material(directory: Path) -> TlsMaterial:
+    """
+    Make an ECDSA P-256 CA and a server certificate with the openssl command line.
+
+    @raise HarnessError: openssl is missing or fails.
+    """
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise HarnessError("the TLS scenarios need the openssl command (apt-get install openssl)")
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key, ca, key = directory / "ca.key", directory / "ca.pem", directory / "server.key"
+    csr, certificate = directory / "server.csr", directory / "server.pem"
+    extensions = directory / "server.ext"
+    extensions.write_text(f"subjectAltName=DNS:{TLS_NAME},IP:{HOST}\nbasicConstraints=CA:FALSE\n"
+                          "keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n")
+    curve = ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]
+    steps = [
+        [openssl, "genpkey", *curve, "-out", str(ca_key)],
+        [openssl, "req", "-x509", "-new", "-key", str(ca_key), "-subj", "/CN=bench CA",
+         "-days", "2", "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign", "-out", str(ca)],
+        [openssl, "genpkey", *curve, "-out", str(key)],
+        [openssl, "req", "-new", "-key", str(key), "-subj", f"/CN={TLS_NAME}", "-out", str(csr)],
+        [openssl, "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+         "-CAcreateserial", "-days", "2", "-extfile", str(extensions), "-out", str(certificate)],
+    ]
+    for step in steps:
+        result = subprocess.run(step, capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            raise HarnessError(f"{shlex.join(step[:3])} failed: {result.stderr.strip()}")
+    bundle = directory / "bundle.pem"
+    bundle.write_bytes(certificate.read_bytes() + key.read_bytes())
+    return TlsMaterial(ca, certificate, key, bundle)
+
+
+def https_get(port: int, path: str = "/", timeout: float = 2.0) -> ResponseReader:
+    """
+    One blocking GET over TLS (not verified: only readiness is checked).
+
+    @raise OSError: on connection or handshake problems, or timeout.
+    """
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((HOST, port), timeout=timeout) as raw:
+        with context.wrap_socket(raw, server_hostname=TLS_NAME) as sock:
+            sock.sendall(request_bytes(path, port, close=True))
+            reader = ResponseReader()
+            while not reader.done:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                reader.feed(data)
+            return reader
+
+
+def wait_https_ready(port: int, proc: subprocess.Popen[bytes], procs: ProcessGroup, name: str,
+                     timeout: float = 20.0) -> None:
+    """
+    Wait until C{GET /} over TLS on C{port} answers 200.
+
+    @raise TargetFailure: the process exited or never answered.
+    """
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise TargetFailure(f"{name} exited with status {proc.returncode}:\n"
+                                f"{procs.log_tail(name)}")
+        try:
+            reader = https_get(port, timeout=1.0)
+            if reader.status == 200:
+                return
+            last = f"status {reader.status}"
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.05)
+    raise TargetFailure(f"{name} did not answer GET / over TLS within {timeout:.0f}s ({last}):\n"
+                        f"{procs.log_tail(name)}")
+
+
+def _nginx_tls_lines(tls: TlsMaterial) -> str:
+    """
+    nginx's server-side TLS settings, the profile balancebeam's listeners use:
+    TLS 1.2 and 1.3, Mozilla's intermediate ciphers, a session cache and no tickets.
+    """
+    return f"""        ssl_certificate {tls.certificate};
+        ssl_certificate_key {tls.key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_ciphers {TLS_CIPHERS};
+        ssl_prefer_server_ciphers off;
+        ssl_session_cache shared:bench:10m;
+        ssl_session_tickets off;"""
+
+
+def start_nginx_tls_lb(bench: Bench, name: str, tls: TlsMaterial) -> tuple[Target, Target]:
+    """
+    nginx terminating TLS in front of the plain upstreams (as C{start_nginx_lb},
+    keepalive to the upstreams), listening for HTTPS and plain HTTP.
+
+    @return: the HTTPS target and the plain one (the same process).
+    """
+    port, tls_port = free_port(bench.used_ports), free_port(bench.used_ports)
+    servers = "\n".join(f"        server {HOST}:{p};" for p in bench.upstream_ports)
+    argv = bench._nginx_conf(name, f"""    upstream backend {{
+{servers}
+        keepalive {bench.args.nginx_keepalive};
+        keepalive_requests 100000000;
+        keepalive_timeout 60s;
+    }}
+    server {{
+        listen {HOST}:{port} backlog=4096;
+        listen {HOST}:{tls_port} ssl backlog=4096;
+{_nginx_tls_lines(tls)}
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_max_temp_file_size 0;
+        }}
+    }}""")
+    plain = bench._start(name, "nginx", port, argv)
+    assert plain.proc is not None
+    wait_https_ready(tls_port, plain.proc, bench.procs, plain.log_name)
+    secure = Target(name, "nginx", tls_port, plain.proc, plain.log_name, argv, scheme="https")
+    return secure, plain
+
+
+def start_balancebeam_tls(bench: Bench, name: str, tls: TlsMaterial,
+                          variant: Variant | None = None,
+                          baseline: bool = False) -> tuple[Target, Target]:
+    """
+    balancebeam with C{--tls-bind} (the bundle as C{--tls-cert}) beside its
+    plain C{--bind}, over the plain upstreams; a variant of the current
+    tree, or the baseline, when given.
+
+    @return: the HTTPS target and the plain one (the same process).
+    """
+    tls_port = free_port(bench.used_ports)
+    plain = bench.start_balancebeam(name, bench.upstream_ports, [
+        "--tls-bind", f"{HOST}:{tls_port}", "--tls-cert", str(tls.bundle)],
+        variant=variant, baseline=baseline)
+    assert plain.proc is not None
+    wait_https_ready(tls_port, plain.proc, bench.procs, plain.log_name)
+    secure = Target(name, "balancebeam", tls_port, plain.proc, plain.log_name, plain.command,
+                    scheme="https")
+    return secure, plain
+
+
+def start_tls_upstreams(bench: Bench, tls: TlsMaterial,
+                        procs: list[subprocess.Popen[bytes]]) -> list[int]:
+    """
+    Two nginx upstreams on the load core serving C{/} (100 bytes) over TLS
+    only, with a session cache and tickets on (as nginx has by default), so
+    that clients can resume sessions.
+
+    @param procs: the processes started are appended here (to be stopped
+        by the caller).
+    @return: their ports.
+    @raise HarnessError: one did not start.
+    """
+    ports = []
+    for index in (1, 2):
+        port = free_port(bench.used_ports)
+        name = f"tls-upstream{index}"
+        argv = bench._nginx_conf(name, f"""    server {{
+        listen {HOST}:{port} ssl backlog=4096;
+        ssl_certificate {tls.certificate};
+        ssl_certificate_key {tls.key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:up{index}:10m;
+        location = / {{
+            default_type text/plain;
+            return 200 "{SMALL_BODY}";
+        }}
+    }}""")
+        proc = bench.procs.spawn(name, argv, bench.load_core)
+        procs.append(proc)
+        try:
+            wait_https_ready(port, proc, bench.procs, name)
+        except TargetFailure as exc:
+            raise HarnessError(f"TLS upstream {index} did not start: {exc}") from None
+        ports.append(port)
+    return ports
+
+
+def start_nginx_reencrypt(bench: Bench, name: str, tls: TlsMaterial,
+                          upstreams: Sequence[int]) -> Target:
+    """
+    nginx over plain HTTP in front of TLS upstreams: C{proxy_ssl} verified
+    against the private CA for L{TLS_NAME}, sessions reused, keepalive.
+    """
+    port = free_port(bench.used_ports)
+    servers = "\n".join(f"        server {HOST}:{p};" for p in upstreams)
+    # nginx's keepalive is per upstream block, balancebeam's idle cap per
+    # upstream: the same number of warm connections in all. (With fewer than
+    # the client connections, nginx would do a new handshake for the rest.)
+    keepalive = bench.args.nginx_keepalive * len(upstreams)
+    argv = bench._nginx_conf(name, f"""    upstream backend_tls {{
+{servers}
+        keepalive {keepalive};
+        keepalive_requests 100000000;
+        keepalive_timeout 60s;
+    }}
+    server {{
+        listen {HOST}:{port} backlog=4096;
+        location / {{
+            proxy_pass https://backend_tls;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_max_temp_file_size 0;
+            proxy_ssl_verify on;
+            proxy_ssl_trusted_certificate {tls.ca};
+            proxy_ssl_name {TLS_NAME};
+            proxy_ssl_server_name on;
+            proxy_ssl_session_reuse on;
+            proxy_ssl_protocols TLSv1.2 TLSv1.3;
+        }}
+    }}""")
+    return bench._start(name, "nginx", port, argv)
+
+
+def start_balancebeam_reencrypt(bench: Bench, name: str, tls: TlsMaterial,
+                                upstreams: Sequence[int], variant: Variant | None = None,
+                                baseline: bool = False) -> Target:
+    """
+    balancebeam over plain HTTP in front of C{https://} upstreams, verified
+    against the private CA for L{TLS_NAME} (probes over TLS too); a variant
+    of the current tree, or the baseline, when given.
+    """
+    extra: list[str] = []
+    for port in upstreams:
+        extra += ["--upstream", f"https://{HOST}:{port}"]
+    extra += ["--upstream-ca", str(tls.ca), "--upstream-tls-name", TLS_NAME]
+    return bench.start_balancebeam(name, [], extra, variant=variant, baseline=baseline)
+
+
+def _warm(bench: Bench, target: Target) -> None:
+    """
+    Warm a target started for a TLS scenario (pools filled, code paths hot).
+    """
+    if bench.settings.warmup:
+        bench.run_wrk(target.port, "/", bench.settings.connections, bench.settings.warmup,
+                      scheme=target.scheme)
+    elif target.scheme == "https":
+        for _ in range(20):
+            https_get(target.port)
+    else:
+        warm_up_python(target.port)
+
+
+def tls_scenario(bench: Bench, scenario: str) -> None:
+    """
+    Run one TLS scenario: start its nginx and balancebeam (and, for
+    C{reencrypt}, TLS upstreams), warm them, measure them in alternating
+    rounds as rows C{nginx} and C{balancebeam} (so that the ratios to nginx
+    are computed as everywhere else), then stop them.
+    """
+    tls = make_tls_material(bench.tmp / f"tls-{scenario}")
+    wanted = set(bench.args.targets)
+    started: dict[str, Target] = {}
+    rows: dict[str, str] = {}
+    extra_procs: list[subprocess.Popen[bytes]] = []
+
+    def add(key: str, row: str, starter: Callable[[], Any], plain_row: bool = True) -> None:
+        try:
+            result = starter()
+        except (TargetFailure, OSError) as exc:
+            bench.record_failure(scenario, row, 1, str(exc).splitlines()[0])
+            return
+        targets = result if isinstance(result, tuple) else (result,)
+        labels = [(key, row), (f"{key}-http", f"{row} (http)")][: 2 if plain_row else 1]
+        for (target_key, target_row), target in zip(labels, targets):
+            started[target_key] = target
+            rows[target_key] = target_row
+        for target in targets[len(labels):]:
+            started[f"{key}-unmeasured"] = target  # stopped with the others
+
+    # The variants of the current tree and the baseline, as the TLS rows only.
+    others: list[tuple[str, Variant | None, bool]] = []
+    if "balancebeam" in wanted:
+        others = [(variant.key, variant, False) for variant in bench.variants]
+        if bench.baseline_key and not bench.baseline_unavailable:
+            others.append((bench.baseline_key, None, True))
+    try:
+        if scenario in ("https", "handshake"):
+            if "nginx" in wanted and bench.tools["nginx"]:
+                add("tls-nginx", "nginx", lambda: start_nginx_tls_lb(bench, "tls-nginx", tls))
+            if "balancebeam" in wanted:
+                add("tls-balancebeam", "balancebeam",
+                    lambda: start_balancebeam_tls(bench, "tls-balancebeam", tls))
+            for index, (row, variant, baseline) in enumerate(others):
+                add(f"tls-other{index}", row, functools.partial(
+                    start_balancebeam_tls, bench, f"tls-other{index}", tls, variant, baseline),
+                    plain_row=False)
+        else:
+            if not bench.tools["nginx"]:
+                bench.notes.append("reencrypt skipped: its TLS upstreams are nginx, "
+                                   f"which is not installed ({APT_LINE})")
+                return
+            upstreams = start_tls_upstreams(bench, tls, extra_procs)
+            if "nginx" in wanted:
+                add("tls-nginx", "nginx",
+                    lambda: start_nginx_reencrypt(bench, "tls-nginx-reencrypt", tls, upstreams))
+            if "balancebeam" in wanted:
+                add("tls-balancebeam", "balancebeam",
+                    lambda: start_balancebeam_reencrypt(bench, "tls-balancebeam-reencrypt",
+                                                        tls, upstreams))
+            for index, (row, variant, baseline) in enumerate(others):
+                add(f"tls-other{index}", row, functools.partial(
+                    start_balancebeam_reencrypt, bench, f"tls-other{index}-reencrypt", tls,
+                    upstreams, variant, baseline))
+        for key, target in started.items():
+            if not key.endswith("-unmeasured"):
+                _warm(bench, target)
+        keys = [k for k in started if not k.endswith("-unmeasured")
+                and (scenario == "https" or not k.endswith("-http"))]
+        if scenario == "reencrypt":
+            # The balancers of the other scenarios, over plain upstreams, for reference.
+            for key in ("nginx", "balancebeam"):
+                if bench.live(key) is not None:
+                    keys.append(key)
+                    rows[key] = f"{key} (plain upstreams)"
+        for key, target in started.items():
+            bench.targets[key] = target
+        headers = ("Connection: close",) if scenario == "handshake" else ()
+        bench.scenario_wrk(scenario, "/", headers, keys, rows)
+    finally:
+        stopped: set[int] = set()
+        for key, target in started.items():
+            bench.targets.pop(key, None)
+            if target.proc is not None and target.proc.pid not in stopped:
+                stopped.add(target.proc.pid)
+                bench.procs.stop(target.proc)
+        for proc in extra_procs:
+            bench.procs.stop(proc)
+
+
+def check_tls_targets(summary: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """
+    Issue 12's targets for balancebeam: keep-alive HTTPS at most 1.5x its own
+    plain-HTTP CPU per request (the same process, same rounds), and at least
+    0.5x nginx's rate of new handshakes; re-encryption's ratios to nginx and
+    to plain upstreams are reported without a target.
+    """
+    def get(scenario: str, row: str, key: str) -> float | None:
+        value = summary.get(scenario, {}).get(row, {}).get(key)
+        return value if isinstance(value, (int, float)) else None
+
+    def check(name: str, value: float | None, limit: float | None, higher: bool,
+              unit: str = "x") -> dict[str, Any]:
+        if value is None:
+            verdict = "n/a"
+        elif limit is None:
+            verdict = "info"
+        elif higher:
+            verdict = "met" if value >= limit else "MISSED"
+        else:
+            verdict = "met" if value <= limit else "MISSED"
+        return {"target": name, "measured": value, "limit": limit, "higher_is_better": higher,
+                "unit": unit, "verdict": verdict}
+
+    secure = get("https", "balancebeam", "cpu_us_per_req")
+    plain = get("https", "balancebeam (http)", "cpu_us_per_req")
+    https_ratio = secure / plain if secure and plain else None
+    reencrypt = get("reencrypt", "balancebeam", "cpu_us_per_req")
+    reference = get("reencrypt", "balancebeam (plain upstreams)", "cpu_us_per_req")
+    return [
+        check("HTTPS keep-alive CPU/req x own plain HTTP", https_ratio, HTTPS_CPU_LIMIT, False),
+        check("HTTPS keep-alive CPU/req us", secure, None, False, "us"),
+        check("HTTPS keep-alive req/s x nginx", get("https", "balancebeam", "rps_x_nginx"),
+              None, True),
+        check("new handshakes/s x nginx", get("handshake", "balancebeam", "rps_x_nginx"),
+              HANDSHAKE_RATE_LIMIT, True),
+        check("new handshake CPU efficiency x nginx",
+              get("handshake", "balancebeam", "cpu_eff_x_nginx"), None, True),
+        check("re-encryption req/s x nginx", get("reencrypt", "balancebeam", "rps_x_nginx"),
+              None, True),
+        check("re-encryption CPU/req x plain upstreams",
+              reencrypt / reference if reencrypt and reference else None, None, False),
+    ]
+
+
+def render_tls_checks(checks: Sequence[dict[str, Any]]) -> str:
+    """
+    The TLS targets as a short list.
+    """
+    lines = ["", "== issue 12 TLS targets for balancebeam (same-run ratios)"]
+    for c in checks:
+        op = ">=" if c["higher_is_better"] else "<="
+        limit = f"target {op} {c['limit']}" if c["limit"] is not None else "(reported)"
+        lines.append(f"  {c['verdict']:<7} {c['target']:<42} measured "
+                     f"{fmt(c['measured'], 2):>8}  {limit}")
+    return "\n".join(lines)
 
 
 def summarise_profile(path: Path, top: int = 15) -> dict[str, Any]:
@@ -2475,6 +2928,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings = saturation_warnings(summary)
     if "balancebeam" in summary.get("small", {}) or "balancebeam" in summary.get("idle", {}):
         print(render_checks(checks))
+    tls_checks = check_tls_targets(summary)
+    if any(c["measured"] is not None for c in tls_checks):
+        print(render_tls_checks(tls_checks))
     if bench.profile:
         print(render_profile(bench.profile))
     if warnings:
@@ -2493,7 +2949,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "mode": "quick" if args.quick else "full", "argv": sys.argv[1:],
         "settings": s.__dict__, "environment": environment(bench),
         "commands": {k: t.command for k, t in bench.targets.items()},
-        "summary": summary, "checks": checks, "warnings": warnings,
+        "summary": summary, "checks": checks, "tls_checks": tls_checks, "warnings": warnings,
         "comparisons": comparisons,
         "variants": [v.__dict__ for v in bench.variants],
         "measurements": bench.measurements,

@@ -25,6 +25,7 @@ from balancebeam.config import (
     ConfigError,
     Limits,
     Timeouts,
+    TlsConfig,
     UpstreamSpec,
     WafConfig,
     build_config,
@@ -38,6 +39,16 @@ from balancebeam.config_values import (
     parse_size,
     parse_trusted_network,
 )
+
+#: A file this process can read (the option parsers only check that; the
+#: certificates themselves are loaded by the service, see tests.test_tls_balancer).
+READABLE_FILE = os.path.abspath(__file__)
+
+#: A directory this process can list.
+READABLE_DIRECTORY = os.path.dirname(READABLE_FILE)
+
+#: A path that does not exist.
+MISSING = "/nonexistent/balancebeam/missing.pem"
 
 #: Values every case is built on, unless it gives C{upstream} or C{demo} itself.
 BASE: Mapping[str, object] = {"upstream": ["a:1"]}
@@ -77,6 +88,80 @@ GOOD_VALUES: list[tuple[str, Mapping[str, object], Callable[[BalancerConfig], ob
         {"upstream": ["a:1", "[::1]:2"], "upstream-weight": ["[::1]:2=3"]},
         lambda c: c.upstreams,
         (UpstreamSpec("a", 1, 1), UpstreamSpec("::1", 2, 3)),
+    ),
+    (
+        "upstream",
+        {"upstream": ["https://a.example", "http://[::1]", "HTTPS://10.0.0.1:8443/", "b:2"]},
+        lambda c: c.upstreams,
+        (
+            UpstreamSpec("a.example", 443, tls=True),
+            UpstreamSpec("::1", 80),
+            UpstreamSpec("10.0.0.1", 8443, tls=True),
+            UpstreamSpec("b", 2),
+        ),
+    ),
+    (
+        "upstream-weight",
+        {"upstream": ["https://a:1", "b:2"], "upstream-weight": ["https://a:1=4", "http://b:2=2"]},
+        lambda c: c.upstreams,
+        (UpstreamSpec("a", 1, 4, tls=True), UpstreamSpec("b", 2, 2)),
+    ),
+    (
+        "tls-bind",
+        {"tls-bind": ["127.0.0.1:8443", "[::1]:8443"], "tls-cert": [READABLE_FILE]},
+        lambda c: (c.tls.listen, c.listen),
+        (("tcp:8443:interface=127.0.0.1", "tcp:8443:interface=\\:\\:1"), ()),
+    ),
+    (
+        "tls-bind",
+        {"bind": "127.0.0.1:8080", "tls-bind": ["127.0.0.1:8443"], "tls-cert": [READABLE_FILE]},
+        lambda c: (c.listen, c.tls.listen),
+        (("tcp:8080:interface=127.0.0.1",), ("tcp:8443:interface=127.0.0.1",)),
+    ),
+    (
+        "tls-cert",
+        {
+            "tls-bind": ["127.0.0.1:8443"],
+            "tls-cert": [READABLE_FILE, os.path.join(READABLE_DIRECTORY, ".", "test_config.py")],
+        },
+        lambda c: c.tls.certificates,
+        (READABLE_FILE, READABLE_FILE),
+    ),
+    (
+        "tls-cert-dir",
+        {"tls-bind": ["127.0.0.1:8443"], "tls-cert-dir": [READABLE_DIRECTORY + "/"]},
+        lambda c: (c.tls.certificates, c.tls.certificate_dirs),
+        ((), (READABLE_DIRECTORY,)),
+    ),
+    (
+        "upstream-ca",
+        {"upstream": ["https://a:1"], "upstream-ca": READABLE_FILE},
+        lambda c: c.tls.upstream_ca,
+        READABLE_FILE,
+    ),
+    (
+        "upstream-tls-name",
+        {"upstream": ["https://10.0.0.1:443"], "upstream-tls-name": "API.Example."},
+        lambda c: c.tls.upstream_name,
+        "api.example",
+    ),
+    (
+        "upstream-tls-name",
+        {"upstream": ["https://a:1"], "upstream-tls-name": "[2001:DB8::1]"},
+        lambda c: c.tls.upstream_name,
+        "2001:db8::1",
+    ),
+    (
+        "upstream-tls-verify",
+        {"upstream": ["https://a:1"], "upstream-tls-verify": "none"},
+        lambda c: c.tls.upstream_verify,
+        "none",
+    ),
+    (
+        "upstream-client-cert",
+        {"upstream": ["https://a:1"], "upstream-client-cert": READABLE_FILE},
+        lambda c: c.tls.upstream_client_cert,
+        READABLE_FILE,
     ),
     ("demo", {"demo": True}, lambda c: c.upstreams, ()),
     ("strategy", {"strategy": "p2c"}, lambda c: c.strategy, "p2c"),
@@ -235,6 +320,109 @@ BAD_VALUES: list[tuple[str, Mapping[str, object], str]] = [
         "--listen 'tcp:81': this endpoint is given twice",
     ),
     ("upstream", {"upstream": ["nocolon"]}, "--upstream 'nocolon' is not of the form HOST:PORT"),
+    ("upstream", {"upstream": ["ftp://a:1"]}, "--upstream 'ftp://a:1': scheme 'ftp' must be http"),
+    (
+        "upstream",
+        {"upstream": ["https://a:1/api"]},
+        "--upstream 'https://a:1/api' must be an address without a path",
+    ),
+    (
+        "upstream",
+        {"upstream": ["https://a:99999"]},
+        "--upstream 'https://a:99999': port 99999 is out of range",
+    ),
+    ("upstream", {"upstream": ["https://"]}, "--upstream 'https://': '' is not of the form"),
+    (
+        "upstream",
+        {"upstream": ["https://a:1", "http://a:1"]},
+        "--upstream 'http://a:1': a:1 is given twice",
+    ),
+    (
+        "tls-bind",
+        {"tls-bind": ["127.0.0.1:8443"]},
+        "--tls-bind '127.0.0.1:8443' has no certificate: give --tls-cert FILE or --tls-cert-dir",
+    ),
+    (
+        "tls-bind",
+        {"tls-bind": ["8443"], "tls-cert": [READABLE_FILE]},
+        "--tls-bind '8443' is not of the form HOST:PORT",
+    ),
+    (
+        "tls-bind",
+        {"tls-bind": ["127.0.0.1:8443", "127.0.0.1:8443"], "tls-cert": [READABLE_FILE]},
+        "--tls-bind '127.0.0.1:8443': this address is given twice",
+    ),
+    (
+        "tls-bind",
+        {"bind": "127.0.0.1:8443", "tls-bind": ["127.0.0.1:8443"], "tls-cert": [READABLE_FILE]},
+        "--tls-bind '127.0.0.1:8443' is also a plain-HTTP listener (--bind)",
+    ),
+    (
+        "tls-cert",
+        {"tls-bind": ["127.0.0.1:8443"], "tls-cert": [MISSING]},
+        f"--tls-cert '{MISSING}': cannot be read: No such file or directory",
+    ),
+    (
+        "tls-cert",
+        {"tls-bind": ["127.0.0.1:8443"], "tls-cert": [READABLE_DIRECTORY]},
+        f"--tls-cert '{READABLE_DIRECTORY}' is a directory, not a file",
+    ),
+    ("tls-cert", {"tls-bind": ["127.0.0.1:8443"], "tls-cert": [""]}, "--tls-cert '' is empty"),
+    (
+        "tls-cert",
+        {"tls-cert": [READABLE_FILE]},
+        f"--tls-cert '{READABLE_FILE}' is given without --tls-bind",
+    ),
+    (
+        "tls-cert-dir",
+        {"tls-bind": ["127.0.0.1:8443"], "tls-cert-dir": ["/nonexistent/balancebeam"]},
+        "--tls-cert-dir '/nonexistent/balancebeam': cannot be listed: No such file or directory",
+    ),
+    (
+        "tls-cert-dir",
+        {"tls-bind": ["127.0.0.1:8443"], "tls-cert-dir": [READABLE_FILE]},
+        f"--tls-cert-dir '{READABLE_FILE}' is not a directory",
+    ),
+    (
+        "tls-cert-dir",
+        {"tls-cert-dir": [READABLE_DIRECTORY]},
+        f"--tls-cert-dir '{READABLE_DIRECTORY}' is given without --tls-bind",
+    ),
+    (
+        "upstream-ca",
+        {"upstream": ["https://a:1"], "upstream-ca": MISSING},
+        f"--upstream-ca '{MISSING}': cannot be read: No such file or directory",
+    ),
+    (
+        "upstream-ca",
+        {"upstream": ["a:1"], "upstream-ca": READABLE_FILE},
+        f"--upstream-ca '{READABLE_FILE}': applies to TLS upstreams, and no --upstream is https://",
+    ),
+    (
+        "upstream-tls-name",
+        {"upstream": ["https://a:1"], "upstream-tls-name": "*.example"},
+        "--upstream-tls-name '*.example' must be a DNS name (without wildcards) or an IP address",
+    ),
+    (
+        "upstream-tls-name",
+        {"upstream": ["http://a:1"], "upstream-tls-name": "a"},
+        "--upstream-tls-name 'a': applies to TLS upstreams",
+    ),
+    (
+        "upstream-tls-verify",
+        {"upstream": ["https://a:1"], "upstream-tls-verify": "partial"},
+        "--upstream-tls-verify 'partial' must be one of full, none",
+    ),
+    (
+        "upstream-client-cert",
+        {"upstream": ["https://a:1"], "upstream-client-cert": MISSING},
+        f"--upstream-client-cert '{MISSING}': cannot be read: No such file or directory",
+    ),
+    (
+        "upstream-client-cert",
+        {"upstream-client-cert": READABLE_FILE},
+        f"--upstream-client-cert '{READABLE_FILE}': applies to TLS upstreams",
+    ),
     (
         "upstream",
         {"upstream": ["127.0.0.1:70000"]},
@@ -273,6 +461,16 @@ BAD_VALUES: list[tuple[str, Mapping[str, object], str]] = [
         "upstream-weight",
         {"upstream-weight": ["b:2=3"]},
         "--upstream-weight 'b:2=3': b:2 is not an --upstream (configured: a:1)",
+    ),
+    (
+        "upstream-weight",
+        {"upstream-weight": ["https://a:1=3"]},
+        "--upstream-weight 'https://a:1=3': a:1 is an --upstream over plain HTTP",
+    ),
+    (
+        "upstream-weight",
+        {"upstream": ["https://a:1"], "upstream-weight": ["http://a:1=3"]},
+        "--upstream-weight 'http://a:1=3': a:1 is an --upstream over https",
     ),
     (
         "upstream-weight",
@@ -549,6 +747,7 @@ class OptionTableTests(SynchronousTestCase):
             "limits": {f.name for f in dataclasses.fields(Limits)},
             "waf": {f.name for f in dataclasses.fields(WafConfig)},
             "cache": {f.name for f in dataclasses.fields(CacheConfig)},
+            "tls": {f.name for f in dataclasses.fields(TlsConfig)},
         }
         seen = []
         for option in OPTIONS.values():

@@ -49,7 +49,7 @@ from balancebeam.relay.states import (
     PAUSE_WAITING,
     ClientState,
 )
-from balancebeam.relay.transport import StreamTransport, enable_no_delay
+from balancebeam.relay.transport import StreamTransport, close_when_sent, enable_no_delay
 from balancebeam.routing import Dispatcher
 from balancebeam.stats import Stats
 from balancebeam.twisted_internals import send_now
@@ -74,6 +74,9 @@ class RelayFactory(Factory):
         their response (see L{DetachedClient}); their deadlines are enforced
         like the connections'.
     @ivar draining: whether the balancer is stopping.
+    @ivar cap_group: the factories whose connections count against
+        C{max_connections} together (this one, and those of the other
+        listeners of the same balancer: see L{share_connection_cap}).
     """
 
     log = Logger()
@@ -112,6 +115,7 @@ class RelayFactory(Factory):
             clock, dispatcher, stats, timeouts, limits, filters, access_log, self.detached
         )
         self.connections: set[ClientConnection] = set()
+        self.cap_group: list[RelayFactory] = [self]
         self.draining = False
         self._drained: Deferred[None] | None = None
         self._drain_deadline: IDelayedCall | None = None
@@ -132,13 +136,36 @@ class RelayFactory(Factory):
             self.detached,
         )
 
+    def share_connection_cap(self, other: RelayFactory) -> None:
+        """
+        Count C{other}'s connections and this one's against one
+        C{max_connections} (for listeners of one balancer that build
+        connections with different factories, such as plain HTTP and HTTPS).
+        """
+        group = self.cap_group
+        for factory in other.cap_group:
+            if factory not in group:
+                group.append(factory)
+        for factory in group:
+            factory.cap_group = group
+
+    def open_connections(self) -> int:
+        """
+        The client connections open now that count against C{max_connections}.
+        """
+        group = self.cap_group
+        if len(group) == 1:
+            return len(self.connections)
+        return sum(len(factory.connections) for factory in group)
+
     def buildProtocol(self, addr: IAddress | None) -> Protocol:
         """
         A protocol for one client connection, or one that answers 503 and
-        closes when C{max_connections} are already open.
+        closes when C{max_connections} are already open (on this factory and
+        those it shares its cap with).
         """
         self.stats.client_connections += 1
-        if self.max_connections and len(self.connections) >= self.max_connections:
+        if self.max_connections and self.open_connections() >= self.max_connections:
             self.stats.refused_connections += 1
             return _OverCapacity(self.retry_after)
         return ClientConnection(self)
@@ -378,7 +405,7 @@ class ClientConnection(Protocol):
         self._buffer = b""
         self.deadline = math.inf
         self.flush()
-        self._stream.loseConnection()
+        close_when_sent(self._stream)
 
     # Reading from the client
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, INegotiated
 
 
 class StreamTransport(Protocol):
@@ -40,6 +40,9 @@ class StreamTransport(Protocol):
     def registerProducer(self, producer: object, streaming: bool) -> None:
         """Tell C{producer} when the send buffer fills and drains."""
 
+    def unregisterProducer(self) -> None:
+        """Stop telling the producer."""
+
     def getPeer(self) -> IAddress:
         """The remote address."""
 
@@ -55,3 +58,18 @@ def enable_no_delay(transport: object) -> None:
             set_no_delay(True)
         except OSError:
             pass
+
+
+def close_when_sent(transport: StreamTransport) -> None:
+    """
+    Close C{transport} once the data queued on it is sent.
+
+    A TLS transport (Twisted's C{TLSMemoryBIOProtocol}) does not close while
+    a producer is registered, as C{ITransport.loseConnection} allows, and the
+    relay's protocols stay registered as their transport's producer for
+    their whole life: on a TLS transport the producer is unregistered first.
+    TCP transports close either way and are left as they are.
+    """
+    if INegotiated.providedBy(transport):
+        transport.unregisterProducer()
+    transport.loseConnection()

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final, cast
 from typing import Protocol as TypingProtocol
 
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import INegotiated, IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -29,7 +29,7 @@ from balancebeam.http1.heads import (
 )
 from balancebeam.relay.interfaces import IResponseSink
 from balancebeam.relay.states import UpstreamConnectionState
-from balancebeam.relay.transport import StreamTransport, enable_no_delay
+from balancebeam.relay.transport import StreamTransport, close_when_sent, enable_no_delay
 from balancebeam.twisted_internals import send_now
 
 if TYPE_CHECKING:
@@ -146,7 +146,7 @@ class UpstreamConnection(Protocol):
         """
         self.owner = None
         if self.state != _CLOSED and self.transport is not None:
-            self.stream.loseConnection()
+            close_when_sent(self.stream)
 
     def half_close(self) -> None:
         """
@@ -154,11 +154,16 @@ class UpstreamConnection(Protocol):
         still answer.
         """
         stream = self.stream
-        lose_write = getattr(stream, "loseWriteConnection", None)
+        # A TLS transport has no half-close of its own (Twisted's TLS wrapper
+        # would pass loseWriteConnection to the TCP transport below it, under
+        # the TLS records): close the whole connection instead.
+        lose_write = None
+        if not INegotiated.providedBy(stream):
+            lose_write = getattr(stream, "loseWriteConnection", None)
         if lose_write is not None:
             lose_write()
         else:
-            stream.loseConnection()
+            close_when_sent(stream)
 
     def start_tunnel(self) -> None:
         """

@@ -27,7 +27,6 @@ from typing import Any
 from OpenSSL import SSL
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import wrapServerTLS
 from twisted.internet.interfaces import (
     IOpenSSLServerConnectionCreator,
     IReactorFromThreads,
@@ -40,6 +39,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from balancebeam.tls.contexts import server_context
+from balancebeam.tls.layer import TLSServerEndpoint
 from balancebeam.tls.pem import CertificateError, PemBundle, load_pem_bundle
 
 POLL_INTERVAL = 30.0
@@ -451,10 +451,10 @@ def tls_server_endpoint(
     reactor: IReactorTime, store: CertificateStore, endpoint: IStreamServerEndpoint
 ) -> IStreamServerEndpoint:
     """
-    C{endpoint} with TLS from C{store} layered on it, Twisted's TLS layer
-    scheduling its buffered writes on C{reactor}.
+    C{endpoint} with TLS from C{store} layered on it (Twisted's TLS layer,
+    without its small-write aggregation: see L{balancebeam.tls.layer}).
     """
-    return wrapServerTLS(store, endpoint, clock=reactor)
+    return TLSServerEndpoint(store, endpoint, reactor)
 
 
 def reload_on_sighup(reactor: IReactorFromThreads, store: CertificateStore) -> Callable[[], None]:

@@ -48,11 +48,12 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from balancebeam.tls.contexts import client_context
+from balancebeam.tls.layer import DirectTLSFactory
 from balancebeam.tls.pem import load_ca_file, load_pem_bundle
 
 _X509_ERRORS = {
@@ -496,7 +497,7 @@ class UpstreamTLSEndpoint:
                 gates.gate.abort()
 
         result: Deferred[IProtocol] = Deferred(cancel)
-        tls = TLSMemoryBIOFactory(self._creator, True, gates, clock=self._clock)
+        tls = DirectTLSFactory(self._creator, True, gates, clock=self._clock)
         connecting = self._endpoint.connect(tls)
 
         def failed(reason: Failure) -> None:

@@ -1,0 +1,1 @@
+HTTPS listeners (--tls-bind, --tls-cert, --tls-cert-dir) with SNI, certificate reload on SIGHUP and on file change, and verified TLS to https:// upstreams (--upstream-ca, --upstream-tls-name, --upstream-tls-verify, --upstream-client-cert).
