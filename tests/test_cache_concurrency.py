@@ -10,7 +10,7 @@ from __future__ import annotations
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from balancebeam.cache.filter import CONDITIONAL_FIELDS
+from balancebeam.cache.revalidation import CONDITIONAL_FIELDS
 from balancebeam.filters import Answer
 
 from .test_cache_fakes import (
