@@ -378,6 +378,34 @@ class CacheIntegrationTests(IntegrationTestCase):
         self.assertEqual(second.header(b"etag"), b'"v1"')
         self.assertEqual(cache.counters.revalidated, 1)
 
+    async def test_304_naming_another_etag(self) -> None:
+        """
+        A C{304} whose C{ETag} is not the stored one updates nothing: the
+        balancer asks again without validators and the client gets that 200,
+        which is stored in place of the old response.
+        """
+        origin = self.start_origin()
+
+        def moved_on(request: OriginRequest) -> Reply:
+            if request.header(b"if-none-match") is not None:
+                return reply(b"304 Not Modified", [b'ETag: "v2"'])
+            if len(origin.requests) == 1:
+                return reply(fields=[b'ETag: "v1"', b"Cache-Control: max-age=0"], body=b"one\n")
+            return reply(fields=[b'ETag: "v2"', b"Cache-Control: max-age=60"], body=b"two\n")
+
+        origin.routes[b"/moved"] = moved_on
+        cache = self.start_cached(origin)
+        first = await self.get(b"/moved")
+        second = await self.get(b"/moved")
+        third = await self.get(b"/moved")
+        self.assertEqual([(r.status, r.body) for r in (first, second, third)],
+                         [(200, b"one\n"), (200, b"two\n"), (200, b"two\n")])
+        self.assertEqual([r.header(b"if-none-match") for r in origin.requests],
+                         [None, b'"v1"', None])
+        self.assertRegex(cache_status(second), rb"^balancebeam; fwd=stale; fwd-status=200; stored")
+        self.assertRegex(cache_status(third), rb"^balancebeam; hit; ttl=")
+        self.assertEqual((cache.counters.revalidated, cache.counters.stored), (0, 2))
+
     async def test_vary_variants(self) -> None:
         """
         A response with C{Vary: Accept-Encoding} is stored once per
