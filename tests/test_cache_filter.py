@@ -610,6 +610,39 @@ class ValidationTests(SynchronousTestCase):
                          b"balancebeam; fwd=stale; fwd-status=304; detail=validator-mismatch")
         self.assertEqual(self.s.cache.counters.entries, 0)
 
+    def test_head_freshens_stored_get(self) -> None:
+        """
+        A 200 to a HEAD with the stored ETag and body length updates the
+        stored GET response's fields and freshness (RFC 9111 section 4.3.5).
+        """
+        self.stale(b'ETag: "v1"', b"X-Version: 1")
+        exchange, result = self.s.ask(method=b"HEAD")
+        self.assertIsNone(result)
+        outcome = relay(exchange, response_head(b"200 OK", [
+            b"Date: " + http_date(self.s.clock.seconds()), b'ETag: "v1"',
+            b"Cache-Control: max-age=60", b"X-Version: 2"], length=5))
+        self.assertIsNone(outcome.answer)
+        self.assertEqual(exchange.cache_status(),
+                         b"balancebeam; fwd=stale; fwd-status=200; ttl=60")
+        hit = self.s.answer()
+        self.assertEqual((hit.body, field(hit, b"X-Version")), (b"hello", b"2"))
+        self.assertEqual(field(hit, b"Cache-Status"), b"balancebeam; hit; ttl=60")
+        self.assertEqual(self.s.cache.counters.revalidated, 1)
+
+    def test_head_with_other_length_invalidates(self) -> None:
+        """
+        A 200 to a HEAD whose Content-Length (or ETag) differs from the
+        stored GET response's drops it.
+        """
+        for fields, length in (([b'ETag: "v1"'], 6), ([b'ETag: "v2"'], 5)):
+            self.s = CacheScenario()
+            self.stale(b'ETag: "v1"')
+            exchange, _ = self.s.ask(method=b"HEAD")
+            relay(exchange, response_head(b"200 OK", [
+                b"Cache-Control: max-age=60", *fields], length=length))
+            self.assertEqual(self.s.cache.counters.entries, 0)
+            self.assertIsNone(self.s.ask()[1])
+
     def test_no_validator_unconditional(self) -> None:
         """
         A stale entry without a validator is fetched again unconditionally.

@@ -1,7 +1,8 @@
 """
 The response observer of a request the cache sent upstream (L{FillObserver}):
 it stores the response when it may (RFC 9111 section 3), refreshes the
-stored response on a C{304} (section 4.3.4), falls back on a stale response
+stored response on a C{304} (section 4.3.4) or on a matching C{200} to a
+C{HEAD} (section 4.3.5), falls back on a stale response
 when the upstream fails (RFC 5861 C{stale-if-error}), and ends the
 coalescing fill it leads so that the requests waiting for it go on.
 
@@ -28,6 +29,7 @@ from balancebeam.cache.revalidation import (
     VALIDATOR_FIELDS,
     answers_client,
     apply_analysis,
+    head_matches,
     refresh,
     selects,
     usable_on_error,
@@ -194,6 +196,17 @@ class FillObserver:
                 if selects(stale, response.fields):
                     return self._refreshed(stale, response, now)
                 return self._mismatch(stale, response, now)
+            if status == 200 and self._request.method == b"HEAD":
+                if head_matches(stale, response.fields, response.special):
+                    # RFC 9111 section 4.3.5: a HEAD freshens the stored GET.
+                    refresh(cache, stale, response.fields, self._started, now,
+                            self._info.authorized)
+                    self._add_status(
+                        forwarded_status(self._kind, 200, ttl=stale.fresh_until - now)
+                    )
+                    self._end(STORED)
+                    return None
+                cache.store.remove(stale)
             if status >= 500 and self._exchange is not None and usable_on_error(
                 stale, self._info, now
             ):

@@ -8,7 +8,8 @@ with validators is revalidated with the fields of L{validators}; a C{304}
 that L{selects} the stored response L{refresh}es its fields and freshness.
 A C{304} that names another representation updates nothing: the client's
 own conditional may still be answered by it (L{answers_client}), otherwise
-the request is sent again without validators.
+the request is sent again without validators. A C{200} to a C{HEAD} freshens
+the stored C{GET} response it L{head_matches}.
 """
 
 from __future__ import annotations
@@ -154,6 +155,30 @@ def selects(entry: Entry, fields: Sequence[tuple[bytes, bytes, bytes]]) -> bool:
     if modified is not None and entry.last_modified is not None:
         return modified == entry.last_modified
     return True
+
+
+def head_matches(
+    entry: Entry,
+    fields: Sequence[tuple[bytes, bytes, bytes]],
+    special: Sequence[tuple[bytes, bytes, bytes]],
+) -> bool:
+    """
+    Whether a C{200} to a C{HEAD} request may freshen the stored C{GET}
+    response C{entry} (RFC 9111 section 4.3.5): every validator it carries
+    (C{ETag}, C{Last-Modified}) matches the stored one, and its
+    C{Content-Length}, if any, is the stored body's length.
+
+    @param fields: the response's fields (lower-cased name, value, raw line).
+    @param special: its framing fields, where C{Content-Length} is.
+    """
+    etag, modified = _validators_of(fields)
+    if etag is not None and not weak_match(etag, entry.etag):
+        return False
+    if modified is not None and modified != entry.last_modified:
+        return False
+    length = b"%d" % len(entry.body)
+    return all(value.strip() == length for name, value, _ in special
+               if name == b"content-length")
 
 
 def answers_client(info: RequestInfo, fields: Sequence[tuple[bytes, bytes, bytes]],
