@@ -74,7 +74,7 @@ LB_TARGETS = ("nginx", "haproxy", "balancebeam")
 ALL_TARGETS = ("direct",) + LB_TARGETS
 TLS_SCENARIOS = ("https", "handshake", "reencrypt")  # issue 12: see the TLS section below
 ALL_SCENARIOS = ("small", "16k", "close", "ratelimit", "idle", "download", "pool", "slow",
-                 *TLS_SCENARIOS, "profile")
+                 *TLS_SCENARIOS, "cache-hit", "cache-random", "profile")
 DEFAULT_SCENARIOS = ALL_SCENARIOS[:-1]  # "profile" only with --profile
 
 SCENARIO_TITLES = {
@@ -86,11 +86,29 @@ SCENARIO_TITLES = {
     "download": "100 MiB streamed download through the balancer",
     "pool": "balancebeam upstream connection pool off vs on (GET /, 50 connections)",
     "slow": "3 upstreams, one adds 50 ms per response: strategies compared (GET /, 50 conns)",
+    "cache-hit": "GET / with max-age: cache hits vs proxied, balancebeam and nginx "
+                 "proxy_cache, 50 conns",
+    "cache-random": "GET /16k?key=N, N random over 3x the keys --cache-size holds: RSS growth",
     "profile": "balancebeam under GET / keep-alive, sampled by py-spy (not a measurement)",
     "https": "GET / over HTTPS, 50 keep-alive connections (and plain HTTP to the same processes)",
     "handshake": "GET / over HTTPS with Connection: close: a new TLS handshake per request",
     "reencrypt": "GET / to TLS upstreams (verified, warm pool), 50 keep-alive connections",
 }
+
+# The cache scenarios (issue 10). The upstream adds Cache-Control: max-age=CACHE_MAX_AGE.
+CACHE_MAX_AGE = 86400
+CACHE_HIT_SIZE_MIB = 64
+CACHE_RANDOM_SIZE_MIB = 64
+CACHE_RANDOM_SIZE_MIB_QUICK = 16
+CACHE_HIT_ROWS = ("balancebeam hit", "balancebeam proxied", "nginx proxy_cache hit",
+                  "nginx proxied")
+# Appended to WRK_LUA: each request asks for one of KEY_COUNT keys at random (seeded per round).
+CACHE_RANDOM_LUA = r"""
+math.randomseed(SEED)
+request = function()
+  return wrk.format("GET", "/16k?key=" .. math.random(KEY_COUNT))
+end
+"""
 
 # wrk prints its own report; this done() hook adds one parseable line. With
 # COUNT_SLOW true (the slow scenario only: it makes wrk hand every response's
@@ -1729,6 +1747,213 @@ backend be
         self.profile = summarise_profile(path)
         self.profile["file"] = str(path)
 
+    # ----------------------------------------------------------------- cache scenarios (issue 10)
+
+    def start_cache_upstream(self) -> tuple[int, subprocess.Popen[bytes]]:
+        """
+        An nginx upstream on the load core whose responses say
+        C{Cache-Control: max-age=86400}: C{/} (100 bytes) and C{/16k} (any
+        query) from the temp dir's content.
+
+        @raise HarnessError: it did not start.
+        """
+        port = free_port(self.used_ports)
+        docroot = self.tmp / "docroot"
+        argv = self._nginx_conf("cache-upstream", f"""    sendfile on;
+    tcp_nopush on;
+    server {{
+        listen {HOST}:{port} backlog=4096;
+        add_header Cache-Control "max-age={CACHE_MAX_AGE}";
+        location = / {{
+            default_type text/plain;
+            return 200 "{SMALL_BODY}";
+        }}
+        location / {{
+            root {docroot};
+        }}
+    }}""")
+        proc = self.procs.spawn("cache-upstream", argv, self.load_core)
+        try:
+            wait_ready(port, proc, self.procs, "cache-upstream")
+        except TargetFailure as exc:
+            self.procs.stop(proc)
+            raise HarnessError(f"the cacheable upstream did not start: {exc}") from None
+        return port, proc
+
+    def start_nginx_cache(self, name: str, upstream: int, size_mib: int) -> Target:
+        """
+        nginx as a caching proxy (C{proxy_cache} in the temp dir, C{size_mib}
+        MiB, responses kept as their C{Cache-Control} says, a cache lock),
+        with the same upstream keep-alive as the nginx target; it adds
+        C{X-Cache-Status} so that hits can be checked.
+        """
+        port = free_port(self.used_ports)
+        prefix = self.tmp / name
+        argv = self._nginx_conf(name, f"""    proxy_cache_path {prefix}/cache levels=1:2
+        keys_zone={name}:16m max_size={size_mib}m inactive=1d use_temp_path=off;
+    upstream backend {{
+        server {HOST}:{upstream};
+        keepalive {self.args.nginx_keepalive};
+        keepalive_requests 100000000;
+        keepalive_timeout 60s;
+    }}
+    server {{
+        listen {HOST}:{port} backlog=4096;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_max_temp_file_size 0;
+            proxy_cache {name};
+            proxy_cache_lock on;
+            add_header X-Cache-Status $upstream_cache_status;
+        }}
+    }}""")
+        return self._start(name, "nginx", port, argv)
+
+    def cache_status_of(self, port: int, path: str = "/") -> str:
+        """
+        The C{Cache-Status} (balancebeam) or C{X-Cache-Status} (nginx) of a
+        GET on a fresh connection, or C{""}.
+        """
+        with socket.create_connection((HOST, port), timeout=5) as sock:
+            sock.sendall(request_bytes(path, port, close=True))
+            data = b""
+            while b"\r\n\r\n" not in data:
+                piece = sock.recv(65536)
+                if not piece:
+                    break
+                data += piece
+        for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() in (b"cache-status", b"x-cache-status"):
+                return value.strip().decode("latin-1")
+        return ""
+
+    def scenario_cache_hit(self) -> None:
+        """
+        C{GET /} with C{max-age} from a cacheable upstream, in alternating
+        rounds: balancebeam with C{--cache-size 64m} (every request a hit),
+        the same balancebeam without a cache (every request proxied), nginx
+        with C{proxy_cache} (every request a hit) and nginx proxying.
+        """
+        if "balancebeam" not in self.args.targets:
+            return
+        if not self.tools["nginx"]:
+            self.notes.append("cache-hit skipped: its upstream is nginx, which is not installed")
+            return
+        upstream, upstream_proc = self.start_cache_upstream()
+        names = {
+            "cache-bb-hit": CACHE_HIT_ROWS[0], "cache-bb-proxied": CACHE_HIT_ROWS[1],
+            "cache-nginx-hit": CACHE_HIT_ROWS[2], "cache-nginx-proxied": CACHE_HIT_ROWS[3],
+        }
+        starters: dict[str, Callable[[], Target]] = {
+            "cache-bb-hit": lambda: self.start_balancebeam(
+                "cache-bb-hit", [upstream], ["--cache-size", f"{CACHE_HIT_SIZE_MIB}m"]),
+            "cache-bb-proxied": lambda: self.start_balancebeam("cache-bb-proxied", [upstream]),
+        }
+        if "nginx" in self.args.targets:
+            starters["cache-nginx-hit"] = lambda: self.start_nginx_cache(
+                "cache-nginx-hit", upstream, CACHE_HIT_SIZE_MIB)
+            starters["cache-nginx-proxied"] = lambda: self.start_nginx_lb(
+                "cache-nginx-proxied", [upstream])
+        try:
+            for key, starter in starters.items():
+                self.add_target(key, starter)
+                target = self.live(key)
+                if target is None:
+                    continue
+                try:
+                    if self.settings.warmup:
+                        self.run_wrk(target.port, "/", self.settings.connections,
+                                     self.settings.warmup)
+                    else:
+                        warm_up_python(target.port)
+                    status = self.cache_status_of(target.port)
+                except OSError as exc:
+                    self.notes.append(f"cache-hit: warm-up of {names[key]} failed: {exc}")
+                    continue
+                hit = status.startswith("balancebeam; hit") or status == "HIT"
+                if key.endswith("-hit") and not hit:
+                    target.failed = f"not serving hits (cache status {status!r})"
+                    self.notes.append(f"cache-hit: {names[key]} is {target.failed}")
+            self.scenario_wrk("cache-hit", "/", (), list(starters), names)
+        finally:
+            for key in starters:
+                target = self.targets.pop(key, None)
+                if target is not None and target.proc is not None:
+                    self.procs.stop(target.proc)
+                self.starters.pop(key, None)
+            self.procs.stop(upstream_proc)
+
+    def scenario_cache_random(self) -> None:
+        """
+        Random keys, more than fit: wrk asks for C{/16k?key=N}, N uniform
+        over three times as many keys as C{--cache-size} holds, so that the
+        cache fills and evicts. The balancer's resident set is sampled
+        throughout; its growth over the settled size before the load must
+        stay within C{--cache-size} plus 10%. The cache's counters come from
+        the balancer's shutdown line.
+        """
+        if "balancebeam" not in self.args.targets:
+            return
+        if not self.tools["nginx"]:
+            self.notes.append("cache-random skipped: its upstream is nginx, which is not "
+                              "installed")
+            return
+        size_mib = CACHE_RANDOM_SIZE_MIB_QUICK if self.quick else CACHE_RANDOM_SIZE_MIB
+        keys = 3 * size_mib * 1024 * 1024 // BIG_SIZE
+        upstream, upstream_proc = self.start_cache_upstream()
+        key = "cache-bb-random"
+        row = f"balancebeam --cache-size {size_mib}m"
+        try:
+            self.add_target(key, lambda: self.start_balancebeam(
+                key, [upstream], ["--cache-size", f"{size_mib}m"]))
+            target = self.live(key)
+            if target is None:
+                self.record_failure("cache-random", row, 1, self.targets[key].failed or "-")
+                return
+            warm_up_python(target.port)
+            pids = target.pids()
+            base = settled_rss(pids)
+            for round_no in range(1, self.settings.rounds + 1):
+                lua = self.tmp / f"cache-random-{round_no}.lua"
+                lua.write_text(WRK_LUA.replace("COUNT_SLOW", "false") + CACHE_RANDOM_LUA
+                               .replace("KEY_COUNT", str(keys))
+                               .replace("SEED", str(round_no)))
+                data = self.measure_wrk(target, "/16k", self.settings.duration, lua=lua)
+                data.update({
+                    "alive_after": self.after(target, key),
+                    "cache_size_kib": size_mib * 1024, "keys": keys,
+                    "rss_base_kib": base, "rss_after_kib": settled_rss(pids),
+                    "rss_growth_kib": data["rss_peak_kib"] - base,
+                })
+                self.record("cache-random", row, round_no, data)
+                say(f"  cache-random RSS {base / 1024:.1f} MiB before the load, peak "
+                    f"{data['rss_peak_kib'] / 1024:.1f} MiB: growth "
+                    f"{data['rss_growth_kib'] / 1024:.1f} MiB for --cache-size {size_mib}m")
+            if target.proc is not None:
+                self.procs.stop(target.proc)
+                counters = cache_counters(self.procs.log_path(target.log_name)
+                                          .read_text(errors="replace"))
+                rounds = [m for m in self.measurements
+                          if m["scenario"] == "cache-random" and "rps" in m]
+                if counters and rounds:
+                    rounds[-1]["cache_counters"] = counters
+                    say(f"  cache-random counters at shutdown: {counters}")
+                else:
+                    self.notes.append("cache-random: no cache counters in the balancer's "
+                                      "shutdown line")
+        except OSError as exc:
+            self.record_failure("cache-random", row, 1, str(exc))
+        finally:
+            target = self.targets.pop(key, None)
+            if target is not None and target.proc is not None:
+                self.procs.stop(target.proc)
+            self.starters.pop(key, None)
+            self.procs.stop(upstream_proc)
+
     # ----------------------------------------------------------------- driving
 
     def run(self) -> None:
@@ -1764,6 +1989,10 @@ backend be
                 self.scenario_pool()
             elif scenario == "slow":
                 self.scenario_slow()
+            elif scenario == "cache-hit":
+                self.scenario_cache_hit()
+            elif scenario == "cache-random":
+                self.scenario_cache_random()
             elif scenario == "profile":
                 self.scenario_profile()
             elif scenario in TLS_SCENARIOS:
@@ -2653,6 +2882,106 @@ def render_checks(checks: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def cache_counters(log: str) -> dict[str, int]:
+    """
+    The cache counters of balancebeam's last shutdown line
+    (C{stopped; counters: {..., 'cache_hits': 12, ...}}), without the prefix.
+    """
+    lines = [line for line in log.splitlines() if "stopped; counters:" in line]
+    if not lines:
+        return {}
+    return {name: int(value)
+            for name, value in re.findall(r"'cache_([a-z_]+)': (\d+)", lines[-1])}
+
+
+def cache_report(summary: dict[str, dict[str, dict[str, Any]]],
+                 measurements: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """
+    Issue 10's targets from the cache scenarios: a hit against a proxied
+    request of the same balancebeam (CPU us per request at most half,
+    req/s at least twice), the ratio to nginx serving the same hits from
+    C{proxy_cache}, and the resident set growth under random keys against
+    C{--cache-size} plus 10%. Per-round ratios (the rows ran seconds apart
+    in each round) are given next to the ratios of the combined figures.
+    """
+    checks: list[dict[str, Any]] = []
+
+    def add(name: str, value: float | None, limit: float | None, higher_is_better: bool,
+            paired: float | None = None) -> None:
+        if value is None or limit is None:
+            verdict = "n/a" if limit is not None else "info"
+        elif higher_is_better:
+            verdict = "met" if value >= limit else "MISSED"
+        else:
+            verdict = "met" if value <= limit else "MISSED"
+        checks.append({"target": name, "measured": value, "limit": limit, "paired": paired,
+                       "higher_is_better": higher_is_better, "verdict": verdict})
+
+    rows = summary.get("cache-hit", {})
+    by_round: dict[tuple[str, int], dict[str, Any]] = {
+        (m["target"], m["round"]): m for m in measurements
+        if m["scenario"] == "cache-hit" and "rps" in m and m.get("cpu_us_per_req")}
+
+    def ratio(top: str, bottom: str, key: str) -> tuple[float | None, float | None]:
+        a, b = rows.get(top, {}).get(key), rows.get(bottom, {}).get(key)
+        combined = a / b if a is not None and b else None
+        pairs = [m[key] / by_round[(bottom, r)][key] for (t, r), m in by_round.items()
+                 if t == top and (bottom, r) in by_round and by_round[(bottom, r)][key]]
+        return combined, median(pairs)
+
+    hit, proxied, nginx_hit, _ = CACHE_HIT_ROWS
+    if rows:
+        cpu, cpu_paired = ratio(hit, proxied, "cpu_us_per_req")
+        add("hit CPU us/req / proxied CPU us/req", cpu, 0.5, False, cpu_paired)
+        rps, rps_paired = ratio(hit, proxied, "rps")
+        add("hit req/s / proxied req/s", rps, 2.0, True, rps_paired)
+        cpu, cpu_paired = ratio(hit, nginx_hit, "cpu_us_per_req")
+        add("hit CPU us/req / nginx proxy_cache hit CPU us/req", cpu, None, False, cpu_paired)
+        rps, rps_paired = ratio(hit, nginx_hit, "rps")
+        add("hit req/s / nginx proxy_cache hit req/s", rps, None, True, rps_paired)
+    random_rounds = [m for m in measurements if m["scenario"] == "cache-random" and "rps" in m]
+    if random_rounds:
+        size = random_rounds[0]["cache_size_kib"]
+        growth = max(m["rss_growth_kib"] for m in random_rounds)
+        counters: dict[str, int] = next(
+            (m["cache_counters"] for m in random_rounds if "cache_counters" in m), {})
+        add(f"random keys: RSS growth MiB (--cache-size {size // 1024}m + 10%)", growth / 1024,
+            size * 1.1 / 1024, False)
+        add("random keys: entries evicted (the load overflowed the cache)",
+            counters.get("evicted"), 1, True)
+    warnings = []
+    util = rows.get(nginx_hit, {}).get("cpu_util")
+    if isinstance(util, float) and util < 0.85:
+        warnings.append(f"nginx serving hits used only {util:.0%} of its core: the load side "
+                        "was the limit, so the req/s ratios understate the difference; trust "
+                        "CPU us/req")
+    return {"checks": checks, "warnings": warnings, "cache_random_counters": next(
+        (m["cache_counters"] for m in random_rounds if "cache_counters" in m), None)}
+
+
+def render_cache_report(report: dict[str, Any]) -> str:
+    """
+    Issue 10's targets as a short list.
+    """
+    lines = ["", "== issue 10 targets for the cache (same-run ratios; per-round median in "
+                 "brackets)"]
+    for c in report["checks"]:
+        measured = fmt(c["measured"], 2)
+        if c.get("paired") is not None:
+            measured += f" ({fmt(c['paired'], 2)})"
+        target = ""
+        if c["limit"] is not None:
+            target = f"target {'>=' if c['higher_is_better'] else '<='} {fmt(c['limit'], 2)}"
+        lines.append(f"  {c['verdict']:<7} {c['target']:<58} {measured:>14}  {target}")
+    for warning in report.get("warnings", ()):
+        lines.append("  note: " + warning)
+    counters = report.get("cache_random_counters")
+    if counters:
+        lines.append("  random keys, cache counters at shutdown: " + ", ".join(
+            f"{name} {value}" for name, value in counters.items()))
+    return "\n".join(lines)
+
+
 def environment(bench: Bench) -> dict[str, Any]:
     """
     What the run ran on, for the JSON record.
@@ -2923,6 +3252,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"baseline {bench.baseline_key}: commit {bench.baseline_commit}, exported with "
               "git archive, run from its export (cwd and first on PYTHONPATH)")
     print(report)
+    cache = cache_report(summary, bench.measurements)
+    if cache["checks"]:
+        print(render_cache_report(cache))
     if others:
         print(render_comparisons(comparisons))
     warnings = saturation_warnings(summary)
@@ -2950,7 +3282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "settings": s.__dict__, "environment": environment(bench),
         "commands": {k: t.command for k, t in bench.targets.items()},
         "summary": summary, "checks": checks, "tls_checks": tls_checks, "warnings": warnings,
-        "comparisons": comparisons,
+        "comparisons": comparisons, "cache": cache,
         "variants": [v.__dict__ for v in bench.variants],
         "measurements": bench.measurements,
         "notes": bench.notes, "harness_error": harness_error, "elapsed_s": round(elapsed, 1),

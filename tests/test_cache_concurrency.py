@@ -10,7 +10,7 @@ from __future__ import annotations
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from balancebeam.cache.filter import CONDITIONAL_FIELDS
+from balancebeam.cache.revalidation import CONDITIONAL_FIELDS
 from balancebeam.filters import Answer
 
 from .test_cache_fakes import (
@@ -240,6 +240,21 @@ class StaleWhileRevalidateTests(SynchronousTestCase):
         answer = self.s.answer()
         self.assertEqual(field(answer, b"Cache-Status"), b"balancebeam; hit; ttl=10")
         self.assertEqual(self.s.cache.counters.revalidated, 1)
+
+    def test_background_304_for_other_representation(self) -> None:
+        """
+        A background 304 naming another ETag updates nothing and drops the
+        entry, so that the next request fetches it anew.
+        """
+        self.s.answer()
+        observer = self.s.background.fetches[0][5]
+        relay_background(observer, response_head(b"304 Not Modified", [
+            b"Date: " + http_date(self.s.clock.seconds()), b'ETag: "v7"']))
+        self.assertEqual(self.s.cache.counters.revalidated, 0)
+        self.assertEqual(self.s.cache.counters.entries, 0)
+        exchange, result = self.s.ask()
+        self.assertIsNone(result)
+        self.assertEqual(exchange.rewrites, [])
 
     def test_background_200_replaces(self) -> None:
         """

@@ -17,7 +17,7 @@ from twisted.internet.task import Clock
 from zope.interface import implementer
 
 from balancebeam.cache.filter import CacheFilter
-from balancebeam.cache.interfaces import IBackgroundFetch
+from balancebeam.cache.interfaces import IBackgroundFetch, IResendable
 from balancebeam.filters import Answer
 from balancebeam.http1.heads import RequestHead, parse_request_head, parse_response_head
 from balancebeam.http1.rewrite import render_response
@@ -104,6 +104,36 @@ class FakeExchange:
         raise AssertionError(f"no Cache-Status added: {self.added!r}")
 
 
+@implementer(IResendable)
+class ResendableExchange(FakeExchange):
+    """
+    A L{FakeExchange} that can send its request again, as the relay's can.
+
+    @ivar resends: the C{remove} argument of each L{send_again}.
+    @ivar resendable: what L{send_again} answers.
+    @ivar pending: whether L{relay} must drop the response it is relaying
+        (as the relay does after L{send_again}).
+    """
+
+    def __init__(self, head: bytes, started: float, scheme: bytes = b"http") -> None:
+        super().__init__(head, started, scheme)
+        self.resends: list[tuple[bytes, ...]] = []
+        self.resendable = True
+        self.pending = False
+
+    def send_again(self, remove: Sequence[bytes]) -> bool:
+        """
+        Record the request to send again; names must be lower case.
+        """
+        if not self.resendable:
+            return False
+        assert all(name == name.lower() for name in remove)
+        assert not self.pending, "sent again twice for one response"
+        self.resends.append(tuple(remove))
+        self.pending = True
+        return True
+
+
 def request_head(
     target: bytes = b"/", method: bytes = b"GET", host: bytes | None = b"example.com",
     fields: Sequence[bytes] = (),
@@ -136,11 +166,13 @@ class Outcome:
 
     @ivar answer: the L{Answer} an observer sent instead, or C{None}.
     @ivar continued: what C{continue_without_client} answered, when asked.
+    @ivar resent: whether an observer had the request sent again instead.
     """
 
     def __init__(self) -> None:
         self.answer: Answer | None = None
         self.continued: bool | None = None
+        self.resent = False
 
 
 def relay(
@@ -168,6 +200,11 @@ def relay(
         answer = observer.response_head(response)
         if answer is not None:
             outcome.answer = answer
+            return outcome
+        if isinstance(exchange, ResendableExchange) and exchange.pending:
+            # The relay drops this response and sends the request again.
+            exchange.pending = False
+            outcome.resent = True
             return outcome
     for index, piece in enumerate(body):
         if client_leaves_after is not None and index == client_leaves_after:
@@ -296,13 +333,15 @@ class CacheScenario:
         fields: Sequence[bytes] = (),
         host: bytes | None = b"example.com",
         scheme: bytes = b"http",
+        resendable: bool = False,
     ) -> tuple[FakeExchange, FilterResult]:
         """
         Send a request to the filter: the exchange and what C{on_request} returned.
+
+        @param resendable: make the exchange a L{ResendableExchange}.
         """
-        exchange = FakeExchange(
-            request_head(target, method, host, fields), self.clock.seconds(), scheme
-        )
+        kind = ResendableExchange if resendable else FakeExchange
+        exchange = kind(request_head(target, method, host, fields), self.clock.seconds(), scheme)
         return exchange, self.cache.on_request(exchange)
 
     def answer(

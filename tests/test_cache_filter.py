@@ -10,12 +10,13 @@ import random
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from balancebeam.cache.filter import CONDITIONAL_FIELDS
+from balancebeam.cache.revalidation import CONDITIONAL_FIELDS
 from balancebeam.filters import Answer
 
 from .test_cache_fakes import (
     CacheScenario,
     FakeExchange,
+    ResendableExchange,
     fail_before_head,
     field,
     http_date,
@@ -530,14 +531,117 @@ class ValidationTests(SynchronousTestCase):
 
     def test_304_for_other_representation(self) -> None:
         """
-        A 304 whose ETag is not the stored one updates nothing: 502, entry dropped.
+        A 304 whose ETag is not the stored one updates nothing, drops the entry
+        and has the request sent again without validators, whose 200 is stored.
+        """
+        self.stale(b'ETag: "v1"', b"Last-Modified: " + self.modified)
+        exchange, _ = self.s.ask(resendable=True)
+        assert isinstance(exchange, ResendableExchange)
+        outcome = self.s.respond(exchange, [b'ETag: "v9"', b"Cache-Control: max-age=99"],
+                                 b"", b"304 Not Modified")
+        self.assertEqual((outcome.answer, outcome.resent), (None, True))
+        self.assertEqual(exchange.resends, [(b"if-none-match", b"if-modified-since")])
+        self.assertEqual(exchange.added, [])
+        self.assertEqual(self.s.cache.counters.entries, 0)
+        self.assertEqual(self.s.cache.counters.revalidated, 0)
+        outcome = self.s.respond(exchange, [b'ETag: "v9"', b"Cache-Control: max-age=60"],
+                                 b"the new one")
+        self.assertIsNone(outcome.answer)
+        self.assertEqual(exchange.cache_status(),
+                         b"balancebeam; fwd=stale; fwd-status=200; stored; ttl=60")
+        hit = self.s.answer()
+        self.assertEqual((hit.body, field(hit, b"ETag")), (b"the new one", b'"v9"'))
+
+    def test_304_by_last_modified_for_other_representation(self) -> None:
+        """
+        Without an ETag, a 304 whose Last-Modified differs from the stored one
+        is not about it either: the request is sent again.
+        """
+        self.stale(b"Last-Modified: " + self.modified)
+        exchange, _ = self.s.ask(resendable=True)
+        assert isinstance(exchange, ResendableExchange)
+        newer = http_date(self.s.clock.seconds() - 60)
+        outcome = self.s.respond(exchange, [b"Last-Modified: " + newer], b"",
+                                 b"304 Not Modified")
+        self.assertIsNone(outcome.answer)
+        self.assertEqual(len(exchange.resends), 1)
+        self.assertEqual(self.s.cache.counters.entries, 0)
+
+    def test_304_for_other_representation_answers_client(self) -> None:
+        """
+        A mismatched 304 whose ETag the client's own If-None-Match names is
+        relayed to that client as it is, and nothing is stored or sent again.
         """
         self.stale(b'ETag: "v1"')
-        exchange, _ = self.s.ask()
+        exchange, _ = self.s.ask(fields=[b'If-None-Match: "v0", "v9"'], resendable=True)
+        assert isinstance(exchange, ResendableExchange)
+        outcome = self.s.respond(exchange, [b'ETag: "v9"'], b"", b"304 Not Modified")
+        self.assertEqual((outcome.answer, outcome.resent), (None, False))
+        self.assertEqual(exchange.resends, [])
+        self.assertEqual(exchange.cache_status(),
+                         b"balancebeam; fwd=stale; fwd-status=304; detail=validator-mismatch")
+        self.assertEqual(self.s.cache.counters.entries, 0)
+
+    def test_304_for_other_representation_not_the_clients(self) -> None:
+        """
+        A mismatched 304 that does not answer the client's own conditional
+        either has the request sent again.
+        """
+        self.stale(b'ETag: "v1"')
+        exchange, _ = self.s.ask(fields=[b'If-None-Match: "v0"'], resendable=True)
+        assert isinstance(exchange, ResendableExchange)
+        outcome = self.s.respond(exchange, [b'ETag: "v9"'], b"", b"304 Not Modified")
+        self.assertIsNone(outcome.answer)
+        self.assertEqual(len(exchange.resends), 1)
+
+    def test_304_for_other_representation_cannot_resend(self) -> None:
+        """
+        When the exchange cannot send the request again, a mismatched 304
+        gets a 502 naming the mismatch, and the entry is dropped.
+        """
+        self.stale(b'ETag: "v1"')
+        exchange, _ = self.s.ask(resendable=True)
+        assert isinstance(exchange, ResendableExchange)
+        exchange.resendable = False
         outcome = self.s.respond(exchange, [b'ETag: "v9"'], b"", b"304 Not Modified")
         assert outcome.answer is not None
         self.assertEqual(outcome.answer.status, 502)
+        self.assertEqual(field(outcome.answer, b"Cache-Status"),
+                         b"balancebeam; fwd=stale; fwd-status=304; detail=validator-mismatch")
         self.assertEqual(self.s.cache.counters.entries, 0)
+
+    def test_head_freshens_stored_get(self) -> None:
+        """
+        A 200 to a HEAD with the stored ETag and body length updates the
+        stored GET response's fields and freshness (RFC 9111 section 4.3.5).
+        """
+        self.stale(b'ETag: "v1"', b"X-Version: 1")
+        exchange, result = self.s.ask(method=b"HEAD")
+        self.assertIsNone(result)
+        outcome = relay(exchange, response_head(b"200 OK", [
+            b"Date: " + http_date(self.s.clock.seconds()), b'ETag: "v1"',
+            b"Cache-Control: max-age=60", b"X-Version: 2"], length=5))
+        self.assertIsNone(outcome.answer)
+        self.assertEqual(exchange.cache_status(),
+                         b"balancebeam; fwd=stale; fwd-status=200; ttl=60")
+        hit = self.s.answer()
+        self.assertEqual((hit.body, field(hit, b"X-Version")), (b"hello", b"2"))
+        self.assertEqual(field(hit, b"Cache-Status"), b"balancebeam; hit; ttl=60")
+        self.assertEqual(self.s.cache.counters.revalidated, 1)
+
+    def test_head_with_other_length_invalidates(self) -> None:
+        """
+        A 200 to a HEAD whose Content-Length (or ETag) differs from the
+        stored GET response's drops it.
+        """
+        for fields, length in (([b'ETag: "v1"'], 6), ([b'ETag: "v2"'], 5)):
+            self.s = CacheScenario()
+            self.stale(b'ETag: "v1"')
+            exchange, _ = self.s.ask(method=b"HEAD")
+            relay(exchange, response_head(b"200 OK", [
+                b"Cache-Control: max-age=60", *fields], length=length))
+            self.assertEqual(self.s.cache.counters.entries, 0)
+            self.assertIsNone(self.s.ask()[1])
 
     def test_no_validator_unconditional(self) -> None:
         """

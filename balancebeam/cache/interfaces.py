@@ -1,6 +1,8 @@
 """
 What the cache needs from the relay beyond the request-filter seam: sending
-a request upstream with no client behind it, for C{stale-while-revalidate}.
+a request upstream with no client behind it, for C{stale-while-revalidate}
+(L{IBackgroundFetch}), and sending a client's request upstream once more
+(L{IResendable}).
 """
 
 from __future__ import annotations
@@ -47,4 +49,29 @@ class IBackgroundFetch(Interface):
         C{continue_without_client}. Never raise: a request that cannot be
         dispatched (no healthy upstream, shutting down) is reported through
         C{response_failed}, possibly before this returns.
+        """
+
+
+class IResendable(Interface):
+    """
+    An exchange that can send its request upstream once more instead of
+    relaying the response it got: how the cache re-requests unconditionally
+    when a C{304} answers its revalidation but names a response it does not
+    hold (RFC 9111 section 4.3.4). The relay's exchanges provide it.
+    """
+
+    def send_again(remove: Sequence[bytes]) -> bool:
+        """
+        Called by a response observer from its C{response_head}: do not
+        relay this response (its body is read and dropped) but send the
+        request upstream again, to any live upstream, without the fields
+        named in C{remove} (lower-case names; fields the client sent and
+        fields added by C{rewrite_upstream_request} alike). The observer
+        that asked returns C{None}; observers after it do not see this
+        head. Every observer then sees the new response from its head on.
+
+        @return: whether the request will be sent again; C{False} (and
+            nothing changed) when it cannot be: its body was not held
+            whole, it was already sent again once, or the exchange is not
+            waiting for a response head.
         """

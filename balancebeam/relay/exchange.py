@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Final
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
+from balancebeam.cache.interfaces import IResendable
 from balancebeam.filters import Answer
 from balancebeam.http1.framing import LAST_CHUNK, BodyReader, forwardable_trailers, last_chunk
 from balancebeam.http1.heads import (
@@ -63,7 +64,7 @@ _SUBSTITUTING: Final = ExchangeState.SUBSTITUTING
 _DONE: Final = ExchangeState.DONE
 
 
-@implementer(IResponseSink)
+@implementer(IResponseSink, IResendable)
 class Exchange(ExchangeCore):
     """
     One request, from its parsed head to the end of its response: the flow
@@ -157,6 +158,31 @@ class Exchange(ExchangeCore):
         if client.writes_paused:
             connection.stream.pauseProducing()
         return True
+
+    def send_again(self, remove: Sequence[bytes]) -> bool:
+        """
+        From an observer's C{response_head}: drop this response and send the
+        request again, without the fields named in C{remove} (L{IResendable}).
+        """
+        if (
+            self.state != _WAITING
+            or self._resend
+            or not self.request_done
+            or not self.replayable
+        ):
+            return False
+        self.rewrite_upstream_request(remove)
+        self._resend = 1
+        return True
+
+    def _send_now(self) -> None:
+        """
+        The response an observer dropped is over (or failed): send the
+        request again, to whichever upstream the dispatcher picks.
+        """
+        self._resend = 2
+        self.relay.dispatcher.release(self)
+        self.filters_passed()
 
     def dispatch_failed(
         self, status: int, message: str, fields: Sequence[tuple[bytes, bytes]]
@@ -261,6 +287,11 @@ class Exchange(ExchangeCore):
                     self._enter(_SUBSTITUTING)
                     self._write_answer(answer)
                     return
+                if self._resend == 1:
+                    # The observer asked for the request to be sent again
+                    # (send_again): drop this response, then send it.
+                    self._enter(_SUBSTITUTING)
+                    return
         self.response = response
         # A parsed status has three digits, the first not 0 (Stats.count_status
         # inlined: once per request).
@@ -351,6 +382,9 @@ class Exchange(ExchangeCore):
                 connection.reusable = False
                 self.keep_alive = False
         self.relay.dispatcher.checkin(connection)
+        if self._resend == 1:
+            self._send_now()
+            return
         self._finish()
 
     def upstream_failed(
@@ -365,6 +399,10 @@ class Exchange(ExchangeCore):
         connection.close()
         state = self.state
         if state == _DONE:
+            return
+        if state == _SUBSTITUTING and self._resend == 1:
+            # The response being dropped failed: the request goes again anyway.
+            self._send_now()
             return
         if state == _TUNNEL or state == _SUBSTITUTING:
             self.keep_alive = self.keep_alive and state == _SUBSTITUTING
@@ -515,6 +553,10 @@ class Exchange(ExchangeCore):
                 reason=stalled,
             )
             self._abort(stalled)
+        elif state == _SUBSTITUTING and self._resend == 1:
+            self._resend = 2
+            self.relay.stats.upstream_timeouts += 1
+            self._fail(504, "the upstream server did not answer in time")
         elif state == _TUNNEL or state == _SUBSTITUTING:
             if state == _TUNNEL:
                 self.log.info(
@@ -540,7 +582,9 @@ class Exchange(ExchangeCore):
         @return: whether part of a response was sent already, in which case
             the client must be cut rather than answered.
         """
-        started = self.response is not None or self.state == _SUBSTITUTING
+        started = self.response is not None or (
+            self.state == _SUBSTITUTING and self._resend != 1
+        )
         self._stop("the request was malformed or too slow")
         self.state = _DONE
         return started

@@ -76,6 +76,9 @@ class ExchangeCore:
     @ivar tried: the upstreams that failed this request, or C{None}.
     @ivar reused_retry: whether the one retry after a keep-alive race was used.
     @ivar response: the upstream response head being relayed, or C{None}.
+    @ivar _resend: C{0}; C{1} once an observer asked for the request to be
+        sent again instead of the response being dropped (L{IResendable});
+        C{2} once it was sent again (only once).
     """
 
     __slots__ = (
@@ -103,6 +106,7 @@ class ExchangeCore:
         "_filtering",
         "_upstream_head",
         "_rewrite",
+        "_resend",
     )
 
     log = Logger()
@@ -145,6 +149,7 @@ class ExchangeCore:
         self._filtering: Deferred[Answer | None] | None = None
         self._upstream_head: bytes | None = None
         self._rewrite: tuple[frozenset[bytes], bytes] | None = None
+        self._resend = 0
 
     def __repr__(self) -> str:
         return f"<Exchange {self.request_id} {self.method_text} {self.path_text} {self.state!r}>"
@@ -221,11 +226,19 @@ class ExchangeCore:
         self, remove: Iterable[bytes] = (), add: Sequence[tuple[bytes, bytes]] = ()
     ) -> None:
         """
-        Drop the fields named in C{remove} from the head sent upstream and
-        append the fields of C{add}.
+        Drop the fields named in C{remove} from the head sent upstream (the
+        client's, and those added by earlier calls) and append the fields
+        of C{add}.
         """
         removed, added = self._rewrite or (frozenset(), b"")
-        removed = removed | frozenset(name.lower() for name in remove)
+        names = frozenset(name.lower() for name in remove)
+        if added and names:
+            added = b"".join(
+                line + CRLF
+                for line in added.split(CRLF)
+                if line and line.split(b":", 1)[0].lower() not in names
+            )
+        removed = removed | names
         added += b"".join(name + b": " + value + CRLF for name, value in add)
         self._rewrite = (removed, added)
         self._upstream_head = None
