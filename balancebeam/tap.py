@@ -82,6 +82,12 @@ class Options(usage.Options):
             None,
             "Log one info line per request (client, method, path, upstream, status, latency).",
         ],
+        [
+            "reuse-port",
+            None,
+            "With --workers above 1: give each worker its own SO_REUSEPORT listening "
+            "socket (the kernel spreads connections) instead of one socket they all share.",
+        ],
     ]
 
     optParameters = [
@@ -261,6 +267,13 @@ class Options(usage.Options):
             "waf-threads",
             "Threads inspecting requests, when the engine lets other threads run.",
         ),
+        _parameter(
+            "workers",
+            "Worker processes serving requests on the same sockets: a number, or auto "
+            "for one per usable CPU. Above 1, this process is a master that binds the "
+            "sockets, supervises the workers (SIGHUP starts new ones with the "
+            "configuration read again) and serves nothing itself. See doc/workers.md.",
+        ),
     ]
 
     def __init__(self) -> None:
@@ -380,6 +393,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         raise ValueError("makeService needs options whose postOptions has run")
     # A second SIGTERM during the drain only logs a line (see balancebeam.signals).
     reactor.callWhenRunning(guard_stop_signals, reactor)
+    if balancer_config.workers > 1:
+        return _make_master(options, reactor)
     if not options["demo"]:
         try:
             return BalancerService(balancer_config, reactor, exit_on_listen_failure=True)
@@ -407,3 +422,17 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     demo_service.setServiceParent(root)
     balancer.setServiceParent(root)
     return root
+
+
+def _make_master(options: Options, reactor: Any) -> IService:
+    """
+    With C{--workers} above 1: the master, which binds the sockets and runs
+    the worker processes (L{balancebeam.workers.master}).
+    """
+    import sys
+
+    from balancebeam.workers.master import make_master_service
+
+    return make_master_service(
+        options.config_values(), reactor, demo=bool(options["demo"]), argv=sys.argv
+    )

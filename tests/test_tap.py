@@ -121,6 +121,8 @@ class DefaultsTests(SynchronousTestCase):
                     "waf-paranoia",
                     "waf-rules",
                     "waf-threads",
+                    "workers",
+                    "reuse-port",
                     "max-client-connections",
                     "shutdown-timeout",
                     "active-health-check-interval",
