@@ -38,6 +38,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IHalfCloseableProtocol, IListeningPort, IProtocolFactory
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall, deferLater
@@ -526,7 +527,10 @@ class Worker:
         if self.state in ("stopping", "stopped"):
             return
         self.log.warn("the master is gone (its pipe closed): draining, then exiting")
-        self._reactor.stop()
+        try:
+            self._reactor.stop()
+        except ReactorNotRunning:
+            pass
 
     def stop(self) -> Deferred[None]:
         """
