@@ -456,6 +456,45 @@ class WorkersIntegrationTests(TestCase):
         self.assertEqual(statuses, ["200"] * 4, process.output.decode(errors="replace"))
         self.assertNotIn(b"LISTEN_FDS", b"".join(process.worker_lines(process.ready()[0])))
 
+    async def test_tls_listener(self) -> None:
+        """
+        An C{ssl:} listener is shared too: each worker wraps its connections
+        in TLS with the endpoint's certificate.
+        """
+        import trustme
+        from twisted.internet.ssl import Certificate, optionsForClientTLS
+
+        ca = trustme.CA()
+        issued = ca.issue_cert("localhost")
+        directory = tempfile.mkdtemp(prefix="balancebeam-workers-tls-")
+        key, cert = os.path.join(directory, "key.pem"), os.path.join(directory, "cert.pem")
+        issued.private_key_pem.write_to_path(key)
+        issued.cert_chain_pems[0].write_to_path(cert)
+        upstream = start_upstream(self, reactor, "up")
+        port = unused_port()
+        process = self.spawn(
+            "--listen", f"ssl:{port}:interface=127.0.0.1:privateKey={key}:certKey={cert}",
+            "--upstream", upstream.address, "--workers", "2",
+            "--active-health-check-interval", "0",
+        )
+        await wait_until(reactor, lambda: len(process.ready()) == 2, "every worker", timeout=60)
+        options = optionsForClientTLS(
+            "localhost", trustRoot=Certificate.loadPEM(ca.cert_pem.bytes())
+        )
+        for _ in range(3):
+            client = RawClient(clock=reactor)
+            reactor.connectSSL("127.0.0.1", port, _ClientFactory(client), options, timeout=5)
+            await client.ready
+            client.send(
+                b"GET /tls HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", b"GET"
+            )
+            await client.wait_responses(1)
+            transport: Any = client.transport
+            transport.abortConnection()
+            await client.closed
+            self.assertEqual([r.status for r in client.responses], [200])
+        self.assertEqual(len(upstream.client_requests), 3)
+
 
 class SocketTests(TestCase):
     """

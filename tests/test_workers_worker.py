@@ -13,6 +13,7 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import ILogObserver, LogLevel, globalLogPublisher, textFileLogObserver
 from twisted.trial.unittest import SynchronousTestCase
@@ -31,6 +32,7 @@ from balancebeam.workers.control import (
 )
 from balancebeam.workers.worker import (
     SETTLE,
+    STOP_GRACE,
     ControlProtocol,
     ListenerFd,
     SharedListenerService,
@@ -341,6 +343,28 @@ class WorkerTests(SynchronousTestCase):
         self.assertNoResult(stopped)
         scenario.reactor.advance(0.1)
         self.successResultOf(stopped)
+
+    def test_stuck_drain_does_not_keep_the_worker(self) -> None:
+        """
+        A drain that never finishes (a connection whose close never
+        completes) is given up after C{--shutdown-timeout} and L{STOP_GRACE}
+        seconds: the worker reports and stops anyway.
+        """
+        events = EventLoggingObserver.createWithCleanup(
+            self, globalLogPublisher  # type: ignore[arg-type]
+        )
+        scenario = WorkerScenario()
+        scenario.health()
+        stuck: Deferred[None] = Deferred()
+        scenario.service.factory.drain = lambda grace: stuck  # type: ignore[method-assign]
+        stopped = scenario.worker.stop()
+        scenario.reactor.advance(5 + STOP_GRACE - 0.1)
+        self.assertEqual([m for m in scenario.received(STATS) if m["final"]], [])
+        scenario.reactor.advance(0.1)
+        self.assertEqual(len([m for m in scenario.received(STATS) if m["final"]]), 1)
+        scenario.control.writeConnectionLost()
+        self.successResultOf(stopped)
+        self.assertEqual(len([e for e in events if "exiting anyway" in e["log_format"]]), 1)
 
     def test_stop_before_serving(self) -> None:
         """

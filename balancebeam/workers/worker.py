@@ -68,6 +68,15 @@ the drain closes connections that have sent nothing.
 FINAL_FLUSH_TIMEOUT = 2.0
 """Seconds a stopping worker waits for its last message to reach the master."""
 
+STOP_GRACE = 2.0
+"""
+Seconds after C{--shutdown-timeout} a worker waits for its drain to finish
+before it exits anyway. The drain aborts what is left at
+C{--shutdown-timeout}, but a connection already closing (a TLS peer that
+never answers the close, a client that stopped reading) is not aborted, and
+with the master gone nobody would kill the worker.
+"""
+
 
 @dataclass(frozen=True)
 class ListenerFd:
@@ -546,8 +555,29 @@ class Worker:
         self.state = "stopping"
         if self._stats_loop is not None and self._stats_loop.running:
             self._stats_loop.stop()
-        stopped: Deferred[Any] = self.service.stopService()
-        return stopped.addCallback(self._stopped)
+        grace = self.service.config.shutdown_timeout + STOP_GRACE
+        done: Deferred[None] = Deferred()
+        overdue = self._reactor.callLater(grace, self._stop_overdue, done, grace)
+
+        def finished(result: object) -> None:
+            if isinstance(result, Failure):
+                self.log.failure("stopping failed; exiting anyway", result)
+            if not done.called:
+                overdue.cancel()
+                done.callback(None)
+
+        self.service.stopService().addBoth(finished)
+        return done.addCallback(self._stopped)
+
+    def _stop_overdue(self, done: Deferred[None], grace: float) -> None:
+        """
+        The drain has not finished in time: exit anyway (the service's stop
+        goes on until the reactor ends).
+        """
+        self.log.error(
+            "still draining {grace} s after the stop began: exiting anyway", grace=grace
+        )
+        done.callback(None)
 
     def _stopped(self, _: object) -> Deferred[None]:
         self.state = "stopped"
