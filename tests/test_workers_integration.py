@@ -366,6 +366,30 @@ class WorkersIntegrationTests(TestCase):
         self.assertIn(b"--rate-limit-backend redis://HOST:PORT/DB", process.output)
         self.assertEqual(process.started(), [])
 
+    async def test_port_in_use(self) -> None:
+        """
+        A port in use ends the master with exit status 1 and the same
+        one-line error as a single process; no worker is started.
+        """
+        occupied = bind_listener(inspect_listener("tcp:0:interface=127.0.0.1"))
+        self.addCleanup(occupied.close)
+        port = occupied.getsockname()[1]
+        process = self.spawn(
+            "--bind", f"127.0.0.1:{port}", "--upstream", "127.0.0.1:9", "--workers", "2"
+        )
+        code = await process.ended
+        self.assertEqual(code, 1, process.output.decode(errors="replace"))
+        [line] = [line for line in process.output.splitlines() if b"cannot listen" in line]
+        self.assertTrue(
+            line.endswith(
+                b"] balancebeam: cannot listen on tcp:%d:interface=127.0.0.1: Couldn't listen"
+                b" on 127.0.0.1:%d: [Errno 98] Address already in use." % (port, port)
+            ),
+            line,
+        )
+        self.assertEqual(process.started(), [])
+        self.assertNotIn(b"Traceback", process.output)
+
     async def test_passive_failure_reaches_the_other_worker(self) -> None:
         """
         A connect failure seen by one worker takes the upstream out in the

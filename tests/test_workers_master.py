@@ -9,7 +9,7 @@ import signal
 from collections.abc import Mapping
 from typing import Any
 
-from twisted.internet.error import CannotListenError, ProcessDone, ProcessTerminated
+from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
@@ -28,6 +28,7 @@ from balancebeam.workers.master import (
     twistd_log_options,
     worker_values,
 )
+from balancebeam.workers.sockets import ListenFailed
 from tests.test_workers_fakes import FakeBinder, FakeLauncher, FakeProbe, Launched
 
 UPSTREAMS = ["127.0.0.1:8081", "127.0.0.1:8082"]
@@ -261,9 +262,12 @@ class StartTests(SynchronousTestCase):
         """
         scenario = MasterScenario(self)
         scenario.binder.fail = OSError(98, "Address already in use")
-        error = self.assertRaises(CannotListenError, scenario.master.privilegedStartService)
-        self.assertIn("cannot listen on tcp:1100:interface=127.0.0.1", str(error))
-        self.assertIn("Address already in use", str(error))
+        error = self.assertRaises(ListenFailed, scenario.master.privilegedStartService)
+        self.assertEqual(
+            str(error),
+            "cannot listen on tcp:1100:interface=127.0.0.1: Couldn't listen on"
+            " 127.0.0.1:1100: [Errno 98] Address already in use.",
+        )
         self.assertIsNone(scenario.master.table)
 
     def test_bind_failure_exits_under_twistd(self) -> None:
@@ -281,8 +285,11 @@ class StartTests(SynchronousTestCase):
         binder.fail = OSError(98, "Address already in use")
         master._open_listener = binder
         error = self.assertRaises(SystemExit, master.privilegedStartService)
-        self.assertTrue(str(error.code).startswith("balancebeam: "), error.code)
-        self.assertNotIn("\n", str(error.code))
+        self.assertEqual(
+            error.code,
+            "balancebeam: cannot listen on tcp:1100:interface=127.0.0.1: Couldn't listen on"
+            " 127.0.0.1:1100: [Errno 98] Address already in use.",
+        )
 
     def test_reuse_port_socket_per_slot(self) -> None:
         """
@@ -413,6 +420,28 @@ class CrashTests(SynchronousTestCase):
         third.exit(1)
         scenario.reactor.advance(0)
         self.assertEqual(len(scenario.launcher.launched), 5)
+
+    def test_no_free_seat(self) -> None:
+        """
+        When every seat of the table is taken (workers still draining), the
+        worker is tried again later instead of failing the master.
+        """
+        scenario = MasterScenario(self)
+        launched = scenario.start()
+        table = scenario.master.table
+        assert table is not None
+        launched[0].exit(None, signal.SIGKILL)
+        taken = []
+        while True:
+            try:
+                taken.append(table.claim())
+            except RuntimeError:
+                break
+        scenario.reactor.advance(0)
+        self.assertEqual(len(scenario.launcher.launched), 2)
+        table.release(taken[0])
+        scenario.reactor.advance(0.5)
+        self.assertEqual(len(scenario.launcher.launched), 3)
 
     def test_launch_failure_retried(self) -> None:
         """

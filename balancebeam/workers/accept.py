@@ -40,8 +40,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-SEATS = 512
-"""Seats in a table: room for two generations of the most workers, twice over."""
+SEATS = 1024
+"""Seats in a table (16 KiB): room for four generations of the most workers."""
 
 FREE, STARTING, ACCEPTING, STOPPED = 0, 1, 2, 3
 """The states of a seat: no worker; a worker that does not accept yet;

@@ -50,6 +50,7 @@ from balancebeam.workers.control import DOWN, READY, REPORT, STATS, Message, Mes
 from balancebeam.workers.health import SharedHealth
 from balancebeam.workers.sockets import (
     ListenerSpec,
+    ListenFailed,
     UnsupportedListener,
     bind_listener,
     describe_socket,
@@ -514,13 +515,13 @@ class Master(Service):
 
         @raise SystemExit: with one line, when a socket cannot be bound and
             C{exit_on_listen_failure} is set.
-        @raise CannotListenError: when a socket cannot be bound otherwise.
+        @raise ListenFailed: when a socket cannot be bound otherwise.
         @raise UnsupportedListener: for an endpoint that cannot be shared.
         """
         super().privilegedStartService()
         try:
             self._bind()
-        except (CannotListenError, UnsupportedListener) as error:
+        except (ListenFailed, UnsupportedListener) as error:
             self._close_sockets()
             if self._exit_on_listen_failure:
                 raise SystemExit(f"balancebeam: {error}") from None
@@ -544,10 +545,8 @@ class Master(Service):
                 try:
                     opened.append(self._open_listener(spec, reuse, port))
                 except OSError as error:
-                    failure = CannotListenError(spec.host, port or spec.port, error)
-                    raise CannotListenError(
-                        spec.host, port or spec.port, f"cannot listen on {description}: {failure}"
-                    ) from None
+                    reason = CannotListenError(spec.host, port or spec.port, error)
+                    raise ListenFailed(f"cannot listen on {description}: {reason}") from None
             self.log.info(
                 "Listening for requests on {address} (for {count} workers{how})",
                 address=describe_socket(opened[0]),
@@ -619,12 +618,22 @@ class Master(Service):
                 result.append(generation)
         return result
 
-    def _spawn(self, generation: Generation, slot: int) -> WorkerProcess:
+    def _spawn(self, generation: Generation, slot: int) -> WorkerProcess | None:
         """
         Start the worker of C{slot} in C{generation}.
         """
         generation.restarts[slot] = None
-        seat = self.table.claim() if self.table is not None else slot
+        try:
+            seat = self.table.claim() if self.table is not None else slot
+        except RuntimeError:
+            self.log.error(
+                "no free seat for worker {slot} of generation {generation} (too many workers"
+                " still draining): trying again later",
+                slot=slot,
+                generation=generation.number,
+            )
+            self._schedule_restart(generation, slot, quick=True)
+            return None
         worker = WorkerProcess(self, generation, slot, seat)
         child_fds: dict[int, int | str] = {CONTROL_IN: "w", 1: 1, 2: 2, CONTROL_OUT: "r"}
         fd = _FIRST_SHARED_FD
@@ -665,7 +674,7 @@ class Master(Service):
                 self.table.release(seat)
             self.log.failure("starting worker {slot} failed", slot=slot)
             self._schedule_restart(generation, slot, quick=True)
-            return worker
+            return None
         self.worker_starts += 1
         worker.send(generation.health.message())
         worker.timer = self._reactor.callLater(READY_TIMEOUT, self._not_ready, worker)

@@ -28,6 +28,14 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IProtocolFactory
 
 
+class ListenFailed(Exception):
+    """
+    A listening socket could not be bound; the message names the endpoint,
+    as a single process says it (C{cannot listen on tcp:80: Couldn't listen
+    on ...: [Errno 98] Address already in use.}).
+    """
+
+
 class UnsupportedListener(ValueError):
     """
     An endpoint a master cannot share with its workers (a unix socket, an
