@@ -9,12 +9,16 @@ import signal
 from collections.abc import Mapping
 from typing import Any
 
+from twisted.application.service import MultiService
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from balancebeam import tap
+from balancebeam.demo import DemoUpstreamsService
+from balancebeam.service import BalancerService
 from balancebeam.workers.control import DOWN, HEALTH, REPORT
 from balancebeam.workers.master import (
     KILL_GRACE,
@@ -24,11 +28,14 @@ from balancebeam.workers.master import (
     Master,
     add_counters,
     describe_exit,
+    make_master_service,
     restart_delay,
     twistd_log_options,
+    watch_reload_signal,
     worker_values,
 )
 from balancebeam.workers.sockets import ListenFailed
+from tests.test_tap import PortAssigningReactor, parse
 from tests.test_workers_fakes import FakeBinder, FakeLauncher, FakeProbe, Launched
 
 UPSTREAMS = ["127.0.0.1:8081", "127.0.0.1:8082"]
@@ -873,3 +880,64 @@ class StopTests(SynchronousTestCase):
             worker.exit(0)
         self.successResultOf(stopped)
         self.assertEqual(len(old), 2)
+
+
+class MakeServiceTests(SynchronousTestCase):
+    """
+    C{twistd balancebeam --workers N} builds a master.
+    """
+
+    def test_workers_make_a_master(self) -> None:
+        """
+        With C{--workers 2} the service is a L{Master} whose workers get the
+        option values, twistd's logger and this reactor's module; SIGHUP is
+        watched once the reactor runs.
+        """
+        reactor = PortAssigningReactor()
+        options = parse("-u", "127.0.0.1:8081", "--workers", "2", "--strategy", "p2c")
+        service = make_master_service(
+            options.config_values(),
+            reactor,
+            argv=["twistd", "--logger=balancebeam.observers.json_stdout", "balancebeam"],
+        )
+        assert isinstance(service, Master)
+        self.assertEqual(service.config.workers, 2)
+        self.assertEqual(service._logger, "balancebeam.observers.json_stdout")
+        self.assertEqual(service._reactor_module, type(reactor).__module__)
+        self.assertEqual(
+            [hook[0] for hook in reactor.whenRunningHooks], [watch_reload_signal]
+        )
+
+    def test_tap_branches_on_workers(self) -> None:
+        """
+        L{tap.makeService} returns a master for C{--workers 2}, and the
+        balancer itself for one process.
+        """
+        self.assertIsInstance(
+            tap.makeService(
+                parse("-u", "127.0.0.1:8081", "--workers", "2"), PortAssigningReactor()
+            ),
+            Master,
+        )
+        self.assertIsInstance(
+            tap.makeService(parse("-u", "127.0.0.1:8081"), PortAssigningReactor()),
+            BalancerService,
+        )
+
+    def test_demo(self) -> None:
+        """
+        With C{--demo}, the master runs the demo upstreams (listening at
+        once) and its workers are given them as upstreams.
+        """
+        reactor = PortAssigningReactor()
+        service = tap.makeService(parse("--demo", "--workers", "2"), reactor)
+        assert isinstance(service, MultiService)
+        demo, master = list(service)
+        self.assertIsInstance(demo, DemoUpstreamsService)
+        assert isinstance(master, Master)
+        generation = master._new_generation(2, master._values)
+        self.assertEqual(
+            generation.values["upstream"],
+            ["127.0.0.1:40001", "127.0.0.1:40002", "127.0.0.1:40003"],
+        )
+        self.assertNotIn("demo", generation.values)
