@@ -756,6 +756,20 @@ class ReloadTests(SynchronousTestCase):
         [event] = logged(events, "reload refused")
         self.assertEqual(event["problem"], "changing the listeners needs a restart")
 
+    def test_new_worker_not_started(self) -> None:
+        """
+        A new worker that cannot even be started ends the reload, and the
+        next reload gets a generation number of its own.
+        """
+        scenario = MasterScenario(self)
+        scenario.start()
+        scenario.launcher.fail = OSError(11, "Resource temporarily unavailable")
+        self.assertFalse(self.successResultOf(scenario.master.reload()))
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(len(scenario.launcher.launched), 2)
+        scenario.master.reload()
+        self.assertEqual([w.spec.generation for w in scenario.launcher.launched[2:]], [3, 3])
+
     def test_reload_during_reload_ignored(self) -> None:
         """
         A second reload while a generation starts is ignored.

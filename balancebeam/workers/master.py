@@ -369,7 +369,10 @@ class Generation:
     """
 
     def __init__(
-        self, number: int, config: BalancerConfig, values: Mapping[str, object],
+        self,
+        number: int,
+        config: BalancerConfig,
+        values: Mapping[str, object],
         health: SharedHealth,
     ) -> None:
         self.number = number
@@ -412,8 +415,8 @@ def worker_values(
     result = {k: v for k, v in values.items() if k not in _WORKER_ONLY}
     if extra_upstreams:
         upstreams = result.get("upstream", [])
-        result["upstream"] = list(upstreams if isinstance(upstreams, (list, tuple)) else [])
-        result["upstream"] += list(extra_upstreams)  # type: ignore[operator]
+        listed = list(upstreams) if isinstance(upstreams, (list, tuple)) else []
+        result["upstream"] = listed + list(extra_upstreams)
     return result
 
 
@@ -501,6 +504,7 @@ class Master(Service):
         self._retired: dict[str, Any] = {}
         self._retired_probes = [0, 0]
         self._serial = 0
+        self._generation_count = 0
         self._collecting: list[tuple[int, Deferred[MasterSnapshot], IDelayedCall]] = []
         self.worker_starts = 0
         self.worker_crashes = 0
@@ -596,8 +600,8 @@ class Master(Service):
                 probe=self._probe,
             )
             made.append(health)
-        number = current.number + 1 if current is not None else 1
-        return Generation(number, config, given, health)
+        self._generation_count += 1
+        return Generation(self._generation_count, config, given, health)
 
     def _broadcast(self, health: SharedHealth, message: Message) -> None:
         """
@@ -628,11 +632,11 @@ class Master(Service):
         except RuntimeError:
             self.log.error(
                 "no free seat for worker {slot} of generation {generation} (too many workers"
-                " still draining): trying again later",
+                " still draining)",
                 slot=slot,
                 generation=generation.number,
             )
-            self._schedule_restart(generation, slot, quick=True)
+            self._spawn_failed(generation, slot, "no free seat")
             return None
         worker = WorkerProcess(self, generation, slot, seat)
         child_fds: dict[int, int | str] = {CONTROL_IN: "w", 1: 1, 2: 2, CONTROL_OUT: "r"}
@@ -673,7 +677,7 @@ class Master(Service):
             if self.table is not None:
                 self.table.release(seat)
             self.log.failure("starting worker {slot} failed", slot=slot)
-            self._schedule_restart(generation, slot, quick=True)
+            self._spawn_failed(generation, slot, "it could not be started")
             return None
         self.worker_starts += 1
         worker.send(generation.health.message())
@@ -685,6 +689,16 @@ class Master(Service):
             pid=worker.pid,
         )
         return worker
+
+    def _spawn_failed(self, generation: Generation, slot: int, why: str) -> None:
+        """
+        A worker could not be started: end a reload that was starting it,
+        or try again later (L{restart_delay}).
+        """
+        if generation is self._pending:
+            self._abort_reload(f"worker {slot}: {why}")
+        else:
+            self._schedule_restart(generation, slot, quick=True)
 
     def _not_ready(self, worker: WorkerProcess) -> None:
         worker.timer = None
