@@ -21,6 +21,7 @@ L{balancebeam.config_values}, so that everything else can import it.
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -37,6 +38,7 @@ from balancebeam.config_values import (
     count_parser,
     default_health_check_timeout,
     is_loopback_host,
+    parse_count,
     parse_file_path,
     parse_health_check_path,
     parse_host_port,
@@ -85,6 +87,40 @@ class ConfigError(ValueError):
         if self.reason.startswith(("is ", "must ", "has ", "names ")):
             return f"--{self.option} {self.value!r} {self.reason}"
         return f"--{self.option} {self.value!r}: {self.reason}"
+
+
+# The parser of --workers (issue 14). It lives here rather than in
+# config_values so that issue 14 edits one shared module only.
+
+MAX_WORKERS = 256
+"""The most worker processes C{--workers} accepts."""
+
+
+def usable_cpus() -> int:
+    """
+    The CPUs this process may run on (its affinity mask, as C{taskset}
+    sets it), or every CPU where the platform has no affinity; at least 1.
+    CPU quotas of control groups are not counted.
+    """
+    affinity = getattr(os, "sched_getaffinity", None)
+    if affinity is not None:
+        return max(1, len(affinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def parse_workers(text: str) -> int:
+    """
+    Parse C{--workers}: a whole number from 1 to L{MAX_WORKERS}, or
+    C{auto} for L{usable_cpus}.
+
+    @raise ValueError: on anything else.
+    """
+    if text.strip().lower() == "auto":
+        return min(MAX_WORKERS, usable_cpus())
+    count = parse_count(text, 1)
+    if count > MAX_WORKERS:
+        raise ValueError(f"must be auto or a whole number from 1 to {MAX_WORKERS}")
+    return count
 
 
 # The option table.
@@ -215,6 +251,9 @@ OPTIONS: Mapping[str, Option] = MappingProxyType({option.name: option for option
     # Operations: the admin listener (see doc/operations.md).
     Option("admin-bind", VALUE, bind_to_endpoint, None, "admin_bind"),
     Option("admin-token-file", VALUE, parse_file_path, None, "admin_token_file"),
+    # Processes (balancebeam.workers).
+    Option("workers", VALUE, parse_workers, "1", "workers"),
+    Option("reuse-port", FLAG, field="reuse_port"),
 ]})
 # fmt: on
 """
@@ -409,6 +448,12 @@ class BalancerConfig:
     #: The file holding the admin's bearer token, or C{None} for no token
     #: (then C{admin_bind} is a loopback address).
     admin_token_file: str | None = None
+    #: Worker processes: 1 is a single process; more make this process a
+    #: master that serves no requests itself (L{balancebeam.workers}).
+    workers: int = _default("workers")
+    #: With several workers, give each its own C{SO_REUSEPORT} listening
+    #: socket instead of one socket shared by all.
+    reuse_port: bool = False
     #: Seed for the strategies' random source; C{None} (the default) seeds
     #: from the operating system. Tests fix it to make choices reproducible.
     random_seed: int | None = None
@@ -520,6 +565,7 @@ def build_config(values: Mapping[str, object]) -> BalancerConfig:
     listen = _listen(raw, parsed)
     tls = TlsConfig(**records["tls"])
     _check_tls(raw, tls, listen, upstreams)
+    _check_workers(raw, parsed, listen)
     return BalancerConfig(
         upstreams=upstreams,
         listen=listen,
@@ -698,3 +744,37 @@ def _check_tls(
                     "applies to TLS upstreams, and no --upstream is https://HOST:PORT",
                     raw[name],
                 )
+def _check_workers(
+    raw: Mapping[str, Any], parsed: Mapping[str, Any], listen: tuple[str, ...]
+) -> None:
+    """
+    Refuse what several worker processes cannot do: count rate limits in
+    each worker's memory (that would allow N times the limit), or share a
+    unix socket (Twisted removes its path when a worker stops listening).
+
+    @raise ConfigError: naming C{workers}, or the C{listen} endpoint.
+    """
+    workers = parsed["workers"]
+    if workers <= 1:
+        return
+    text = raw["workers"] if raw["workers"] is not None else str(workers)
+    if parsed["max-requests-per-minute"] > 0 and parsed["rate-limit-backend"] == "memory":
+        raise ConfigError(
+            "workers",
+            f"cannot share the memory rate limiter: each of the {workers} workers would "
+            f"allow --max-requests-per-minute on its own ({workers} times the limit); "
+            "use --rate-limit-backend redis://HOST:PORT/DB, which every worker shares",
+            text,
+        )
+    for endpoint in listen:
+        kind, _, rest = endpoint.partition(":")
+        if kind.lower() == "unix" or (
+            kind.lower() == "systemd" and "domain=unix" in rest.lower()
+        ):
+            raise ConfigError(
+                "listen",
+                f"is a unix socket, which --workers {text} cannot share yet "
+                "(a worker that stops would remove its path); listen on TCP, or run one "
+                "process",
+                endpoint,
+            )

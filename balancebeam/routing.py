@@ -128,6 +128,7 @@ class Dispatcher:
         #: Give back a connection whose response is complete (the pool's own
         #: method: one call less per request).
         self.checkin: Callable[[UpstreamConnection], None] = pool.checkin
+        self._failure_observers: list[Callable[[UpstreamState, str], None]] = []
 
     # Choosing and connecting
 
@@ -265,12 +266,34 @@ class Dispatcher:
         if not upstream.alive:
             return
         self._registry.mark_down(upstream, reason)
+        for observer in self._failure_observers:
+            observer(upstream, reason)
         interval = self._passive_retry_interval
         if interval is not None:
             retry_at = self._clock.seconds() + interval
             self._retry_at[upstream] = retry_at
             if self._next_retry_at is None or retry_at < self._next_retry_at:
                 self._next_retry_at = retry_at
+
+    def add_passive_failure_observer(
+        self, observer: Callable[[UpstreamState, str], None]
+    ) -> None:
+        """
+        Call C{observer(upstream, reason)} each time L{mark_down} takes a
+        live upstream out of rotation (a worker tells its master, which
+        tells the other workers: L{balancebeam.workers}).
+        """
+        self._failure_observers.append(observer)
+
+    def disable_passive_retry(self) -> None:
+        """
+        Never put an upstream back into rotation here: another process
+        decides when it comes back (the master of L{balancebeam.workers},
+        by its health checks or its own passive retry interval).
+        """
+        self._passive_retry_interval = None
+        self._retry_at.clear()
+        self._next_retry_at = None
 
     def warm_up_failed(self, upstream: UpstreamState, reason: Failure) -> None:
         """

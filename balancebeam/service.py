@@ -676,6 +676,19 @@ class BalancerService(_SequentialMultiService):
             upstreams=", ".join(u.name for u in self.registry.upstreams),
         )
 
+    def use_shared_health(self) -> None:
+        """
+        Leave the upstreams' health to another process (the master of
+        L{balancebeam.workers}): no active health checks here, and no
+        passive retry timers. A failed connect still takes an upstream out
+        of rotation here at once, and the dispatcher's passive failure
+        observers hear of it. Call it before the service starts.
+        """
+        if self.health is not None:
+            self.removeService(self.health)
+            self.health = None
+        self.dispatcher.disable_passive_retry()
+
     def _drain(self) -> Deferred[None]:
         factories = self.relay_factories
         self.log.info(

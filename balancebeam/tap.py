@@ -92,6 +92,12 @@ class Options(usage.Options):
             "Check the configuration (--config and the other options) and exit: "
             "status 0 if it is valid, 1 with the error otherwise. Nothing starts.",
         ],
+        [
+            "reuse-port",
+            None,
+            "With --workers above 1: give each worker its own SO_REUSEPORT listening "
+            "socket (the kernel spreads connections) instead of one socket they all share.",
+        ],
     ]
 
     optParameters = [
@@ -310,6 +316,13 @@ class Options(usage.Options):
         _parameter(
             "waf-threads",
             "Threads inspecting requests, when the engine lets other threads run.",
+        ),
+        _parameter(
+            "workers",
+            "Worker processes serving requests on the same sockets: a number, or auto "
+            "for one per usable CPU. Above 1, this process is a master that binds the "
+            "sockets, supervises the workers (SIGHUP starts new ones with the "
+            "configuration read again) and serves nothing itself. See doc/workers.md.",
         ),
     ]
 
@@ -539,6 +552,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         raise ValueError("makeService needs options whose postOptions has run")
     # A second SIGTERM during the drain only logs a line (see balancebeam.signals).
     reactor.callWhenRunning(guard_stop_signals, reactor)
+    if balancer_config.workers > 1:
+        return _make_master(options, reactor)
     if not options["demo"]:
         try:
             balancer = BalancerService(balancer_config, reactor, exit_on_listen_failure=True)
@@ -604,3 +619,29 @@ def _operations(
     Reloader(balancer, load, reactor)
     # SIGHUP reloads the certificates and the configuration (BalancerService.hangup).
     reactor.callWhenRunning(install_sighup, reactor, balancer.hangup)
+
+
+def _make_master(options: Options, reactor: Any) -> IService:
+    """
+    With C{--workers} above 1: the master, which binds the sockets and runs
+    the worker processes (L{balancebeam.workers.master}).
+    """
+    import sys
+
+    from balancebeam.configfile import merge, read_config_file
+    from balancebeam.workers.master import make_master_service
+
+    path = options["config"]
+
+    def values() -> dict[str, object]:
+        """
+        The option values the workers get: C{--config} with the command
+        line over it, read again on every SIGHUP.
+        """
+        if path is None:
+            return options.config_values()
+        return merge(read_config_file(path), options.command_line_values())
+
+    return make_master_service(
+        values(), reactor, demo=bool(options["demo"]), argv=sys.argv, reload_values=values
+    )

@@ -3026,6 +3026,215 @@ def environment(bench: Bench) -> dict[str, Any]:
 # --------------------------------------------------------------------------- main
 
 
+# --------------------------------------------------------------------------- --workers (issue 14)
+
+WORKERS_TITLE = "GET / (100-byte body), 50 keep-alive connections, balancebeam --workers N"
+WORKERS_CPU_LIMIT = 1.10  # CPU us/request with N workers at most 10% above 1 worker
+WORKERS_SHARE_RANGE = (0.35, 0.65)  # each of 2 workers' share of wrk's connections
+
+
+def parse_worker_counts(text: str) -> list[int]:
+    """
+    C{--workers 1,2}: the worker counts to compare (the first is the reference).
+
+    @raise argparse.ArgumentTypeError: unless whole numbers of at least 1.
+    """
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list such as 1,2") from None
+    if not counts or any(count < 1 for count in counts) or len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of distinct counts such as 1,2")
+    return counts
+
+
+def worker_pids(master: int) -> list[int]:
+    """
+    The worker processes of a balancebeam master (its children running
+    C{balancebeam.workers.worker}).
+    """
+    pids = []
+    for pid in _children(master):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"balancebeam.workers.worker" in f.read():
+                    pids.append(pid)
+        except OSError:
+            continue
+    return sorted(pids)
+
+
+def established_connections(pids: Sequence[int], port: int) -> dict[int, int]:
+    """
+    How many established TCP connections with local C{port} each process
+    holds: its socket descriptors that /proc/net/tcp lists as established.
+    """
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                inodes.add(fields[9])
+    counts: dict[int, int] = {}
+    for pid in pids:
+        count = 0
+        try:
+            descriptors = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            descriptors = []
+        for fd in descriptors:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                count += 1
+        counts[pid] = count
+    return counts
+
+
+def workers_argv(bench: Bench, port: int, workers: int) -> list[str]:
+    """
+    balancebeam with C{--workers N}: like L{Bench.balancebeam_argv} (active
+    health checks on) but without the memory rate limiter, which several
+    workers cannot share; the same for every N, so the rows compare.
+    """
+    argv = bench.balancebeam_argv(port, bench.upstream_ports)
+    limit = argv.index("--max-requests-per-minute")
+    del argv[limit:limit + 2]
+    return argv + ["--workers", str(workers)]
+
+
+def start_workers_target(bench: Bench, workers: int) -> Target:
+    """
+    Start balancebeam with C{workers} workers on the balancer core (the
+    master and its workers share it) and wait until every worker is ready.
+
+    @raise TargetFailure: it did not come up.
+    """
+    name = f"balancebeam-w{workers}"
+    port = free_port(bench.used_ports)
+    argv = workers_argv(bench, port, workers)
+    target = bench._start(name, "balancebeam", port, argv, env=bench.balancebeam_env())
+    if workers > 1:
+        deadline = time.monotonic() + 60
+        log = bench.procs.log_path(target.log_name)
+        while log.read_text(errors="replace").count(" is ready (pid ") < workers:
+            assert target.proc is not None
+            if time.monotonic() > deadline or target.proc.poll() is not None:
+                bench.procs.stop(target.proc)
+                raise TargetFailure(f"{name}: not every worker became ready:\n"
+                                    f"{bench.procs.log_tail(target.log_name)}")
+            time.sleep(0.05)
+    return target
+
+
+def measure_workers_round(bench: Bench, target: Target, workers: int) -> dict[str, Any]:
+    """
+    One wrk round, with each worker's share of wrk's connections sampled in
+    the middle of it.
+    """
+    duration = bench.settings.duration
+    shares: dict[int, int] = {}
+    master = target.proc.pid if target.proc else 0
+
+    def sample() -> None:
+        time.sleep(duration / 2)
+        shares.update(established_connections(worker_pids(master) or [master], target.port))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    result = bench.measure_wrk(target, "/", duration)
+    sampler.join()
+    total = sum(shares.values())
+    result["workers"] = workers
+    result["connections_by_worker"] = [shares[pid] for pid in sorted(shares)]
+    counts = result["connections_by_worker"]
+    result["shares"] = [count / total for count in counts] if total else []
+    return result
+
+
+def run_workers_bench(bench: Bench) -> None:
+    """
+    The C{--workers} comparison: balancebeam with each worker count in turn,
+    in alternating rounds, on the same upstreams.
+    """
+    counts: list[int] = bench.args.workers
+    bench.start_upstreams()
+    say(f"upstreams ({bench.upstream_kind}) on ports {bench.upstream_ports}")
+    for workers in counts:
+        bench.add_target(f"workers-{workers}",
+                         functools.partial(start_workers_target, bench, workers))
+    bench.warm_up()
+    say(f"scenario workers: {WORKERS_TITLE}")
+    began = time.monotonic()
+    keys = [f"workers-{workers}" for workers in counts]
+    for round_no in range(bench.settings.rounds):
+        for key in bench.rotation(keys, round_no):
+            workers = int(key.split("-")[1])
+            target = bench.live(key)
+            row = f"{workers} worker{'s' if workers > 1 else ''}"
+            if target is None:
+                bench.record_failure("workers", row, round_no, bench.targets[key].failed or "?")
+                continue
+            result = measure_workers_round(bench, target, workers)
+            result["alive_after"] = bench.after(target, key)
+            bench.record("workers", row, round_no, result)
+            say(f"  connections per worker: {result['connections_by_worker']}")
+    bench.timings["workers"] = round(time.monotonic() - began, 1)
+
+
+def render_workers(measurements: Sequence[dict[str, Any]],
+                   summary: dict[str, dict[str, dict[str, Any]]], core: int | None) -> str:
+    """
+    The C{--workers} table and its two checks: CPU us/request within 10% of
+    one worker's, and each of two workers' share of connections in 35-65%.
+    """
+    rows = summary.get("workers", {})
+    if not rows:
+        return "\nno --workers measurement"
+    out = ["", f"== workers: {WORKERS_TITLE} (balancer processes on core {core})"]
+    reference = next(iter(rows.values())).get("cpu_us_per_req")
+    headers = ["workers", "req/s", "p99 ms", "errors", "CPU us/req", "x first", "shares %"]
+    lines = []
+    checks = []
+    for row, a in rows.items():
+        rounds = [m for m in measurements if m.get("scenario") == "workers"
+                  and m.get("target") == row and "shares" in m]
+        shares = [share for m in rounds for share in m["shares"]]
+        ratio = (a["cpu_us_per_req"] / reference
+                 if a.get("cpu_us_per_req") and reference else None)
+        per_round = " | ".join("/".join(f"{share * 100:.0f}" for share in m["shares"])
+                               for m in rounds)
+        lines.append([row, fmt(a.get("rps"), 0), fmt(a.get("p99_ms"), 2),
+                      str(a.get("errors", "-")), fmt(a.get("cpu_us_per_req"), 1),
+                      fmt(ratio, 3), per_round or "-"])
+        workers = rounds[0]["workers"] if rounds else 1
+        if workers > 1 and ratio is not None:
+            checks.append(f"CPU us/request, {row} over the first row: {ratio:.3f} "
+                          f"({'ok' if ratio <= WORKERS_CPU_LIMIT else 'ABOVE'} the limit "
+                          f"{WORKERS_CPU_LIMIT:.2f})")
+        if workers == 2 and shares:
+            low, high = WORKERS_SHARE_RANGE
+            inside = all(low <= share <= high for share in shares)
+            checks.append(f"each of {row}' share of connections: {min(shares) * 100:.0f}% to "
+                          f"{max(shares) * 100:.0f}% ({'ok' if inside else 'OUTSIDE'} "
+                          f"{low * 100:.0f}-{high * 100:.0f}%)")
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)]
+    out.append("  ".join(h.rjust(w) if i else h.ljust(w)
+                         for i, (h, w) in enumerate(zip(headers, widths))))
+    for line in lines:
+        out.append("  ".join(c.rjust(w) if i else c.ljust(w)
+                             for i, (c, w) in enumerate(zip(line, widths))))
+    out += ["", "checks:"] + [f"  - {check}" for check in checks]
+    return "\n".join(out)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """
     The command line.
@@ -3103,6 +3312,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="keep the temp dir (configs and logs) and print its path")
     p.add_argument("--strict", action="store_true",
                    help="exit 3 when a target failed to start, died or returned errors")
+    p.add_argument("--workers", type=parse_worker_counts, metavar="N,M",
+                   help="instead of the scenarios: balancebeam alone with each of these "
+                        "--workers counts (e.g. 1,2) under wrk GET /, in alternating rounds; "
+                        "reports req/s, CPU us/request and each worker's share of connections "
+                        "(see doc/workers.md)")
     args = p.parse_args(argv)
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
@@ -3203,7 +3417,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         say(f"{'quick' if args.quick else 'full'} run; temp dir {tmp}; balancer core "
             f"{bench.balancer_core}, load core {bench.load_core}")
-        bench.run()
+        if args.workers:
+            run_workers_bench(bench)
+        else:
+            bench.run()
     except HarnessError as exc:
         harness_error = str(exc)
         say(f"HARNESS ERROR: {exc}")
@@ -3255,6 +3472,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cache = cache_report(summary, bench.measurements)
     if cache["checks"]:
         print(render_cache_report(cache))
+    if args.workers:
+        print(render_workers(bench.measurements, summary, bench.balancer_core))
     if others:
         print(render_comparisons(comparisons))
     warnings = saturation_warnings(summary)

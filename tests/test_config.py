@@ -305,6 +305,15 @@ GOOD_VALUES: list[tuple[str, Mapping[str, object], Callable[[BalancerConfig], ob
         lambda c: (c.admin_bind, c.admin_token_file),
         ("tcp:9100:interface=0.0.0.0", "/etc/bb/token"),
     ),
+    ("workers", {"workers": "4"}, lambda c: c.workers, 4),
+    ("workers", {"workers": "AUTO"}, lambda c: c.workers, config.usable_cpus()),
+    (
+        "workers",
+        {"workers": "2", "max-requests-per-minute": "10", "rate-limit-backend": "redis://r"},
+        lambda c: (c.workers, c.rate_limit_backend),
+        (2, "redis://r:6379/0"),
+    ),
+    ("reuse-port", {"reuse-port": True, "workers": "2"}, lambda c: c.reuse_port, True),
 ]
 
 #: For every option taking a value: bad values and the start of the error message.
@@ -694,10 +703,26 @@ BAD_VALUES: list[tuple[str, Mapping[str, object], str]] = [
         {"admin-token-file": "/etc/bb/token"},
         "--admin-token-file '/etc/bb/token' is given without --admin-bind",
     ),
+    ("workers", {"workers": "0"}, "--workers '0' must be a whole number of at least 1"),
+    ("workers", {"workers": "some"}, "--workers 'some' must be a whole number of at least 1"),
+    ("workers", {"workers": "257"}, "--workers '257' must be auto or a whole number from 1"),
+    (
+        "workers",
+        {"workers": "2", "max-requests-per-minute": "100"},
+        "--workers '2': cannot share the memory rate limiter: each of the 2 workers would "
+        "allow --max-requests-per-minute on its own (2 times the limit); use "
+        "--rate-limit-backend redis://HOST:PORT/DB",
+    ),
+    (
+        "listen",
+        {"workers": "3", "listen": ["tcp:81", "unix:/run/bb.sock"]},
+        "--listen 'unix:/run/bb.sock' is a unix socket, which --workers 3 cannot share",
+    ),
 ]
 
 #: For every flag: a value of the wrong type (possible in a config file, not on the command line).
 BAD_FLAGS: list[tuple[str, Mapping[str, object], str]] = [
+    ("reuse-port", {"reuse-port": "yes"}, "--reuse-port 'yes' must be true or false"),
     ("demo", {"demo": "yes"}, "--demo 'yes' must be true or false"),
     ("rate-limit-headers", {"rate-limit-headers": 1}, "--rate-limit-headers 1 must be true"),
     ("access-log", {"access-log": None}, "--access-log must be true or false"),

@@ -887,3 +887,27 @@ class TrailerTests(SynchronousTestCase):
         )
         self.assertIn(b"HTTP/1.1 400 Bad Request", client_transport.value())
         self.assertTrue(client_transport.disconnecting)
+
+
+class AbortTests(SynchronousTestCase):
+    """
+    Aborting works on a connection whose close has not completed.
+    """
+
+    def test_drain_deadline_aborts_a_closing_connection(self) -> None:
+        """
+        A connection that was asked to close but never went away (its client
+        stopped reading) is aborted when the drain's grace period ends, and
+        the drain completes.
+        """
+        harness = Harness()
+        client, client_transport = harness.client()
+        client.close()
+        self.assertTrue(client_transport.disconnecting)
+        self.assertFalse(client_transport.disconnected)
+        drained = harness.factory.drain(5)
+        self.assertNoResult(drained)
+        harness.reactor.advance(5)
+        self.assertTrue(client_transport.disconnected)
+        client.connectionLost(connection_done())
+        self.successResultOf(drained)

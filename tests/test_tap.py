@@ -125,6 +125,8 @@ class DefaultsTests(SynchronousTestCase):
                     "admin-token-file",
                     "check-config",
                     "config",
+                    "workers",
+                    "reuse-port",
                     "max-client-connections",
                     "shutdown-timeout",
                     "active-health-check-interval",

@@ -250,6 +250,7 @@ class ClientConnection(Protocol):
         self._out: list[bytes] = []
         self._client_eof = False
         self._processing = False
+        self._lost = False
 
     # Connection lifecycle
 
@@ -273,6 +274,7 @@ class ClientConnection(Protocol):
         """
         Free everything this client held.
         """
+        self._lost = True
         self.state = _CLOSED
         self.deadline = math.inf
         self.factory.connection_closed(self)
@@ -390,10 +392,12 @@ class ClientConnection(Protocol):
     def abort(self) -> None:
         """
         Drop the client connection at once (used when a response cannot be
-        completed honestly).
+        completed honestly, and by the drain's deadline): also a connection
+        already closing whose close never completes (a client that stops
+        reading, a TLS peer that never ends the shutdown).
         """
         self._out.clear()
-        if self.state != _CLOSED:
+        if not self._lost:
             self.state = _CLOSED
             self._stream.abortConnection()
 

@@ -1,0 +1,658 @@
+# -*- test-case-name: tests.test_workers_worker -*-
+"""
+A worker process: C{python -m balancebeam.workers.worker --spec JSON}.
+
+The master (L{balancebeam.workers.master}) starts it with the listening
+sockets and two pipes as descriptors (C{childFDs}), and a L{WorkerSpec}
+saying which is which, the option values, and how to log. The worker:
+
+  1. installs the master's reactor and logs as the master does, each line
+     marked with its pid;
+  2. builds the balancer from the option values
+     (L{balancebeam.service.BalancerService}), without listeners of its own,
+     without active health checks and without passive retry timers: the
+     master probes the upstreams and sends their state;
+  3. waits for that state (the master sends it at once), then accepts
+     connections on the shared sockets (L{SharedListenerService}) and tells
+     the master it is L{READY <balancebeam.workers.control.READY>};
+  4. reports its counters every second, and each connect failure to an
+     upstream (the master passes it on to the other workers);
+  5. on SIGTERM, or when the master's pipe closes (the master died), stops
+     accepting, drains like a single balancebeam process (at most
+     C{--shutdown-timeout}), sends its last counters and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ReactorNotRunning
+from twisted.internet.interfaces import IHalfCloseableProtocol, IListeningPort, IProtocolFactory
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import ILogObserver, LogEvent, Logger, textFileLogObserver
+from twisted.python.failure import Failure
+from zope.interface import implementer, provider
+
+from balancebeam.workers.accept import BalancedAcceptor, SeatTable
+from balancebeam.workers.control import (
+    DOWN,
+    HEALTH,
+    READY,
+    REPORT,
+    STATS,
+    Message,
+    MessageDecoder,
+    encode,
+)
+
+SETTLE = 0.25
+"""
+Seconds a worker that stopped accepting waits before it drains: a
+connection it accepted just before may not have sent its request yet, and
+the drain closes connections that have sent nothing.
+"""
+
+FINAL_FLUSH_TIMEOUT = 2.0
+"""Seconds a stopping worker waits for its last message to reach the master."""
+
+STOP_GRACE = 2.0
+"""
+Seconds after C{--shutdown-timeout} a worker waits for its drain to finish
+before it exits anyway. The drain aborts what is left at
+C{--shutdown-timeout}, but a connection already closing (a TLS peer that
+never answers the close, a client that stopped reading) is not aborted, and
+with the master gone nobody would kill the worker.
+"""
+
+
+@dataclass(frozen=True)
+class ListenerFd:
+    """
+    One listening socket handed to a worker.
+
+    @ivar fd: its descriptor in the worker.
+    @ivar family: C{AF_INET} or C{AF_INET6}.
+    @ivar description: the endpoint as configured, for logs, and to build
+        the TLS context of an C{ssl:} endpoint.
+    @ivar tls: whether connections on it are TLS.
+    """
+
+    fd: int
+    family: int
+    description: str
+    tls: bool = False
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """
+    Everything a worker is told when it starts (as JSON on its command line).
+
+    @ivar values: option values for L{balancebeam.config.build_config};
+        listeners are in L{listeners}, not here.
+    @ivar listeners: the listening sockets.
+    @ivar slot: its place among the workers of its generation (0 to N-1).
+    @ivar generation: 1 for the first workers, one more after each reload.
+    @ivar seat: its seat in the L{SeatTable}.
+    @ivar seat_fd: the table's descriptor, or C{None} with C{--reuse-port}
+        (each worker has its own socket; the kernel balances).
+    @ivar control_in: the descriptor the master writes to.
+    @ivar control_out: the descriptor the master reads.
+    @ivar stats_interval: seconds between two reports of the counters.
+    @ivar reactor: the module whose C{install()} installs the master's
+        reactor, or C{None} for the default one.
+    @ivar logger: twistd's C{--logger} (a log observer factory), or C{None}.
+    @ivar logfile: twistd's C{--logfile}, or C{None} for standard output.
+    """
+
+    values: Mapping[str, object]
+    listeners: tuple[ListenerFd, ...]
+    slot: int = 0
+    generation: int = 1
+    seat: int = 0
+    seat_fd: int | None = None
+    control_in: int = 0
+    control_out: int = 3
+    stats_interval: float = 1.0
+    reactor: str | None = None
+    logger: str | None = None
+    logfile: str | None = None
+
+    def to_json(self) -> str:
+        """
+        The spec as one line of JSON (L{from_json} reads it back).
+        """
+        record = dataclasses.asdict(self)
+        record["values"] = dict(self.values)
+        return json.dumps(record, separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerSpec:
+        """
+        Read a spec written by L{to_json}.
+
+        @raise ValueError: when C{text} is not one.
+        """
+        try:
+            record = json.loads(text)
+            listeners = tuple(ListenerFd(**item) for item in record.pop("listeners"))
+            return cls(listeners=listeners, **record)
+        except (TypeError, KeyError, AttributeError) as error:
+            raise ValueError(f"not a worker spec: {error}") from None
+
+
+def install_reactor(module: str | None) -> None:
+    """
+    Install the reactor the master runs on: C{module}'s C{install()}
+    (C{twisted.internet.epollreactor}, C{balancebeam.twisted_internals}, ...),
+    or leave Twisted's default when C{module} is C{None} or has none.
+    """
+    if module is None:
+        return
+    installer = getattr(importlib.import_module(module), "install", None)
+    if installer is not None:
+        installer()
+
+
+def worker_observer(base: ILogObserver, pid: int, mark_system: bool) -> ILogObserver:
+    """
+    Wrap a log observer so that every event says which worker logged it:
+    a C{worker} field with the pid (which a JSON observer writes out) and,
+    with C{mark_system}, C{worker PID} at the start of the C{[system]} part
+    of Twisted's text lines.
+    """
+
+    @provider(ILogObserver)
+    def observe(event: LogEvent) -> None:
+        event = dict(event)
+        event.setdefault("worker", pid)
+        if mark_system:
+            system = event.get("log_system")
+            if system is None:
+                level = event.get("log_level")
+                level_name = level.name if level is not None else "-"
+                system = f"{event.get('log_namespace', '-')}#{level_name}"
+            event["log_system"] = f"worker {pid} {system}"
+        base(event)
+
+    return observe
+
+
+def make_observer(spec: WorkerSpec, pid: int) -> ILogObserver:
+    """
+    The observer a worker logs to: what twistd's C{--logger} names, or
+    Twisted's text lines on C{--logfile} (appended, never rotated) or on
+    standard output; marked with the worker's pid (L{worker_observer}).
+    """
+    if spec.logger is not None:
+        from twisted.python.reflect import namedAny
+
+        return worker_observer(namedAny(spec.logger)(), pid, False)
+    if spec.logfile is not None:
+        stream = open(spec.logfile, "a", encoding="utf-8")  # noqa: SIM115 (the process's life)
+        return worker_observer(textFileLogObserver(stream), pid, True)
+    return worker_observer(textFileLogObserver(sys.stdout), pid, True)
+
+
+@implementer(IHalfCloseableProtocol)
+class ControlProtocol(Protocol):
+    """
+    The worker's end of the control channel (its standard input and
+    descriptor 3, through C{StandardIO}).
+    """
+
+    log = Logger()
+
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+        self._decoder = MessageDecoder()
+        self._flushed: Deferred[None] | None = None
+        self.write_closed = False
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Hand each message to the worker.
+        """
+        for message in self._decoder.feed(data):
+            self._worker.message_received(message)
+
+    def send(self, message: Mapping[str, object]) -> None:
+        """
+        Send one message to the master (dropped once the pipe is closed).
+        """
+        if self.transport is not None and not self.write_closed:
+            self.transport.write(encode(message))
+
+    def close_write(self) -> Deferred[None]:
+        """
+        Close the pipe to the master once what was sent has been written.
+
+        @return: fires when it is closed.
+        """
+        if self.write_closed or self.transport is None:
+            return succeed(None)
+        self._flushed = Deferred()
+        self.transport.loseWriteConnection()  # type: ignore[attr-defined]
+        return self._flushed
+
+    def readConnectionLost(self) -> None:
+        """
+        The master's pipe closed: the master is gone.
+        """
+        self._worker.master_gone()
+
+    def writeConnectionLost(self) -> None:
+        """
+        The pipe to the master is closed (by us, or the master is gone).
+        """
+        self.write_closed = True
+        flushed, self._flushed = self._flushed, None
+        if flushed is not None:
+            flushed.callback(None)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        """
+        Both pipes are closed.
+        """
+        self.writeConnectionLost()
+
+
+class SharedListenerService(Service):
+    """
+    Accepts connections on one socket the master shares with the workers.
+
+    With a L{SeatTable}, accepting is balanced with the other workers
+    (L{BalancedAcceptor}); without (C{--reuse-port}, a socket per worker),
+    Twisted's own port does it (C{reactor.adoptStreamPort}). Stopping stops
+    accepting and leaves the socket to the others (nothing is shut down),
+    then waits L{SETTLE} seconds before the drain.
+
+    @ivar port: the listening port, once started.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        listener: ListenerFd,
+        factory: IProtocolFactory,
+        table: SeatTable | None,
+        seat: int,
+        connections: Any,
+        settle: float = SETTLE,
+    ) -> None:
+        self._reactor = reactor
+        self._listener = listener
+        self._factory = factory
+        self._table = table
+        self._seat = seat
+        self._connections = connections
+        self._settle = settle
+        self.port: IListeningPort | None = None
+        self.setName(f"shared listener {listener.description}")
+
+    def startService(self) -> None:
+        """
+        Start accepting on the inherited descriptor.
+        """
+        super().startService()
+        factory = self._factory
+        if self._listener.tls:
+            factory = _tls_factory(self._listener.description, factory)
+        if self._table is None:
+            self.port = self._reactor.adoptStreamPort(
+                self._listener.fd, self._listener.family, factory
+            )
+            os.close(self._listener.fd)
+        else:
+            acceptor = BalancedAcceptor(
+                self._reactor,
+                socket.socket(fileno=self._listener.fd),
+                factory,
+                self._table,
+                self._seat,
+                self._connections,
+            )
+            acceptor.startListening()
+            self.port = acceptor
+        assert self.port is not None
+        self.log.info(
+            "accepting connections on {address}", address=_describe(self.port.getHost())
+        )
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop accepting, then give connections accepted just before a moment
+        to send their request.
+        """
+        super().stopService()
+        port, self.port = self.port, None
+        if port is None:
+            return succeed(None)
+        if isinstance(port, BalancedAcceptor):
+            port.stop_accepting()
+        else:
+            port.stopListening()
+        return deferLater(self._reactor, self._settle, lambda: None)
+
+
+def _describe(address: Any) -> str:
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is None or port is None:
+        return str(address)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _tls_factory(description: str, factory: IProtocolFactory) -> IProtocolFactory:
+    """
+    Wrap C{factory} in TLS with the context of the C{ssl:} endpoint C{description}.
+    """
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    from balancebeam.workers.sockets import inspect_listener
+
+    spec = inspect_listener(description)
+    return TLSMemoryBIOFactory(spec.tls, False, factory)
+
+
+class Worker:
+    """
+    One worker's balancer, its listeners and its end of the control channel.
+
+    @ivar service: the balancer (built by L{build}).
+    @ivar state: C{"waiting"} (for the upstreams' state), C{"serving"},
+        C{"stopping"} or C{"stopped"}.
+    """
+
+    log = Logger()
+
+    def __init__(self, spec: WorkerSpec, reactor: Any, pid: int) -> None:
+        """
+        @param spec: what the master said.
+        @param reactor: the running reactor (C{IReactorTime},
+            C{IReactorSocket}, C{IReactorFDSet}, C{IReactorCore}).
+        @param pid: this process's id, for the messages.
+        """
+        self.spec = spec
+        self._reactor = reactor
+        self._pid = pid
+        self.state = "waiting"
+        self.control: ControlProtocol | None = None
+        self.table: SeatTable | None = None
+        self._stats_loop: LoopingCall | None = None
+        self._last_serial = 0
+        self.service: Any = None
+
+    def build(self) -> None:
+        """
+        Build the balancer and its shared listeners (nothing starts yet).
+
+        @raise balancebeam.config.ConfigError: on bad option values.
+        @raise balancebeam.errors.StartupError: when a part of the balancer
+            cannot be built (a WAF rule file that does not load, ...).
+        """
+        from balancebeam.config import build_config
+        from balancebeam.service import BalancerService
+
+        config = dataclasses.replace(build_config(self.spec.values), listen=())
+        service = BalancerService(config, self._reactor)
+        service.use_shared_health()
+        service.dispatcher.add_passive_failure_observer(self._passive_failure)
+        if self.spec.seat_fd is not None:
+            self.table = SeatTable.attach(self.spec.seat_fd)
+            os.close(self.spec.seat_fd)
+        for listener in self.spec.listeners:
+            SharedListenerService(
+                self._reactor,
+                listener,
+                service.factory,
+                self.table,
+                self.spec.seat,
+                lambda: len(service.factory.connections),
+            ).setServiceParent(service)
+        self.service = service
+
+    def connect(self, control: ControlProtocol) -> None:
+        """
+        Use C{control}, connected to the master's pipes.
+        """
+        self.control = control
+
+    def message_received(self, message: Message) -> None:
+        """
+        Act on one message from the master.
+        """
+        kind = message["type"]
+        if kind == HEALTH:
+            self._apply_health(message.get("upstreams", {}))
+            if self.state == "waiting":
+                self._serve()
+        elif kind == REPORT:
+            serial = message.get("serial", 0)
+            self._last_serial = serial if isinstance(serial, int) else 0
+            self.send_stats()
+        else:
+            self.log.warn("unknown message from the master: {kind}", kind=kind)
+
+    def _apply_health(self, upstreams: Mapping[str, Any]) -> None:
+        """
+        Take the upstreams' state from the master: mark each one up or
+        down here as it is there (an upstream this worker does not know is
+        ignored: its configuration is older or newer).
+        """
+        registry = self.service.registry
+        for name, state in upstreams.items():
+            upstream = registry.get(name)
+            if upstream is None or not isinstance(state, list) or len(state) != 2:
+                continue
+            alive, reason = bool(state[0]), str(state[1])
+            if alive and not upstream.alive:
+                registry.mark_up(upstream, f"{reason} (from the master)")
+            elif not alive and upstream.alive:
+                registry.mark_down(upstream, f"{reason} (from the master)")
+
+    def _serve(self) -> None:
+        """
+        Start the balancer (the shared listeners last) and tell the master.
+        """
+        self.state = "serving"
+        service = self.service
+        service.privilegedStartService()
+        service.startService()
+        loop = LoopingCall(self.send_stats)
+        loop.clock = self._reactor
+        loop.start(self.spec.stats_interval, now=False).addErrback(
+            lambda failure: self.log.failure("reporting counters failed", failure)
+        )
+        self._stats_loop = loop
+        self._send({"type": READY, "pid": self._pid})
+        self.log.info(
+            "worker {slot} of generation {generation} serving (pid {pid})",
+            slot=self.spec.slot,
+            generation=self.spec.generation,
+            pid=self._pid,
+        )
+
+    def counters(self) -> dict[str, Any]:
+        """
+        The balancer's counters (without its lists of upstreams up and down,
+        which are the master's to say).
+        """
+        values = self.service.snapshot()
+        return {
+            name: value
+            for name, value in values.items()
+            if isinstance(value, (int, dict)) and not isinstance(value, bool)
+        }
+
+    def send_stats(self, final: bool = False) -> None:
+        """
+        Report the counters to the master.
+        """
+        if self.service is None:
+            return
+        service = self.service
+        self._send(
+            {
+                "type": STATS,
+                "counters": self.counters(),
+                "requests": service.stats.requests,
+                "connections": len(service.factory.connections),
+                "serial": self._last_serial,
+                "final": final,
+            }
+        )
+
+    def _passive_failure(self, upstream: Any, reason: str) -> None:
+        """
+        Connecting to C{upstream} failed here: tell the master.
+        """
+        self._send({"type": DOWN, "upstream": upstream.name, "reason": reason})
+
+    def _send(self, message: Mapping[str, object]) -> None:
+        if self.control is not None:
+            self.control.send(message)
+
+    def master_gone(self) -> None:
+        """
+        The master's pipe closed: drain and exit (nobody will replace us,
+        nor tell us the upstreams' state).
+        """
+        if self.state in ("stopping", "stopped"):
+            return
+        self.log.warn("the master is gone (its pipe closed): draining, then exiting")
+        try:
+            self._reactor.stop()
+        except ReactorNotRunning:
+            pass
+
+    def stop(self) -> Deferred[None]:
+        """
+        Stop (the reactor is shutting down): stop accepting, drain, send the
+        last counters, close the pipe to the master.
+
+        @return: fires once done (the last message written, or after
+            L{FINAL_FLUSH_TIMEOUT}).
+        """
+        if self.state == "waiting":
+            self.state = "stopped"
+            return succeed(None)
+        self.state = "stopping"
+        if self._stats_loop is not None and self._stats_loop.running:
+            self._stats_loop.stop()
+        grace = self.service.config.shutdown_timeout + STOP_GRACE
+        done: Deferred[None] = Deferred()
+        overdue = self._reactor.callLater(grace, self._stop_overdue, done, grace)
+
+        def finished(result: object) -> None:
+            if isinstance(result, Failure):
+                self.log.failure("stopping failed; exiting anyway", result)
+            if not done.called:
+                overdue.cancel()
+                done.callback(None)
+
+        self.service.stopService().addBoth(finished)
+        return done.addCallback(self._stopped)
+
+    def _stop_overdue(self, done: Deferred[None], grace: float) -> None:
+        """
+        The drain has not finished in time: exit anyway (the service's stop
+        goes on until the reactor ends).
+        """
+        self.log.error(
+            "still draining {grace} s after the stop began: exiting anyway", grace=grace
+        )
+        done.callback(None)
+
+    def _stopped(self, _: object) -> Deferred[None]:
+        self.state = "stopped"
+        self.send_stats(final=True)
+        if self.table is not None:
+            self.table.close()
+            self.table = None
+        if self.control is None:
+            return succeed(None)
+        closed = self.control.close_write()
+        closed.addTimeout(FINAL_FLUSH_TIMEOUT, self._reactor)
+        return closed.addErrback(lambda _: None)
+
+
+def parse_arguments(argv: Sequence[str]) -> WorkerSpec:
+    """
+    The worker's command line: C{--spec JSON}.
+
+    @raise SystemExit: on a bad command line (with a usage message).
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m balancebeam.workers.worker",
+        description="A balancebeam worker process; the master starts it (see doc/workers.md).",
+    )
+    parser.add_argument("--spec", required=True, help="the worker spec, as JSON")
+    arguments = parser.parse_args(argv)
+    try:
+        return WorkerSpec.from_json(arguments.spec)
+    except ValueError as error:
+        parser.error(str(error))
+    raise AssertionError("unreachable")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """
+    Run a worker until it is stopped (SIGTERM, or the master's pipe closes).
+    """
+    spec = parse_arguments(sys.argv[1:] if argv is None else argv)
+    install_reactor(spec.reactor)
+    from twisted.internet import reactor as installed
+    from twisted.internet import stdio
+    from twisted.logger import globalLogBeginner
+
+    from balancebeam.config import ConfigError
+    from balancebeam.errors import StartupError
+    from balancebeam.signals import guard_stop_signals
+
+    reactor: Any = installed
+    pid = os.getpid()
+    # A SIGHUP for the process group (a closed terminal) is the master's to handle.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    globalLogBeginner.beginLoggingTo([make_observer(spec, pid)], redirectStandardIO=False)
+    worker = Worker(spec, reactor, pid)
+    try:
+        worker.build()
+    except (ConfigError, StartupError) as error:
+        raise SystemExit(f"balancebeam worker {pid}: {error}") from None
+
+    def start() -> None:
+        guard_stop_signals(reactor)
+        control = ControlProtocol(worker)
+        worker.connect(control)
+        # mypy reads the Windows StandardIO, which takes no descriptors.
+        stdio.StandardIO(  # type: ignore[call-arg]
+            control, stdin=spec.control_in, stdout=spec.control_out, reactor=reactor
+        )
+
+    reactor.callWhenRunning(start)
+    reactor.addSystemEventTrigger("before", "shutdown", worker.stop)
+    reactor.run()
+
+
+if __name__ == "__main__":
+    # Run the module's own copy, so that log namespaces and classes are
+    # balancebeam.workers.worker's, not __main__'s.
+    from balancebeam.workers.worker import main as worker_main
+
+    worker_main()
