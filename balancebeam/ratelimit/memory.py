@@ -202,7 +202,7 @@ class MemoryRateLimiter:
         if previous:
             estimate = previous * (reset_after / window) + current
         else:
-            estimate = current
+            estimate = float(current)  # one type in both branches (mypyc needs it)
         if estimate + 1 <= limit + _EPSILON:
             counters.current = current + 1
             remaining = max(0, math.floor(limit - estimate - 1 + _EPSILON))
