@@ -36,7 +36,7 @@ import math
 from collections import OrderedDict
 
 from twisted.internet.interfaces import IReactorTime
-from zope.interface import implementer
+from zope.interface import classImplements
 
 from balancebeam.interfaces import IRateLimiter, RateLimitDecision
 
@@ -118,7 +118,6 @@ class _Counters:
         self.previous = 0
 
 
-@implementer(IRateLimiter)
 class MemoryRateLimiter:
     """
     Rate limits keys (client IPs) with counters held in this process.
@@ -263,3 +262,8 @@ class MemoryRateLimiter:
         Forget every counter; there are no timers to cancel.
         """
         self._entries.clear()
+
+
+# After the class, not as a decorator: mypyc compiles a decorated class as a
+# Python class (slower attribute access); mypy-zope checks both forms.
+classImplements(MemoryRateLimiter, IRateLimiter)

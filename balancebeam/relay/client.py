@@ -27,7 +27,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import classImplements
 
 from balancebeam.clientip import client_key
 from balancebeam.config import Limits, Timeouts
@@ -181,7 +181,6 @@ class RelayFactory(Factory):
             drained.callback(None)
 
 
-@implementer(IPushProducer, IHalfCloseableProtocol, IClientSide)
 class ClientConnection(Protocol):
     """
     One client connection.
@@ -562,6 +561,11 @@ class ClientConnection(Protocol):
                 exchange.deadline_passed()
             except HTTPError as error:
                 self._client_error(error)
+
+
+# After the class, not as a decorator: mypyc compiles a decorated class as a
+# Python class (slower attribute access); mypy-zope checks both forms.
+classImplements(ClientConnection, IPushProducer, IHalfCloseableProtocol, IClientSide)
 
 
 class _OverCapacity(Protocol):

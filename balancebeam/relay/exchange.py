@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
 from twisted.internet.defer import Deferred
-from zope.interface import implementer
+from zope.interface import classImplements
 
 from balancebeam.filters import Answer
 from balancebeam.http1.framing import LAST_CHUNK, BodyReader, forwardable_trailers, last_chunk
@@ -63,7 +63,6 @@ _SUBSTITUTING: Final = ExchangeState.SUBSTITUTING
 _DONE: Final = ExchangeState.DONE
 
 
-@implementer(IResponseSink)
 class Exchange(ExchangeCore):
     """
     One request, from its parsed head to the end of its response: the flow
@@ -540,3 +539,8 @@ class Exchange(ExchangeCore):
         if connection is not None:
             connection.stream.resumeProducing()
         self._enter(_RECEIVING if self.state == _RECEIVE_BLOCKED else self.state)
+
+
+# After the class, not as a decorator: mypyc compiles a decorated class as a
+# Python class (slower attribute access); mypy-zope checks both forms.
+classImplements(Exchange, IResponseSink)

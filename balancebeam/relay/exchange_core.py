@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Final
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
-from zope.interface import implementer
+from zope.interface import classImplements
 
 from balancebeam.filters import Answer, text_answer
 from balancebeam.http1.framing import BodyReader
@@ -50,7 +50,6 @@ _DISCARDING: Final = ExchangeState.DISCARDING
 _DONE: Final = ExchangeState.DONE
 
 
-@implementer(IExchange)
 class ExchangeCore:
     """
     The state of one request, and the endings its flow shares.
@@ -398,4 +397,9 @@ class ExchangeCore:
             latency_ms=(relay.clock.seconds() - self.started) * 1000,
             request_id=self.request_id,
         )
+
+
+# After the class, not as a decorator: mypyc compiles a decorated class as a
+# Python class (slower attribute access); mypy-zope checks both forms.
+classImplements(ExchangeCore, IExchange)
 
