@@ -20,7 +20,7 @@ import tempfile
 from importlib.machinery import EXTENSION_SUFFIXES
 
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
-from twisted.logger import globalLogPublisher
+from twisted.logger import Logger, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import balancebeam
@@ -33,6 +33,14 @@ from balancebeam.compiled import (
     module_path,
 )
 from balancebeam.config import BalancerConfig, UpstreamSpec
+from balancebeam.pool import UpstreamPool
+from balancebeam.registry import UpstreamRegistry
+from balancebeam.relay.client import ClientConnection, RelayFactory
+from balancebeam.relay.deadlines import DeadlineTimer
+from balancebeam.relay.exchange import Exchange
+from balancebeam.relay.exchange_core import ExchangeCore
+from balancebeam.relay.filtering import FilterChain
+from balancebeam.routing import Dispatcher
 from balancebeam.service import BalancerService
 from balancebeam.stats import Stats
 
@@ -108,6 +116,26 @@ class BuildTests(SynchronousTestCase):
         self.assertEqual(len(lines), 1)
         self.assertEqual(lines[0]["version"], balancebeam.__version__)
         self.assertEqual(lines[0]["build"], describe_build())
+
+
+class LoggerTests(SynchronousTestCase):
+    """
+    The request path's loggers stay class attributes when compiled.
+    """
+
+    def test_loggers_are_class_attributes_named_after_their_class(self) -> None:
+        """
+        Each class's C{log} is reachable on the class and names the class
+        (as a native class's instance default, a mypyc build would make one
+        per instance, named after whatever code built it).
+        """
+        classes: list[type] = [ClientConnection, RelayFactory, ExchangeCore, Exchange,
+                               FilterChain, Dispatcher, UpstreamPool, UpstreamRegistry,
+                               DeadlineTimer]
+        for cls in classes:
+            logger = cls.log  # type: ignore[attr-defined]  # each of these has one
+            self.assertIsInstance(logger, Logger)
+            self.assertEqual(logger.namespace, f"{cls.__module__}.{cls.__name__}")
 
 
 class StatsTests(SynchronousTestCase):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Final, cast
+from typing import ClassVar, Final, cast
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
@@ -76,7 +76,7 @@ class RelayFactory(Factory):
     @ivar draining: whether the balancer is stopping.
     """
 
-    log = Logger()
+    log: ClassVar[Logger] = Logger()  # ClassVar: a class attribute under mypyc too
     noisy = False
 
     def __init__(
@@ -204,7 +204,7 @@ class ClientConnection(Protocol):
         - C{CLOSED}: gone or going.
     """
 
-    log = Logger()
+    log: ClassVar[Logger] = Logger()  # ClassVar: a class attribute under mypyc too
     _stream: StreamTransport
 
     def __init__(self, factory: RelayFactory) -> None:

@@ -12,7 +12,7 @@ client, and stopping the work done upstream.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, ClassVar, Final
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
@@ -99,7 +99,7 @@ class ExchangeCore:
         "_rewrite",
     )
 
-    log = Logger()
+    log: ClassVar[Logger] = Logger()  # ClassVar: a class attribute under mypyc too
 
     def __init__(
         self,
