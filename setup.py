@@ -7,6 +7,8 @@ build falls back to pure Python, which behaves the same, when:
 
   - C{BALANCEBEAM_PURE_PYTHON} is set to anything but C{""} or C{"0"};
   - the interpreter is not CPython (PyPy);
+  - the install is editable (C{pip install -e}), where extension modules
+    beside the sources would hide every later edit of them;
   - mypyc cannot be imported, or rejects the sources;
   - no working C compiler, or no Python headers (C{Python.h}), is found;
   - compiling or linking fails.
@@ -58,15 +60,32 @@ def say(message: str) -> None:
     print(f"balancebeam: {message}", file=sys.stderr, flush=True)
 
 
-def why_pure() -> str | None:
+#: The setuptools commands of an editable install (C{pip install -e}).
+EDITABLE_COMMANDS = frozenset({"develop", "editable_wheel"})
+
+
+def why_pure(
+    environ: dict[str, str] | os._Environ[str],
+    implementation: str,
+    commands: list[str],
+    mypyc_installed: bool,
+) -> str | None:
     """
     Why this build must be pure Python, or C{None} when mypyc may be tried.
+
+    @param environ: the environment (C{BALANCEBEAM_PURE_PYTHON}).
+    @param implementation: C{platform.python_implementation()}.
+    @param commands: the setup.py arguments (C{sys.argv[1:]}).
+    @param mypyc_installed: whether C{mypyc} can be imported.
     """
-    if os.environ.get(COMPILED.PURE_PYTHON_VARIABLE, "").strip() not in ("", "0"):
+    if environ.get(COMPILED.PURE_PYTHON_VARIABLE, "").strip() not in ("", "0"):
         return f"{COMPILED.PURE_PYTHON_VARIABLE} is set"
-    if platform.python_implementation() != "CPython":
-        return f"mypyc compiles for CPython only, not {platform.python_implementation()}"
-    if importlib.util.find_spec("mypyc") is None:
+    if implementation != "CPython":
+        return f"mypyc compiles for CPython only, not {implementation}"
+    if EDITABLE_COMMANDS.intersection(commands):
+        return ("an editable install keeps the sources live (build in place with "
+                "'python3 setup.py build_ext --inplace' to try the compiled modules)")
+    if not mypyc_installed:
         return "mypyc (part of mypy) is not installed"
     return None
 
@@ -75,7 +94,8 @@ def mypyc_extensions() -> list[Any]:
     """
     The mypyc extension modules, or none when the build is pure Python.
     """
-    reason = why_pure()
+    reason = why_pure(os.environ, platform.python_implementation(), sys.argv[1:],
+                      importlib.util.find_spec("mypyc") is not None)
     if reason is not None:
         say(f"installing pure Python: {reason}")
         return []
@@ -173,7 +193,8 @@ class CleanCompiled(Command):
                 os.remove(path)
 
 
-setup(
-    ext_modules=[] if "clean_compiled" in sys.argv[1:] else mypyc_extensions(),
-    cmdclass={"build_ext": OptionalBuildExt, "clean_compiled": CleanCompiled},
-)
+if __name__ == "__main__":  # as setuptools runs it; tests import it for why_pure
+    setup(
+        ext_modules=[] if "clean_compiled" in sys.argv[1:] else mypyc_extensions(),
+        cmdclass={"build_ext": OptionalBuildExt, "clean_compiled": CleanCompiled},
+    )

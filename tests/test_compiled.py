@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 from importlib.machinery import EXTENSION_SUFFIXES
+from typing import Any
 
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import Logger, globalLogPublisher
@@ -177,6 +178,57 @@ def _copy_sources(destination: str) -> None:
     for tree in ("balancebeam", "twisted"):
         shutil.copytree(os.path.join(REPO_ROOT, tree), os.path.join(destination, tree),
                         ignore=ignore)
+
+
+def _load_setup() -> Any:
+    """
+    Import the checkout's C{setup.py} as a module (it calls C{setup()} only
+    when run as a script).
+    """
+    spec = importlib.util.spec_from_file_location(
+        "_balancebeam_setup", os.path.join(REPO_ROOT, "setup.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class WhyPureTests(SynchronousTestCase):
+    """
+    C{setup.py} decides between mypyc and pure Python from the environment,
+    the interpreter, the command and what is installed.
+    """
+
+    def setUp(self) -> None:
+        self.why_pure = _load_setup().why_pure
+
+    def test_compiled_where_possible(self) -> None:
+        """
+        On CPython with mypyc, a wheel build or an install is compiled;
+        C{BALANCEBEAM_PURE_PYTHON=0} or empty does not prevent it.
+        """
+        for environ in ({}, {"BALANCEBEAM_PURE_PYTHON": "0"}, {"BALANCEBEAM_PURE_PYTHON": ""}):
+            for commands in (["bdist_wheel"], ["build_ext", "--inplace"], ["install"]):
+                self.assertIsNone(self.why_pure(environ, "CPython", commands, True))
+
+    def test_each_reason_for_pure_python(self) -> None:
+        """
+        The switch, another interpreter, an editable install and a missing
+        mypyc each make the build pure Python, saying why.
+        """
+        cases = [
+            ({"BALANCEBEAM_PURE_PYTHON": "1"}, "CPython", ["bdist_wheel"], True,
+             "BALANCEBEAM_PURE_PYTHON is set"),
+            ({}, "PyPy", ["bdist_wheel"], True, "mypyc compiles for CPython only, not PyPy"),
+            ({}, "CPython", ["editable_wheel", "--dist-dir", "x"], True, "an editable install"),
+            ({}, "CPython", ["develop"], True, "an editable install"),
+            ({}, "CPython", ["bdist_wheel"], False, "mypyc (part of mypy) is not installed"),
+        ]
+        for environ, implementation, commands, installed, expected in cases:
+            reason = self.why_pure(environ, implementation, commands, installed)
+            assert reason is not None
+            self.assertIn(expected, reason)
 
 
 class FallbackTests(TestCase):
