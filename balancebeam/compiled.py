@@ -75,9 +75,9 @@ def compiled_modules() -> list[str]:
 
 def describe_build() -> str:
     """
-    One phrase for the startup log: C{"compiled with mypyc (24 modules)"},
+    One phrase for the startup log: C{"compiled with mypyc (23 modules)"},
     C{"pure Python"}, or, for a mixed tree (a partial in-place build),
-    C{"partly compiled (3 of 24 modules: ...)"}.
+    C{"partly compiled (3 of 23 modules: ...)"}.
     """
     compiled = compiled_modules()
     if not compiled:
