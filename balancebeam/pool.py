@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import ClassVar
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
 from twisted.internet.error import ConnectError, ConnectingCancelledError
@@ -122,7 +123,7 @@ class UpstreamPool:
     @ivar reused: checkouts answered with an idle connection.
     """
 
-    log = Logger()
+    log: ClassVar[Logger] = Logger()  # ClassVar: a class attribute under mypyc too
 
     def __init__(
         self,

@@ -16,7 +16,7 @@ active health checks (L{balancebeam.health.checker}) write it too.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -96,7 +96,7 @@ class Dispatcher:
     L{Deferred}, which the exchange cancels when it no longer needs it.
     """
 
-    log = Logger()
+    log: ClassVar[Logger] = Logger()  # ClassVar: a class attribute under mypyc too
 
     def __init__(
         self,

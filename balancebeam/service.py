@@ -42,11 +42,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from balancebeam import __version__
 from balancebeam.admin.auth import AdminToken, read_token_file
 from balancebeam.admin.providers import IFeatureCounters, IPurger
 from balancebeam.admin.rate import RequestRate
 from balancebeam.admin.resources import build_admin_site
 from balancebeam.clientip import parse_trusted_networks
+from balancebeam.compiled import describe_build
 from balancebeam.config import BalancerConfig, TlsConfig, UpstreamSpec
 from balancebeam.errors import StartupError
 from balancebeam.health.checker import HealthChecker
@@ -670,6 +672,9 @@ class BalancerService(_SequentialMultiService):
         Start the children, in order.
         """
         super().startService()
+        self.log.info(
+            "balancebeam {version}, {build}", version=__version__, build=describe_build()
+        )
         self.log.info(
             "balancing over {count} upstream(s): {upstreams}",
             count=len(self.registry.upstreams),

@@ -89,12 +89,23 @@ class Stats:
         """
         A copy of every counter, for logs and status pages.
         """
-        values: dict[str, object] = {name: getattr(self, name) for name in self.__slots__}
-        del values["by_class"]
-        del values["durations"]
-        del values["duration_sum"]
-        values["responses"] = {f"{n}xx": count for n, count in enumerate(self.by_class) if n}
-        return values
+        # Spelled out rather than read from __slots__, which a class compiled
+        # with mypyc does not have.
+        return {
+            "requests": self.requests,
+            "rate_limited": self.rate_limited,
+            "no_upstream": self.no_upstream,
+            "connect_failures": self.connect_failures,
+            "upstream_failures": self.upstream_failures,
+            "upstream_timeouts": self.upstream_timeouts,
+            "retries": self.retries,
+            "reuse_retries": self.reuse_retries,
+            "client_errors": self.client_errors,
+            "refused_connections": self.refused_connections,
+            "filter_errors": self.filter_errors,
+            "client_connections": self.client_connections,
+            "responses": {f"{n}xx": count for n, count in enumerate(self.by_class) if n},
+        }
 
 
 class ReloadCounts:

@@ -26,7 +26,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from itertools import accumulate
 
-from zope.interface import implementer
+from zope.interface import classImplements
 
 from balancebeam.interfaces import IBalancingStrategy
 from balancebeam.registry import UpstreamState
@@ -70,7 +70,6 @@ class _WeightProfile:
 _NO_PROFILE = _WeightProfile(())
 
 
-@implementer(IBalancingStrategy)
 class RandomStrategy:
     """
     Picks a candidate at random, in proportion to its weight.
@@ -102,7 +101,11 @@ class RandomStrategy:
         return candidates[index]
 
 
-@implementer(IBalancingStrategy)
+# After the class, not as a decorator: mypyc compiles a decorated class as a
+# Python class (slower attribute access); mypy-zope checks both forms.
+classImplements(RandomStrategy, IBalancingStrategy)
+
+
 class RoundRobinStrategy:
     """
     Smooth weighted round robin, as in nginx's C{upstream} module.
@@ -203,7 +206,11 @@ class RoundRobinStrategy:
         return 0
 
 
-@implementer(IBalancingStrategy)
+# After the class, not as a decorator: mypyc compiles a decorated class as a
+# Python class (slower attribute access); mypy-zope checks both forms.
+classImplements(RoundRobinStrategy, IBalancingStrategy)
+
+
 class LeastConnectionsStrategy:
     """
     Picks the candidate with the fewest in-flight requests per unit of weight.
@@ -265,7 +272,11 @@ class LeastConnectionsStrategy:
         return tied[-1]
 
 
-@implementer(IBalancingStrategy)
+# After the class, not as a decorator: mypyc compiles a decorated class as a
+# Python class (slower attribute access); mypy-zope checks both forms.
+classImplements(LeastConnectionsStrategy, IBalancingStrategy)
+
+
 class PowerOfTwoChoicesStrategy:
     """
     Power of two choices: sample two distinct candidates, keep the less loaded.
@@ -319,6 +330,11 @@ class PowerOfTwoChoicesStrategy:
         if second.in_flight * first.weight < first.in_flight * second.weight:
             return second
         return first
+
+
+# After the class, not as a decorator: mypyc compiles a decorated class as a
+# Python class (slower attribute access); mypy-zope checks both forms.
+classImplements(PowerOfTwoChoicesStrategy, IBalancingStrategy)
 
 
 _STRATEGIES: dict[str, Callable[[random.Random], IBalancingStrategy]] = {

@@ -40,6 +40,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from twisted.internet import tcp
 from twisted.internet.epollreactor import EPollReactor
@@ -50,6 +51,18 @@ import twisted
 from balancebeam.relay.transport import StreamTransport
 
 log = Logger()
+
+_ClassT = TypeVar("_ClassT", bound=type)
+
+
+def _python_class(cls: _ClassT) -> _ClassT:
+    """
+    Return C{cls} unchanged. mypyc compiles a class with a decorator it does
+    not know as a Python class (its methods still compiled), which a
+    subclass of Twisted's reactor must be: as a native class it fails at
+    construction.
+    """
+    return cls
 
 TWISTED_VERSION: str = twisted.__version__
 """
@@ -200,6 +213,7 @@ if SEND_NOW_FALLBACK is not None:
 # ----------------------------------------------------------------- the lean reactor
 
 
+@_python_class
 class LeanEPollReactor(EPollReactor):
     """
     L{EPollReactor} dispatching readiness events without a log context.
@@ -237,7 +251,12 @@ class LeanEPollReactor(EPollReactor):
             if selectable is not None:
                 dispatch(selectable, fd, event)
 
-    doIteration = doPoll
+    def doIteration(self, timeout: float | None) -> None:
+        """
+        One reactor iteration: L{doPoll} (a method rather than C{doIteration =
+        doPoll}, which a class compiled with mypyc cannot hold).
+        """
+        self.doPoll(timeout)
 
 
 LEAN_REACTOR_FALLBACK: str | None = fallback_reason(

@@ -71,7 +71,16 @@ SLOW_DELAY_MS = 50  # what the slow upstream adds to each response
 NEVER_HIT_LIMIT = 100_000_000  # requests per minute: the rate limiter runs but never refuses
 STRATEGIES = ("random", "round-robin", "least-connections", "p2c")
 LB_TARGETS = ("nginx", "haproxy", "balancebeam")
-ALL_TARGETS = ("direct",) + LB_TARGETS
+DEFAULT_TARGETS = ("direct",) + LB_TARGETS
+# Issue 15: the Python proxies a user might pick instead, installed from PyPI
+# into their own virtual environments (only when named in --targets).
+PEER_TARGETS = ("twisted-web", "mitmproxy", "proxy.py")
+PEER_PACKAGES = {
+    "twisted-web": ("twisted >= 24.7",),
+    "mitmproxy": ("mitmproxy >= 10, < 13",),
+    "proxy.py": ("proxy.py >= 2.4, < 3",),
+}
+ALL_TARGETS = DEFAULT_TARGETS + PEER_TARGETS
 TLS_SCENARIOS = ("https", "handshake", "reencrypt")  # issue 12: see the TLS section below
 ALL_SCENARIOS = ("small", "16k", "close", "ratelimit", "idle", "download", "pool", "slow",
                  *TLS_SCENARIOS, "cache-hit", "cache-random", "profile")
@@ -157,6 +166,49 @@ done = function(summary, latency, requests)
 end
 """
 
+# The twisted-web peer: twisted.web.proxy.ReverseProxyResource to one upstream,
+# without the access log (balancebeam writes none either).
+TWISTED_WEB_PROXY = r"""
+import sys
+
+from twisted.internet import reactor
+from twisted.web import proxy, server
+
+
+class QuietSite(server.Site):
+    def log(self, request):
+        pass
+
+
+port, upstream = int(sys.argv[1]), int(sys.argv[2])
+site = QuietSite(proxy.ReverseProxyResource("127.0.0.1", upstream, b""))
+reactor.listenTCP(port, site, backlog=4096, interface="127.0.0.1")
+reactor.run()
+"""
+
+# The proxy.py peer's reverse-proxy plugin: every path, kept, to one of both
+# upstreams (a static route would send each request to the upstream URL's own
+# path), no access log.
+PROXYPY_PLUGIN = r"""
+import itertools
+
+from proxy.http import Url
+from proxy.http.server import ReverseProxyBasePlugin
+
+UPSTREAM_CYCLE = itertools.cycle([UPSTREAMS])
+
+
+class BenchReverseProxy(ReverseProxyBasePlugin):
+    def routes(self):
+        return [r"/.*"]
+
+    def handle_route(self, request, pattern):
+        return Url.from_bytes(next(UPSTREAM_CYCLE) + request.path)
+
+    def on_access_log(self, context):
+        return None
+"""
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -169,12 +221,21 @@ class Variant:
     @ivar twistd_args: twistd arguments added for it (a C{--reactor} here
         replaces the one given with C{--twistd-arg}).
     @ivar balancer_args: balancebeam arguments added for it.
+    @ivar root: the tree it runs from (C{None}: the checkout), e.g. the
+        in-place mypyc build of C{--compiled}.
+    @ivar python: the Python that runs it (C{None}: C{--balancer-python}),
+        e.g. the PyPy of C{--pypy}.
+    @ivar warmup: seconds of load after each start (C{None}:
+        C{--balancer-warmup}).
     """
 
     name: str
     env: dict[str, str]
     twistd_args: list[str]
     balancer_args: list[str]
+    root: Path | None = None
+    python: str | None = None
+    warmup: int | None = None
 
     @property
     def key(self) -> str:
@@ -828,6 +889,9 @@ class Bench:
         self.baseline_help = ""
         self.baseline_unavailable: str | None = None
         self.imported_from: dict[str, str] = {}
+        self.build_failures: dict[str, str] = {}
+        self.builds: dict[str, str] = {}
+        self.venv_dir: Path = args.venv_dir
 
     @property
     def baseline_key(self) -> str | None:
@@ -850,7 +914,7 @@ class Bench:
         """
         Every target of the wrk, idle and download scenarios, in table order.
         """
-        return ["direct", "nginx", "haproxy"] + self.bb_keys()
+        return ["direct", "nginx", "haproxy"] + self.bb_keys() + self.peer_keys()
 
     # ----------------------------------------------------------------- starting servers
 
@@ -1028,14 +1092,16 @@ backend be
 
     def balancebeam_argv(self, port: int, upstreams: Sequence[int],
                          extra: Sequence[str] = (),
-                         twistd_extra: Sequence[str] = ()) -> list[str]:
+                         twistd_extra: Sequence[str] = (),
+                         python: str | None = None) -> list[str]:
         """
         The balancebeam command line: twistd in the foreground, one process,
         active health checks and in-memory rate limiting on (never hit).
         C{twistd_extra} (a variant's) is added to C{--twistd-arg}'s, its
-        reactor replacing theirs.
+        reactor replacing theirs; C{python} (a variant's) replaces
+        C{--balancer-python}.
         """
-        twistd = [self.balancer_python, "-c",
+        twistd = [python or self.balancer_python, "-c",
                   "import sys; sys.argv[0] = 'twistd'; "
                   "from twisted.scripts.twistd import run; run()"]
         argv = twistd + ["-n", "--pidfile="] + merge_twistd_args(
@@ -1116,17 +1182,24 @@ backend be
             root = self.baseline_root
         elif self.bb_unavailable:
             raise TargetFailure(self.bb_unavailable)
+        if variant is not None and variant.name in self.build_failures:
+            raise TargetFailure(self.build_failures[variant.name])
         port = free_port(self.used_ports)
+        warmup = self.balancer_warmup
+        python = None
         if variant is not None:
             extra = list(extra) + variant.balancer_args
+            root = variant.root or root
+            python = variant.python
+            warmup = variant.warmup if variant.warmup is not None else warmup
         argv = self.balancebeam_argv(port, upstreams, extra,
-                                     variant.twistd_args if variant else ())
+                                     variant.twistd_args if variant else (), python)
         env = self.balancebeam_env(root, variant.env if variant else None)
         target = self._start(name, "balancebeam", port, argv, env=env, cwd=root)
-        if self.balancer_warmup:
+        if warmup:
             # A JIT (PyPy) compiles the hot path under load: measure after it has.
-            say(f"warming {name} up for {self.balancer_warmup}s")
-            self.run_wrk(port, "/", self.settings.connections, self.balancer_warmup)
+            say(f"warming {name} up for {warmup}s")
+            self.run_wrk(port, "/", self.settings.connections, warmup)
         return target
 
     def _start(self, name: str, kind: str, port: int, argv: list[str],
@@ -1186,6 +1259,7 @@ backend be
                 self.notes.append(f"haproxy not installed: haproxy target skipped ({APT_LINE})")
         if "balancebeam" in wanted:
             self.bb_help, self.bb_unavailable = self.probe_balancebeam()
+            self.variants += self.build_variants()
             self.add_target("balancebeam", lambda: self.start_balancebeam("balancebeam", ups))
             for variant in self.variants:
                 self.add_target(variant.key, self._variant_starter(variant))
@@ -1198,6 +1272,7 @@ backend be
                     self.baseline_root)
                 key = self.baseline_key
                 self.add_target(key, lambda: self.start_balancebeam(key, ups, baseline=True))
+        self.start_peers(wanted)
 
     def _variant_starter(self, variant: Variant) -> Callable[[], Target]:
         """
@@ -1954,6 +2029,230 @@ backend be
             self.starters.pop(key, None)
             self.procs.stop(upstream_proc)
 
+    # ----------------------------------------------------------------- issue 15: builds, peers
+    #
+    # balancebeam compiled with mypyc (--compiled) and on PyPy (--pypy), as
+    # variants of the current tree; and the Python proxies a user might pick
+    # instead (--targets twisted-web,mitmproxy,proxy.py), each installed from
+    # PyPI into its own virtual environment under --venv-dir.
+
+    def build_variants(self) -> list[Variant]:
+        """
+        The variants asked for with C{--compiled} and C{--pypy}. One that
+        cannot be prepared is still returned, and fails to start with the
+        reason (so it shows in every table).
+        """
+        variants: list[Variant] = []
+        if self.args.compiled:
+            root, problem = self.prepare_compiled_tree()
+            variant = Variant("compiled", {}, [], [], root=root)
+            if problem:
+                self.build_failures[variant.name] = problem
+            variants.append(variant)
+        if self.args.pypy:
+            python, problem = self.prepare_pypy()
+            # Debian's PyPy needs a larger nursery for a steady p99 (doc/benchmark.md).
+            variant = Variant("pypy", {"PYPY_GC_NURSERY": "32M"}, [], [], python=python,
+                              warmup=self.args.pypy_warmup)
+            if problem:
+                self.build_failures[variant.name] = problem
+            variants.append(variant)
+        for variant in variants:
+            problem = self.build_failures.get(variant.name)
+            if problem:
+                self.notes.append(f"{variant.key} is not available: {problem}")
+                continue
+            self.builds[variant.key] = self.describe_build(variant.root or REPO,
+                                                           variant.python)
+        self.builds["balancebeam"] = self.describe_build(REPO, None)
+        if self.args.compiled and self.builds["balancebeam"] != "pure Python":
+            self.notes.append(f"the 'balancebeam' row runs the checkout, which is "
+                              f"{self.builds['balancebeam']} (an in-place build?), not pure "
+                              "Python: python3 setup.py clean_compiled")
+        return variants
+
+    def describe_build(self, root: Path, python: str | None) -> str:
+        """
+        What C{balancebeam.compiled.describe_build()} says when run from
+        C{root} by C{python}, or why it could not be asked.
+        """
+        try:
+            result = subprocess.run(
+                [python or self.balancer_python, "-c",
+                 "from balancebeam.compiled import describe_build; print(describe_build())"],
+                cwd=root, env=self.balancebeam_env(root), capture_output=True, text=True,
+                timeout=120)
+        except subprocess.TimeoutExpired:
+            return "unknown (describe_build did not answer within 120 s)"
+        if result.returncode != 0:
+            lines = result.stderr.strip().splitlines() or ["no output"]
+            return f"unknown ({lines[-1]})"
+        return result.stdout.strip()
+
+    def prepare_compiled_tree(self) -> tuple[Path, str | None]:
+        """
+        Copy the current tree (uncommitted changes included) to the temp dir
+        and build it in place with mypyc (C{setup.py build_ext --inplace},
+        by C{--balancer-python}, which needs mypy and mypy-zope).
+
+        @return: the tree, and C{None} or why it is not compiled.
+        """
+        root = self.tmp / "compiled"
+        root.mkdir()
+        for name in ("setup.py", "setup.cfg", "pyproject.toml", "README.md"):
+            if (REPO / name).exists():
+                shutil.copy2(REPO / name, root / name)
+        ignore = shutil.ignore_patterns("__pycache__", "*.so", "*.pyd")
+        for tree in ("balancebeam", "twisted"):
+            shutil.copytree(REPO / tree, root / tree, ignore=ignore)
+        if not (root / "setup.py").exists():
+            return root, "this tree has no setup.py (no mypyc build)"
+        say("building the current tree with mypyc (setup.py build_ext --inplace)")
+        log = self.procs.log_path("compiled-build")
+        began = time.monotonic()
+        with open(log, "wb") as out:
+            try:
+                result = subprocess.run([self.balancer_python, "setup.py", "build_ext",
+                                         "--inplace"], cwd=root, stdout=out,
+                                        stderr=subprocess.STDOUT, timeout=1200)
+            except subprocess.TimeoutExpired:
+                return root, "the mypyc build did not finish within 20 minutes"
+        self.timings["compiled-build"] = round(time.monotonic() - began, 1)
+        build = self.describe_build(root, None)
+        if result.returncode != 0 or not build.startswith("compiled with mypyc"):
+            tail = "\n".join(log.read_text(errors="replace").strip().splitlines()[-5:])
+            return root, f"the mypyc build gave '{build}' (status {result.returncode}):\n{tail}"
+        say(f"mypyc build done in {self.timings['compiled-build']:.0f}s: {build}")
+        return root, None
+
+    def venv_python(self, name: str, base: str, requirements: Sequence[Sequence[str]]
+                    ) -> tuple[str, str | None]:
+        """
+        The Python of virtual environment C{name} under C{--venv-dir},
+        created with C{base} and each C{pip install} of C{requirements} run
+        in it; reused while its requirements are unchanged.
+
+        @return: its python, and C{None} or why it could not be set up.
+        """
+        venv = self.venv_dir / name
+        python = venv / "bin" / "python"
+        marker = venv / ".balancebeam-bench"
+        wanted = json.dumps([base, [list(r) for r in requirements]])
+        if python.exists() and marker.exists() and marker.read_text() == wanted:
+            return str(python), None
+        shutil.rmtree(venv, ignore_errors=True)
+        venv.parent.mkdir(parents=True, exist_ok=True)
+        say(f"setting up {venv} ({'; '.join(' '.join(r) for r in requirements)})")
+        steps = [[base, "-m", "venv", str(venv)]] + [
+            [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *r]
+            for r in requirements]
+        for argv in steps:
+            try:
+                result = subprocess.run(argv, capture_output=True, text=True, timeout=1200)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                return "", f"`{shlex.join(argv)}` failed: {exc}"
+            if result.returncode != 0:
+                lines = (result.stdout + result.stderr).strip().splitlines() or ["no output"]
+                return "", f"`{shlex.join(argv)}` failed: {lines[-1]}"
+        marker.write_text(wanted)
+        return str(python), None
+
+    def prepare_pypy(self) -> tuple[str | None, str | None]:
+        """
+        The PyPy that runs C{balancebeam:pypy}: C{--pypy PYTHON}, or with
+        C{--pypy} alone a virtual environment of Debian's C{pypy3} with the
+        project's dependencies (as C{.ci/run} sets up).
+        """
+        if self.args.pypy != "auto":
+            return self.args.pypy, None
+        pypy = shutil.which("pypy3")
+        if not pypy:
+            return None, "pypy3 is not installed (apt-get install -y pypy3 pypy3-venv)"
+        python, problem = self.venv_python(
+            "pypy", pypy, [["twisted", "attrs"], ["--no-deps", "txredisapi"]])
+        return (python or None), problem
+
+    def peer_keys(self) -> list[str]:
+        """
+        The Python peers asked for in C{--targets}, in table order.
+        """
+        return [key for key in PEER_TARGETS if key in self.args.targets]
+
+    def start_peers(self, wanted: set[str]) -> None:
+        """
+        Install (once) and start every Python peer in C{wanted}, over the
+        upstreams of the other targets.
+        """
+        starters = {"twisted-web": self.start_twisted_web, "mitmproxy": self.start_mitmproxy,
+                    "proxy.py": self.start_proxypy}
+        for key in self.peer_keys():
+            if key in wanted:
+                self.add_target(key, starters[key])
+
+    def _peer_python(self, key: str) -> str:
+        """
+        The Python of a peer's virtual environment, installed from PyPI.
+
+        @raise TargetFailure: it cannot be installed here.
+        """
+        python, problem = self.venv_python(key, sys.executable, [list(PEER_PACKAGES[key])])
+        if problem:
+            raise TargetFailure(f"{key} cannot be installed: {problem}")
+        return python
+
+    def start_twisted_web(self) -> Target:
+        """
+        C{twisted.web.proxy.ReverseProxyResource} on Twisted's default
+        (epoll) reactor, no access log. It proxies to one upstream and opens
+        a fresh upstream connection per request (its client sends
+        C{Connection: close}): it has no balancing and no pool to configure.
+        """
+        python = self._peer_python("twisted-web")
+        script = self.tmp / "twisted_web_proxy.py"
+        script.write_text(TWISTED_WEB_PROXY)
+        port = free_port(self.used_ports)
+        argv = [python, str(script), str(port), str(self.upstream_ports[0])]
+        return self._start("twisted-web", "twisted-web", port, argv)
+
+    def start_mitmproxy(self) -> Target:
+        """
+        C{mitmdump} in reverse mode to one upstream (the mode takes one),
+        quiet, every body streamed (C{stream_large_bodies=1}) as
+        balancebeam streams them.
+        """
+        python = self._peer_python("mitmproxy")
+        port = free_port(self.used_ports)
+        confdir = self.tmp / "mitmproxy-conf"
+        confdir.mkdir(exist_ok=True)
+        argv = [str(Path(python).parent / "mitmdump"),
+                "--mode", f"reverse:http://{HOST}:{self.upstream_ports[0]}@{port}",
+                "--listen-host", HOST, "-q", "--set", "flow_detail=0",
+                "--set", "termlog_verbosity=error", "--set", "stream_large_bodies=1",
+                "--set", f"confdir={confdir}"]
+        return self._start("mitmproxy", "mitmproxy", port, argv)
+
+    def start_proxypy(self) -> Target:
+        """
+        C{proxy.py} with a reverse-proxy plugin routing every path to both
+        upstreams (round robin, request by request), one acceptor, errors
+        logged only, no access log. It runs C{--threaded}: its default
+        threadless mode stopped serving under 50 connections here (its
+        worker died in C{selector.modify} with C{FileNotFoundError}).
+        """
+        python = self._peer_python("proxy.py")
+        plugin_dir = self.tmp / "proxypy-plugin"
+        plugin_dir.mkdir(exist_ok=True)
+        upstreams = ", ".join(f'b"http://{HOST}:{p}"' for p in self.upstream_ports)
+        (plugin_dir / "bench_reverse_proxy.py").write_text(
+            PROXYPY_PLUGIN.replace("UPSTREAMS", upstreams))
+        port = free_port(self.used_ports)
+        argv = [python, "-m", "proxy", "--hostname", HOST, "--port", str(port),
+                "--enable-reverse-proxy", "--plugins", "bench_reverse_proxy.BenchReverseProxy",
+                "--threaded", "--num-acceptors", "1", "--backlog", "4096", "--log-level", "e",
+                "--data-dir", str(self.tmp / "proxypy-data")]
+        env = dict(os.environ, PYTHONPATH=str(plugin_dir))
+        return self._start("proxy.py", "proxy.py", port, argv, env=env)
+
     # ----------------------------------------------------------------- driving
 
     def run(self) -> None:
@@ -1979,7 +2278,7 @@ backend be
                 self.scenario_wrk("close", "/", ("Connection: close",))
             elif scenario == "ratelimit":
                 self.scenario_wrk("ratelimit", "/", (),
-                                  ["nginx-rl", "haproxy-rl"] + self.bb_keys(),
+                                  ["nginx-rl", "haproxy-rl"] + self.bb_keys() + self.peer_keys(),
                                   {"nginx-rl": "nginx", "haproxy-rl": "haproxy"})
             elif scenario == "idle":
                 self.scenario_idle()
@@ -2979,6 +3278,76 @@ def render_cache_report(report: dict[str, Any]) -> str:
     if counters:
         lines.append("  random keys, cache counters at shutdown: " + ", ".join(
             f"{name} {value}" for name, value in counters.items()))
+
+
+def check_issue15(summary: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """
+    Issue 15's targets, from the rows present: the mypyc build's CPU per
+    request over the pure build's (C{/} at most 0.5, C{/16k} at most 0.6),
+    and balancebeam on CPython (pure and compiled, each) against every
+    Python peer: at least 5x its CPU efficiency on C{/}, and faster in
+    every scenario both ran (req/s; the idle scenario's load req/s; the
+    download's MiB/s).
+    """
+    checks: list[dict[str, Any]] = []
+
+    def add(name: str, value: float | None, limit: float, higher_is_better: bool,
+            strict: bool = False) -> None:
+        if value is None:
+            verdict = "n/a"
+        elif strict:
+            verdict = "met" if value > limit else "MISSED"
+        elif higher_is_better:
+            verdict = "met" if value >= limit else "MISSED"
+        else:
+            verdict = "met" if value <= limit else "MISSED"
+        checks.append({"target": name, "measured": value, "limit": limit,
+                       "higher_is_better": higher_is_better, "strict": strict,
+                       "verdict": verdict})
+
+    def figure(scenario: str, row: str, key: str) -> float | None:
+        value = summary.get(scenario, {}).get(row, {}).get(key)
+        return value if isinstance(value, (int, float)) and value else None
+
+    pure, compiled = "balancebeam", "balancebeam:compiled"
+    for scenario, limit in (("small", 0.5), ("16k", 0.6)):
+        mine = figure(scenario, compiled, "cpu_us_per_req")
+        theirs = figure(scenario, pure, "cpu_us_per_req")
+        if mine is not None or theirs is not None:
+            add(f"{scenario}: compiled CPU us/req / pure", mine / theirs
+                if mine is not None and theirs is not None else None, limit, False)
+    speed_keys = {"idle": "load_rps", "download": "mib_s"}
+    for row in (pure, compiled):
+        for peer in PEER_TARGETS:
+            if not any(peer in rows for rows in summary.values()):
+                continue
+            mine = figure("small", row, "cpu_us_per_req")
+            theirs = figure("small", peer, "cpu_us_per_req")
+            if mine is not None or theirs is not None:
+                add(f"small: {row} CPU efficiency / {peer}", theirs / mine
+                    if mine is not None and theirs is not None else None, 5.0, True)
+            for scenario in ALL_SCENARIOS:
+                rows = summary.get(scenario, {})
+                if row not in rows or peer not in rows:
+                    continue
+                key = speed_keys.get(scenario, "rps")
+                a, b = figure(scenario, row, key), figure(scenario, peer, key)
+                add(f"{scenario}: {row} {key} / {peer}",
+                    a / b if a is not None and b is not None else None, 1.0, True, strict=True)
+    return checks
+
+
+def render_issue15(checks: Sequence[dict[str, Any]]) -> str:
+    """
+    Issue 15's targets as a short list.
+    """
+    lines = ["", "== issue 15 targets (same-run ratios)"]
+    for c in checks:
+        op = ">" if c["strict"] else ">=" if c["higher_is_better"] else "<="
+        lines.append(f"  {c['verdict']:<7} {c['target']:<58} measured {fmt(c['measured'], 2):>8}"
+                     f"  target {op} {c['limit']}")
+    if len(lines) == 2:
+        lines.append("  (needs --compiled and/or a Python peer in --targets)")
     return "\n".join(lines)
 
 
@@ -3254,8 +3623,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="idle connections in the idle scenario (default 1000)")
     p.add_argument("--download-mib", type=int, default=100,
                    help="size of the streamed download in MiB (default 100)")
-    p.add_argument("--targets", default=",".join(ALL_TARGETS),
-                   help=f"comma-separated subset of {','.join(ALL_TARGETS)}")
+    p.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
+                   help=f"comma-separated subset of {','.join(ALL_TARGETS)} (default "
+                        f"{','.join(DEFAULT_TARGETS)}; the Python peers "
+                        f"{','.join(PEER_TARGETS)} are installed from PyPI into --venv-dir "
+                        "on first use)")
+    p.add_argument("--compiled", action="store_true",
+                   help="also run the current tree built in place with mypyc, as target "
+                        "'balancebeam:compiled' (built in the temp dir by --balancer-python, "
+                        "which needs mypy and mypy-zope)")
+    p.add_argument("--pypy", nargs="?", const="auto", metavar="PYTHON",
+                   help="also run the current tree on PyPy as target 'balancebeam:pypy': "
+                        "PYTHON, or without it a virtualenv of pypy3 set up in --venv-dir")
+    p.add_argument("--pypy-warmup", type=int, default=10, metavar="SECONDS",
+                   help="load balancebeam:pypy this long after each start (JIT; default 10)")
+    p.add_argument("--venv-dir", type=Path,
+                   default=Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                   / "balancebeam-bench",
+                   help="where the peers' and PyPy's virtual environments are kept "
+                        "(default ~/.cache/balancebeam-bench)")
     p.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS),
                    help=f"comma-separated subset of {','.join(ALL_SCENARIOS)} "
                         "(default: all but profile)")
@@ -3354,8 +3740,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         variants.append(variant)
     args.variant = variants
     args.baseline_commit = None
-    if (variants or args.baseline) and "balancebeam" not in args.targets:
-        p.error("--variant and --baseline compare with the balancebeam target: "
+    if (variants or args.baseline or args.compiled or args.pypy) \
+            and "balancebeam" not in args.targets:
+        p.error("--variant, --baseline, --compiled and --pypy compare with the balancebeam "
+                "target: "
                 "keep it in --targets")
     if args.baseline is not None:
         if not args.baseline or any(c.isspace() for c in args.baseline):
@@ -3468,6 +3856,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bench.baseline_key:
         print(f"baseline {bench.baseline_key}: commit {bench.baseline_commit}, exported with "
               "git archive, run from its export (cwd and first on PYTHONPATH)")
+    for key, build in bench.builds.items():
+        print(f"build of {key}: {build}")
     print(report)
     cache = cache_report(summary, bench.measurements)
     if cache["checks"]:
@@ -3482,6 +3872,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     tls_checks = check_tls_targets(summary)
     if any(c["measured"] is not None for c in tls_checks):
         print(render_tls_checks(tls_checks))
+    issue15 = check_issue15(summary)
+    if issue15:
+        print(render_issue15(issue15))
     if bench.profile:
         print(render_profile(bench.profile))
     if warnings:
@@ -3501,7 +3894,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "settings": s.__dict__, "environment": environment(bench),
         "commands": {k: t.command for k, t in bench.targets.items()},
         "summary": summary, "checks": checks, "tls_checks": tls_checks, "warnings": warnings,
-        "comparisons": comparisons, "cache": cache,
+        "comparisons": comparisons, "cache": cache, "issue15": issue15, "builds": bench.builds,
         "variants": [v.__dict__ for v in bench.variants],
         "measurements": bench.measurements,
         "notes": bench.notes, "harness_error": harness_error, "elapsed_s": round(elapsed, 1),

@@ -36,7 +36,7 @@ import math
 from collections import OrderedDict
 
 from twisted.internet.interfaces import IReactorTime
-from zope.interface import implementer
+from zope.interface import classImplements
 
 from balancebeam.interfaces import IRateLimiter, RateLimitDecision
 
@@ -118,7 +118,6 @@ class _Counters:
         self.previous = 0
 
 
-@implementer(IRateLimiter)
 class MemoryRateLimiter:
     """
     Rate limits keys (client IPs) with counters held in this process.
@@ -202,7 +201,7 @@ class MemoryRateLimiter:
         if previous:
             estimate = previous * (reset_after / window) + current
         else:
-            estimate = current
+            estimate = float(current)  # one type in both branches (mypyc needs it)
         if estimate + 1 <= limit + _EPSILON:
             counters.current = current + 1
             remaining = max(0, math.floor(limit - estimate - 1 + _EPSILON))
@@ -263,3 +262,8 @@ class MemoryRateLimiter:
         Forget every counter; there are no timers to cancel.
         """
         self._entries.clear()
+
+
+# After the class, not as a decorator: mypyc compiles a decorated class as a
+# Python class (slower attribute access); mypy-zope checks both forms.
+classImplements(MemoryRateLimiter, IRateLimiter)

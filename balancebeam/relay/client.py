@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Final, cast
+from typing import ClassVar, Final, cast
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
@@ -27,7 +27,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import classImplements
 
 from balancebeam.clientip import client_key
 from balancebeam.config import Limits, Timeouts
@@ -79,7 +79,7 @@ class RelayFactory(Factory):
         listeners of the same balancer: see L{share_connection_cap}).
     """
 
-    log = Logger()
+    log: ClassVar[Logger] = Logger()  # ClassVar: a class attribute under mypyc too
     noisy = False
 
     def __init__(
@@ -209,7 +209,6 @@ class RelayFactory(Factory):
             drained.callback(None)
 
 
-@implementer(IPushProducer, IHalfCloseableProtocol, IClientSide)
 class ClientConnection(Protocol):
     """
     One client connection.
@@ -233,7 +232,7 @@ class ClientConnection(Protocol):
         - C{CLOSED}: gone or going.
     """
 
-    log = Logger()
+    log: ClassVar[Logger] = Logger()  # ClassVar: a class attribute under mypyc too
     _stream: StreamTransport
 
     def __init__(self, factory: RelayFactory) -> None:
@@ -596,6 +595,11 @@ class ClientConnection(Protocol):
                 exchange.deadline_passed()
             except HTTPError as error:
                 self._client_error(error)
+
+
+# After the class, not as a decorator: mypyc compiles a decorated class as a
+# Python class (slower attribute access); mypy-zope checks both forms.
+classImplements(ClientConnection, IPushProducer, IHalfCloseableProtocol, IClientSide)
 
 
 class _OverCapacity(Protocol):

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
 from twisted.internet.defer import Deferred
-from zope.interface import implementer
+from zope.interface import classImplements
 
 from balancebeam.cache.interfaces import IResendable
 from balancebeam.filters import Answer
@@ -64,7 +64,6 @@ _SUBSTITUTING: Final = ExchangeState.SUBSTITUTING
 _DONE: Final = ExchangeState.DONE
 
 
-@implementer(IResponseSink, IResendable)
 class Exchange(ExchangeCore):
     """
     One request, from its parsed head to the end of its response: the flow
@@ -602,3 +601,8 @@ class Exchange(ExchangeCore):
         if connection is not None:
             connection.stream.resumeProducing()
         self._enter(_RECEIVING if self.state == _RECEIVE_BLOCKED else self.state)
+
+
+# After the class, not as a decorator: mypyc compiles a decorated class as a
+# Python class (slower attribute access); mypy-zope checks both forms.
+classImplements(Exchange, IResponseSink, IResendable)

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, ClassVar, Final
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
-from zope.interface import implementer
+from zope.interface import classImplements
 
 from balancebeam.filters import Answer, text_answer
 from balancebeam.http1.framing import BodyReader
@@ -53,7 +53,6 @@ _DISCARDING: Final = ExchangeState.DISCARDING
 _DONE: Final = ExchangeState.DONE
 
 
-@implementer(IExchange)
 class ExchangeCore:
     """
     The state of one request, and the endings its flow shares.
@@ -109,7 +108,7 @@ class ExchangeCore:
         "_resend",
     )
 
-    log = Logger()
+    log: ClassVar[Logger] = Logger()  # ClassVar: a class attribute under mypyc too
 
     def __init__(
         self,
@@ -420,4 +419,9 @@ class ExchangeCore:
             latency_ms=(relay.clock.seconds() - self.started) * 1000,
             request_id=self.request_id,
         )
+
+
+# After the class, not as a decorator: mypyc compiles a decorated class as a
+# Python class (slower attribute access); mypy-zope checks both forms.
+classImplements(ExchangeCore, IExchange)
 

@@ -16,7 +16,7 @@ from typing import Protocol as TypingProtocol
 from twisted.internet.interfaces import INegotiated, IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import classImplements
 
 from balancebeam.http1.framing import BodyReader
 from balancebeam.http1.heads import (
@@ -55,7 +55,6 @@ class ConnectionListener(TypingProtocol):
         """The connection is gone (either side closed it)."""
 
 
-@implementer(IPushProducer)
 class UpstreamConnection(Protocol):
     """
     One HTTP/1.1 connection to an upstream.
@@ -320,3 +319,8 @@ class UpstreamConnection(Protocol):
         """
         The transport is going away; L{connectionLost} does the work.
         """
+
+
+# After the class, not as a decorator: mypyc compiles a decorated class as a
+# Python class (slower attribute access); mypy-zope checks both forms.
+classImplements(UpstreamConnection, IPushProducer)
