@@ -32,6 +32,8 @@ COMPILED_MODULES: tuple[str, ...] = (
     "balancebeam.relay.detached",
     "balancebeam.relay.exchange",
     "balancebeam.relay.exchange_core",
+    "balancebeam.relay.exchange_events",
+    "balancebeam.relay.factory",
     "balancebeam.relay.filtering",
     "balancebeam.relay.settings",
     "balancebeam.relay.states",

@@ -22,7 +22,7 @@ What changes, and how:
     settings changed, so that counts survive a reload that does not touch
     them); the old limiter is closed once no request still waits on it;
   - timeouts, limits, the access log, the connection limit: new requests
-    take them (L{balancebeam.relay.client.RelayFactory.reconfigure});
+    take them (L{balancebeam.relay.factory.RelayFactory.reconfigure});
     requests in flight finish on the settings they started with;
   - pool settings: in place (L{balancebeam.pool.UpstreamPool.reconfigure});
   - the admin token: re-read from its file.

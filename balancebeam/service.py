@@ -58,8 +58,8 @@ from balancebeam.pool import UpstreamPool
 from balancebeam.ratelimit.build import build_rate_limiter
 from balancebeam.ratelimit.filter import RateLimitFilter
 from balancebeam.registry import UpstreamRegistry
-from balancebeam.relay.client import RelayFactory
 from balancebeam.relay.deadlines import DeadlineTimer, resolution_for
+from balancebeam.relay.factory import RelayFactory
 from balancebeam.routing import Dispatcher
 from balancebeam.stats import ReloadCounts, Stats
 from balancebeam.strategies import build_strategy

@@ -24,7 +24,8 @@ from balancebeam.pool import UpstreamPool
 from balancebeam.ratelimit.filter import RateLimitFilter
 from balancebeam.ratelimit.memory import MemoryRateLimiter
 from balancebeam.registry import UpstreamRegistry
-from balancebeam.relay.client import ClientConnection, RelayFactory
+from balancebeam.relay.client import ClientConnection
+from balancebeam.relay.factory import RelayFactory
 from balancebeam.relay.upstream import UpstreamConnection
 from balancebeam.routing import Dispatcher
 from balancebeam.stats import Stats

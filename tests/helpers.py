@@ -24,8 +24,9 @@ from balancebeam.interfaces import IBalancingStrategy, IRateLimiter, IRequestFil
 from balancebeam.pool import UpstreamPool
 from balancebeam.ratelimit.filter import RateLimitFilter
 from balancebeam.registry import UpstreamRegistry, UpstreamState
-from balancebeam.relay.client import ClientConnection, RelayFactory
+from balancebeam.relay.client import ClientConnection
 from balancebeam.relay.deadlines import DeadlineTimer, resolution_for
+from balancebeam.relay.factory import RelayFactory
 from balancebeam.routing import Dispatcher
 from balancebeam.stats import Stats
 

@@ -36,10 +36,11 @@ from balancebeam.compiled import (
 from balancebeam.config import BalancerConfig, UpstreamSpec
 from balancebeam.pool import UpstreamPool
 from balancebeam.registry import UpstreamRegistry
-from balancebeam.relay.client import ClientConnection, RelayFactory
+from balancebeam.relay.client import ClientConnection
 from balancebeam.relay.deadlines import DeadlineTimer
 from balancebeam.relay.exchange import Exchange
 from balancebeam.relay.exchange_core import ExchangeCore
+from balancebeam.relay.factory import RelayFactory
 from balancebeam.relay.filtering import FilterChain
 from balancebeam.routing import Dispatcher
 from balancebeam.service import BalancerService

@@ -20,8 +20,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from balancebeam.config import Timeouts
-from balancebeam.relay.client import ClientConnection, RelayFactory
+from balancebeam.relay.client import ClientConnection
 from balancebeam.relay.detached import DetachedClient
+from balancebeam.relay.factory import RelayFactory
 
 
 def resolution_for(timeouts: Timeouts) -> float:

@@ -19,7 +19,7 @@ from balancebeam.relay.interfaces import IClientSide
 
 if TYPE_CHECKING:
     from balancebeam.interfaces import IExchange
-    from balancebeam.relay.exchange import Exchange
+    from balancebeam.relay.exchange_events import ExchangeEvents
 
 
 @implementer(IClientSide)
@@ -40,10 +40,10 @@ class DetachedClient:
         self.client_ip = client_ip
         self.scheme = scheme
         self.deadline = math.inf
-        self.exchange: Exchange | None = None
+        self.exchange: ExchangeEvents | None = None
         self._watched = watched
 
-    def adopt(self, exchange: Exchange) -> None:
+    def adopt(self, exchange: ExchangeEvents) -> None:
         """
         Serve C{exchange} from now on; its deadlines are watched.
         """
