@@ -27,8 +27,12 @@ What changes, and how:
   - pool settings: in place (L{balancebeam.pool.UpstreamPool.reconfigure});
   - the admin token: re-read from its file.
 
-Listener addresses (C{bind}, C{listen}, C{admin-bind}) cannot change: the
-reload applies the rest and logs that a restart is needed.
+Listener addresses (C{bind}, C{listen}, C{admin-bind}, the C{--tls-*}
+listener settings) and the process model (C{--workers}, C{--reuse-port})
+cannot change: the reload applies the rest and logs that a restart is
+needed. The firewall and the cache are rebuilt when their settings change
+(L{balancebeam.reload_features}); certificates are read again on every
+C{SIGHUP}.
 """
 
 from __future__ import annotations
@@ -72,8 +76,12 @@ replaces it in C{service.filters} when applied; the relay then takes the new
 filter list for new requests.
 """
 
-RESTART_FIELDS: tuple[str, ...] = ("listen", "admin_bind")
-"""Fields a reload cannot change (the listeners)."""
+RESTART_FIELDS: tuple[str, ...] = ("listen", "admin_bind", "tls", "workers", "reuse_port")
+"""
+Fields a reload cannot change: the listeners (plain, admin and HTTPS with
+their certificate files; the certificates' contents do reload), and the
+process model.
+"""
 
 RATE_LIMIT_FIELDS: tuple[str, ...] = (
     "max_requests_per_minute",
@@ -234,12 +242,14 @@ class Reloader:
             if getattr(old, name) != getattr(new, name):
                 self.log.warn(
                     "{field} changed from {old} to {new}: a reload cannot change "
-                    "listeners; restart the balancer to apply it",
+                    "it; restart balancebeam to apply it",
                     field=name.replace("_", "-"),
                     old=getattr(old, name),
                     new=getattr(new, name),
                 )
-        new = dataclasses.replace(new, listen=old.listen, admin_bind=old.admin_bind)
+        new = dataclasses.replace(
+            new, **{name: getattr(old, name) for name in RESTART_FIELDS}
+        )
         token: str | None = None
         if service.admin_token is not None:
             if new.admin_token_file is None:

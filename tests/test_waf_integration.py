@@ -8,8 +8,9 @@ from __future__ import annotations
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 
-from balancebeam.config import WafConfig
+from balancebeam.config import CacheConfig, WafConfig
 from balancebeam.waf.build import unavailable_reason
+from tests.test_cache_integration import Origin, reply
 from tests.test_integration import HOST, IntegrationTestCase, build_request
 
 SQL_INJECTION = b"/products?id=1%27%20OR%20%271%27%3D%271%27%20--"
@@ -86,3 +87,45 @@ class FirewallTests(IntegrationTestCase):
         )
         self.assertEqual(response.status, 413)
         self.assertEqual(upstream.requests, [])
+
+
+class FirewallBeforeCacheTests(IntegrationTestCase):
+    """
+    The firewall sits before the cache: a blocked request never fills it.
+    """
+
+    def setUp(self) -> None:
+        """
+        The engine must be installed: a missing one fails, it is not skipped.
+        """
+        reason = unavailable_reason()
+        if reason is not None:
+            self.fail(f"the WAF engine is missing ({reason}); run bash .ci/install-waf.sh")
+
+    async def test_blocked_request_neither_reaches_nor_fills_the_cache(self) -> None:
+        """
+        With both on, an attack gets 403 and the cache counts nothing for it
+        (no miss, no fill); a cacheable benign request then fills it and a
+        second one is a hit, without a second upstream request.
+        """
+        origin = Origin()
+        origin.start()
+        self.addCleanup(origin.stop)
+        origin.routes[b"/products"] = lambda _: reply(
+            fields=[b"Cache-Control: max-age=60"], body=b"catalogue\n"
+        )
+        service = self.start_balancer(
+            [origin.address], waf=WafConfig(mode="block"), cache=CacheConfig(size=1 << 20)
+        )
+        assert service.cache is not None
+        counters = service.cache.counters
+        attack = await self.fetch(build_request(target=b"/products" + SQL_INJECTION[9:]))
+        self.assertEqual(attack.status, 403)
+        self.assertEqual((counters.misses, counters.stored, counters.hits), (0, 0, 0))
+        self.assertEqual(origin.requests, [])
+        first = await self.fetch(build_request(target=b"/products"))
+        second = await self.fetch(build_request(target=b"/products"))
+        self.assertEqual((first.status, second.status), (200, 200))
+        self.assertEqual(second.body, b"catalogue\n")
+        self.assertEqual((counters.misses, counters.stored, counters.hits), (1, 1, 1))
+        self.assertEqual(len(origin.requests), 1)
