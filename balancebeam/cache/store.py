@@ -337,6 +337,12 @@ class CacheStore:
         self._counters.bytes -= entry.size
         self._counters.entries -= 1
 
+    def keys(self) -> list[bytes]:
+        """
+        The primary keys of every resource held, for a purge by path.
+        """
+        return list(self._resources)
+
     def invalidate(self, primary: bytes) -> int:
         """
         Drop every variant stored for C{primary} (RFC 9111 section 4.4).
