@@ -11,7 +11,7 @@ from typing import ClassVar
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from balancebeam.config import UpstreamSpec
+from balancebeam.config_addresses import UpstreamSpec
 
 StateObserver = Callable[["UpstreamState"], None]
 

@@ -16,7 +16,7 @@ from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.threadpool import ThreadPool
 
-from balancebeam.config import WafConfig
+from balancebeam.config_records import WafConfig
 from balancebeam.waf import modsec_cffi, modsec_wheel, rules
 from balancebeam.waf.engine import IInspector, RulesError
 from balancebeam.waf.filter import WafCounters, WafFilter
