@@ -11,36 +11,37 @@ other):
   3. the active health checker (when on);
   4. the deadline timer;
   5. the drain step, which on stop lets requests in progress finish;
-  6. one L{StreamServerEndpointService} per listener: plain HTTP, then HTTPS.
+  6. one L{ListenerService} per listener: plain HTTP, then HTTPS.
 So on stop the listeners close first, then the connections drain, and only
 then do the timers, the pool and the limiter go.
+
+L{BalancerService} builds the tree and holds it; its parts live in their
+own modules, and the names that other code imports from here stay
+importable from here:
+  - L{balancebeam.listeners}: L{ListenerService}, the endpoint wrappers
+    that log where each listener listens, L{ListenFailed}, L{describe_port};
+  - L{balancebeam.lifecycle}: a service made of a start and a stop function,
+    and the C{MultiService} that stops its children one after the other;
+  - L{balancebeam.features}: building the cache, the firewall and the TLS
+    material from the configuration;
+  - L{balancebeam.operations}: L{BalancerOperations}, a base of
+    L{BalancerService}: listening progress, readiness, the summary, the
+    counters, C{SIGHUP};
+  - L{balancebeam.upstream_endpoints}: L{UpstreamEndpoints}, a base of
+    L{BalancerService}: the client endpoint of each upstream.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred, succeed
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    serverFromString,
-)
-from twisted.internet.interfaces import (
-    IListeningPort,
-    IProtocolFactory,
-    IStreamClientEndpoint,
-    IStreamServerEndpoint,
-)
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from balancebeam import __version__
 from balancebeam.admin.auth import AdminToken, read_token_file
@@ -49,11 +50,20 @@ from balancebeam.admin.rate import RequestRate
 from balancebeam.admin.resources import build_admin_site
 from balancebeam.clientip import parse_trusted_networks
 from balancebeam.compiled import describe_build
-from balancebeam.config import BalancerConfig, TlsConfig, UpstreamSpec
-from balancebeam.errors import StartupError
+from balancebeam.config import BalancerConfig, UpstreamSpec
+from balancebeam.features import _build_cache, _build_waf, _load_tls
 from balancebeam.health.checker import HealthChecker
 from balancebeam.health.probe import HTTPProbe
 from balancebeam.interfaces import IRateLimiter, IRequestFilter
+from balancebeam.lifecycle import _Lifecycle, _SequentialMultiService
+from balancebeam.listeners import (
+    ListenerService,
+    ListenFailed,
+    _AdminEndpoint,
+    _ReportingEndpoint,
+    describe_port,
+)
+from balancebeam.operations import BalancerOperations
 from balancebeam.pool import UpstreamPool
 from balancebeam.ratelimit.build import build_rate_limiter
 from balancebeam.ratelimit.filter import RateLimitFilter
@@ -64,134 +74,23 @@ from balancebeam.routing import Dispatcher
 from balancebeam.stats import ReloadCounts, Stats
 from balancebeam.strategies import build_strategy
 from balancebeam.systemd import SystemdService
+from balancebeam.upstream_endpoints import UpstreamEndpoints
 
 if TYPE_CHECKING:
     from balancebeam.cache import CacheFilter
-    from balancebeam.relay.settings import RelaySettings
     from balancebeam.tls import CertificateStore, UpstreamTLS
     from balancebeam.waf.build import WafService
 
-
-class ListenFailed(Exception):
-    """
-    A listener could not be started (address in use, permission denied, ...).
-    """
-
-
-class _Lifecycle(Service):
-    """
-    A service made of a start and a stop function, for the objects that are
-    not services themselves (the pool, the rate limiter).
-    """
-
-    def __init__(
-        self,
-        name: str,
-        start: Callable[[], object],
-        stop: Callable[[], Deferred[Any] | None],
-    ) -> None:
-        self.setName(name)
-        self._start = start
-        self._stop = stop
-
-    def startService(self) -> None:
-        """
-        Run the start function.
-        """
-        super().startService()
-        self._start()
-
-    def stopService(self) -> Deferred[Any]:
-        """
-        Run the stop function.
-
-        @return: fires once it has finished.
-        """
-        super().stopService()
-        return maybeDeferred(self._stop)
+# What other modules import from here (the listeners' names moved out).
+__all__ = [
+    "BalancerService",
+    "ListenFailed",
+    "ListenerService",
+    "describe_port",
+]
 
 
-@implementer(IStreamServerEndpoint)
-class _ReportingEndpoint:
-    """
-    Wraps a server endpoint to log where it listens, remember the port, and
-    report a failure to listen with one clear line.
-    """
-
-    log = Logger()
-
-    def __init__(
-        self,
-        endpoint: IStreamServerEndpoint,
-        description: str,
-        listening: Callable[[IListeningPort], None],
-        tls: bool = False,
-    ) -> None:
-        self._endpoint = endpoint
-        self._description = description
-        self._listening = listening
-        self._tls = tls
-
-    def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
-        """
-        Listen with the wrapped endpoint.
-        """
-        listening: Deferred[IListeningPort] = self._endpoint.listen(factory)
-        return listening.addCallbacks(self._listened, self._failed)
-
-    def _listened(self, port: IListeningPort) -> IListeningPort:
-        if self._tls:
-            self.log.info(
-                "Listening for requests on {address} (HTTPS)", address=describe_port(port)
-            )
-        else:
-            self.log.info("Listening for requests on {address}", address=describe_port(port))
-        self._listening(port)
-        return port
-
-    def _failed(self, failure: Failure) -> Failure:
-        failure.value = ListenFailed(
-            f"cannot listen on {self._description}: {failure.getErrorMessage()}"
-        )
-        return failure
-
-
-class ListenerService(StreamServerEndpointService):
-    """
-    One listener. A failure to listen that is known at once (an address in
-    use) is raised from C{privilegedStartService}, as Twisted's own
-    C{strports.service} arranges, so that startup fails cleanly.
-    """
-
-    _raiseSynchronously = True
-
-
-class _SequentialMultiService(MultiService):
-    """
-    A L{MultiService} that stops its children one after the other, last
-    added first, each once the previous one has finished stopping.
-    """
-
-    def stopService(self) -> Deferred[None]:
-        """
-        Stop the children in reverse order, one at a time.
-        """
-        Service.stopService(self)
-        done: Deferred[Any] = succeed(None)
-        for child in reversed(list(self)):
-            done.addCallback(_stop_child, child)
-        return done.addCallback(lambda _: None)
-
-
-def _stop_child(_: object, child: IService) -> Deferred[Any]:
-    return maybeDeferred(child.stopService).addErrback(_log_stop_failure, child)
-
-
-def _log_stop_failure(failure: Failure, child: IService) -> None:
-    Logger().failure("stopping {service} failed", failure, service=child.name)
-
-
-class BalancerService(_SequentialMultiService):
+class BalancerService(UpstreamEndpoints, BalancerOperations, _SequentialMultiService):
     """
     The whole balancer.
 
@@ -406,16 +305,6 @@ class BalancerService(_SequentialMultiService):
                 "TLS certificates will not reload on SIGHUP: {reason}", reason=str(error)
             )
 
-    def hangup(self) -> None:
-        """
-        What C{SIGHUP} does under twistd (L{balancebeam.tap} installs it):
-        reload the TLS certificates, then the configuration.
-        """
-        if self.certificates is not None:
-            self.certificates.reload()
-        if self.reloader is not None:
-            self.reloader.reload()
-
     def _stop_certificates(self) -> Deferred[None]:
         """
         Put the previous SIGHUP handler back and stop the poll.
@@ -488,82 +377,6 @@ class BalancerService(_SequentialMultiService):
         self.systemd = SystemdService(reactor, self._all_listening, self.summary)
         self.systemd.setServiceParent(self)
 
-    def _port_listening(self, port: IListeningPort) -> None:
-        self.ports.append(port)
-        self.listening_on.append(describe_port(port))
-        self._check_listening()
-
-    def _admin_listening(self, port: IListeningPort) -> None:
-        self.admin_ports.append(port)
-        self._check_listening()
-
-    def _listeners_up(self) -> bool:
-        expected = len(self.config.listen) + (1 if self.config.admin_bind is not None else 0)
-        return len(self.ports) + len(self.admin_ports) >= expected
-
-    def _check_listening(self) -> None:
-        if self._listeners_up():
-            waiters, self._listening_waiters = self._listening_waiters, []
-            for waiter in waiters:
-                waiter.callback(self.summary())
-
-    def _all_listening(self) -> Deferred[str]:
-        """
-        Fires with L{summary} once every listener (the admin's too) is up;
-        records the start time.
-        """
-        self.started_at = self._reactor.seconds()
-        waiter: Deferred[str] = Deferred()
-        self._listening_waiters.append(waiter)
-        self._check_listening()
-        return waiter
-
-    def not_ready_reason(self) -> str | None:
-        """
-        Why the balancer cannot serve (C{/ready} answers 503 with it), or
-        C{None} when every listener is up and an upstream takes requests.
-        """
-        if self.factory.draining:
-            return "draining"
-        if not self.running or not self._listeners_up():
-            return "not listening yet"
-        if not self.registry.live():
-            return "no upstream is up"
-        return None
-
-    def is_ready(self) -> bool:
-        """
-        Whether L{not_ready_reason} is C{None}.
-        """
-        return self.not_ready_reason() is None
-
-    def summary(self) -> str:
-        """
-        One line for systemd's C{STATUS=}: listeners, upstreams, load.
-        """
-        upstreams = self.registry.upstreams
-        serving = sum(1 for u in upstreams if u.serving)
-        listening = ", ".join(self.listening_on) or "nothing yet"
-        return (
-            f"listening on {listening}; {serving}/{len(upstreams)} upstreams serving; "
-            f"{len(self.factory.connections)} connections; {self.stats.requests} requests"
-        )
-
-    def _register_features(self) -> None:
-        """
-        Show the firewall's and the cache's counters on the admin's metrics,
-        status page and JSON.
-        """
-        if self.waf is not None:
-            self.feature_counters.append(
-                _FeatureCounters("waf", self.waf.counters.snapshot, gauges=())
-            )
-        if self.cache is not None:
-            snapshot = self.cache.counters.snapshot
-            self.feature_counters.append(
-                _FeatureCounters("cache", snapshot, gauges=("bytes", "entries"))
-            )
-
     def _start_rate_limiter(self) -> None:
         if self.rate_limiter is not None:
             self.rate_limiter.start()
@@ -580,12 +393,6 @@ class BalancerService(_SequentialMultiService):
             limiters.append(self.rate_limiter)
         closing = [maybeDeferred(limiter.close) for limiter in limiters]
         return gatherResults(closing).addCallback(lambda _: None)
-
-    def forget_endpoints(self) -> None:
-        """
-        Build upstream endpoints anew (a reload changed the connect timeout).
-        """
-        self._endpoints.clear()
 
     def build_health_checker(self, config: BalancerConfig) -> HealthChecker | None:
         """
@@ -606,41 +413,6 @@ class BalancerService(_SequentialMultiService):
         )
         checker.setName("health checks")
         return checker
-
-    def _endpoint_for(self, spec: UpstreamSpec) -> IStreamClientEndpoint:
-        """
-        The client endpoint for an upstream (IP literals skip name resolution).
-        """
-        endpoint = self._endpoints.get(spec)
-        if endpoint is None:
-            endpoint = self._make_endpoint(spec, self.config.timeouts.connect)
-            self._endpoints[spec] = endpoint
-        return endpoint
-
-    def _probe_endpoint_for(self, spec: UpstreamSpec) -> IStreamClientEndpoint:
-        return self._make_endpoint(spec, self.config.timeouts.connect)
-
-    def _make_endpoint(self, spec: UpstreamSpec, timeout: float) -> IStreamClientEndpoint:
-        """
-        The endpoint that connects to C{spec}; for a TLS upstream, one whose
-        connection is handed over only once the upstream's certificate has
-        been verified (within the same C{timeout} as the TCP connect).
-        """
-        endpoint = self._tcp_endpoint(spec, timeout)
-        if not spec.tls:
-            return endpoint
-        # _load_tls builds it whenever the configuration has a TLS upstream.
-        assert self.upstream_tls is not None, "a TLS upstream without upstream TLS"
-        return self.upstream_tls.endpoint(self._reactor, spec.host, spec.port, endpoint, timeout)
-
-    def _tcp_endpoint(self, spec: UpstreamSpec, timeout: float) -> IStreamClientEndpoint:
-        try:
-            address = ipaddress.ip_address(spec.host)
-        except ValueError:
-            return HostnameEndpoint(self._reactor, spec.host.encode("idna"), spec.port, timeout)
-        if address.version == 6:
-            return TCP6ClientEndpoint(self._reactor, spec.host, spec.port, timeout)
-        return TCP4ClientEndpoint(self._reactor, spec.host, spec.port, timeout)
 
     def _warm_up_failed(self, upstream: Any, reason: Failure) -> None:
         self.dispatcher.warm_up_failed(upstream, reason)
@@ -707,49 +479,6 @@ class BalancerService(_SequentialMultiService):
         )
         return drained.addCallback(lambda _: None)
 
-    def snapshot(self) -> dict[str, object]:
-        """
-        Every counter: requests and answers, upstream connections opened and
-        reused, and health probes (counted apart from client requests).
-        """
-        values = self.stats.snapshot()
-        values["pool_connections_opened"] = self.pool.opened
-        values["pool_connections_reused"] = self.pool.reused
-        if self.health is not None:
-            values["health_probes_sent"] = self.health.probes_sent
-            values["health_probes_failed"] = self.health.probes_failed
-        if self.waf is not None:
-            for name, count in self.waf.counters.snapshot().items():
-                values[f"waf_{name}"] = count
-        if self.cache is not None:
-            for name, count in self.cache.counters.snapshot().items():
-                values[f"cache_{name}"] = count
-        values.update(self._tls_counters())
-        values["upstreams_up"] = [u.name for u in self.registry.upstreams if u.alive]
-        values["upstreams_down"] = [u.name for u in self.registry.upstreams if not u.alive]
-        return values
-
-    def _tls_counters(self) -> dict[str, object]:
-        """
-        The certificate store's reloads, and the TLS upstream handshakes
-        (all, resumed, refused by verification), when TLS is on.
-        """
-        values: dict[str, object] = {}
-        store = self.certificates
-        if store is not None:
-            values["tls_certificate_reloads"] = store.reloads
-            values["tls_certificate_reload_failures"] = store.reload_failures
-        if self.upstream_tls is not None:
-            creators = self.upstream_tls.creators
-            values["tls_upstream_handshakes"] = sum(c.handshakes for c in creators)
-            values["tls_upstream_resumed_handshakes"] = sum(
-                c.resumed_handshakes for c in creators
-            )
-            values["tls_upstream_verification_failures"] = sum(
-                c.verification_failures for c in creators
-            )
-        return values
-
     def stopService(self) -> Deferred[None]:
         """
         Stop listening, drain, then stop the rest; log the counters.
@@ -761,135 +490,3 @@ class BalancerService(_SequentialMultiService):
 
     def _report(self, _: object) -> None:
         self.log.info("stopped; counters: {counters}", counters=self.snapshot())
-
-
-def _build_cache(
-    reactor: Any, config: BalancerConfig, settings: Callable[[], RelaySettings]
-) -> CacheFilter:
-    """
-    The response cache, revalidating in the background on the relay's
-    current settings.
-    """
-    from balancebeam.cache import CacheFilter
-    from balancebeam.relay.background import BackgroundFetcher
-
-    return CacheFilter(
-        reactor,
-        config.cache.size,
-        config.cache.max_object_size,
-        config.cache.lock_timeout,
-        background=BackgroundFetcher(settings),
-        store_set_cookie=config.cache.store_set_cookie,
-    )
-
-
-def _load_tls(
-    reactor: Any, config: BalancerConfig
-) -> tuple[CertificateStore | None, UpstreamTLS | None]:
-    """
-    Load the listeners' certificates (with C{--tls-bind}) and the upstreams'
-    trust anchors and client certificate (with an C{https://} upstream).
-
-    L{balancebeam.tls} (and so pyOpenSSL) is imported only then.
-
-    @raise StartupError: naming the flag and the file, when one cannot be
-        used (unreadable, bad PEM, a key that does not match, no
-        certificate at all).
-    """
-    tls = config.tls
-    needs_upstream_tls = any(spec.tls for spec in config.upstreams)
-    if not tls.listening and not needs_upstream_tls:
-        return None, None
-    from balancebeam.tls import CertificateError, CertificateStore, UpstreamTLS
-
-    store: CertificateStore | None = None
-    upstream_tls: UpstreamTLS | None = None
-    try:
-        if tls.listening:
-            store = CertificateStore(reactor, tls.certificates, tls.certificate_dirs)
-        if needs_upstream_tls:
-            upstream_tls = UpstreamTLS(
-                ca_file=tls.upstream_ca,
-                verify=tls.upstream_verify != "none",
-                server_name=tls.upstream_name,
-                client_certificate_file=tls.upstream_client_cert,
-            )
-    except CertificateError as error:
-        raise StartupError(f"{_tls_flag(tls, error.path)} {error}") from None
-    return store, upstream_tls
-
-
-def _tls_flag(tls: TlsConfig, path: str) -> str:
-    """
-    The flag that named C{path}, for a startup error about it.
-    """
-    if path == tls.upstream_ca:
-        return "--upstream-ca"
-    if path == tls.upstream_client_cert:
-        return "--upstream-client-cert"
-    if path in tls.certificates:
-        return "--tls-cert"
-    return "--tls-cert-dir"
-
-
-def _build_waf(reactor: Any, config: BalancerConfig) -> WafService:
-    """
-    Load the firewall's rules and start its engine.
-
-    @raise StartupError: when the rules fail to load, with the engine's
-        message and the file.
-    """
-    # Imported only when the firewall is on: it loads ModSecurity.
-    from balancebeam.waf.build import build_waf
-
-    try:
-        return build_waf(reactor, config.waf)
-    except ValueError as error:
-        raise StartupError(f"--waf: {error}") from None
-
-
-@implementer(IFeatureCounters)
-class _FeatureCounters:
-    """
-    A feature's own counters as the admin reads them: counters get the
-    C{_total} suffix, the named gauges keep their names.
-    """
-
-    def __init__(
-        self, name: str, snapshot: Callable[[], Mapping[str, int]], gauges: Sequence[str]
-    ) -> None:
-        self.name = name
-        self._snapshot = snapshot
-        self._gauges = frozenset(gauges)
-
-    def snapshot(self) -> dict[str, float]:
-        """
-        The counters now.
-        """
-        return {
-            key if key in self._gauges else f"{key}_total": value
-            for key, value in self._snapshot().items()
-        }
-
-
-class _AdminEndpoint(_ReportingEndpoint):
-    """
-    The admin listener's endpoint: logs where the admin listens.
-    """
-
-    def _listened(self, port: IListeningPort) -> IListeningPort:
-        self.log.info("Admin listening on {address}", address=describe_port(port))
-        self._listening(port)
-        return port
-
-
-def describe_port(port: IListeningPort) -> str:
-    """
-    C{host:port} (IPv6 in brackets) of a listening port, for logs.
-    """
-    address = port.getHost()
-    host = getattr(address, "host", None)
-    port_number = getattr(address, "port", None)
-    if host is not None and port_number is not None:
-        return f"{host}:{port_number}" if ":" not in host else f"[{host}]:{port_number}"
-    return str(address)
