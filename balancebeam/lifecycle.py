@@ -72,6 +72,6 @@ def _stop_child(_: object, child: IService) -> Deferred[Any]:
 
 def _log_stop_failure(failure: Failure, child: IService) -> None:
     # The namespace it had in balancebeam.service, where this came from.
-    Logger(namespace="balancebeam.service").failure(
+    Logger().failure(
         "stopping {service} failed", failure, service=child.name
     )

@@ -2,10 +2,6 @@
 The balancer's listeners: one L{ListenerService} per listening endpoint,
 each endpoint wrapped to log where it listens, hand the port to the
 balancer, and turn a failure to listen into one clear L{ListenFailed}.
-
-The wrappers keep the log namespaces they had in L{balancebeam.service}
-(C{balancebeam.service._ReportingEndpoint} and
-C{balancebeam.service._AdminEndpoint}, as C{doc/logging.md} lists them).
 """
 
 from __future__ import annotations
@@ -33,9 +29,6 @@ class _ReportingEndpoint:
     report a failure to listen with one clear line.
     """
 
-    # Its log namespace (a class's Logger takes it from the class) is the
-    # one it had before it moved here.
-    __module__ = "balancebeam.service"
     log = Logger()
 
     def __init__(
@@ -88,8 +81,6 @@ class _AdminEndpoint(_ReportingEndpoint):
     """
     The admin listener's endpoint: logs where the admin listens.
     """
-
-    __module__ = "balancebeam.service"
 
     def _listened(self, port: IListeningPort) -> IListeningPort:
         self.log.info("Admin listening on {address}", address=describe_port(port))

@@ -242,7 +242,7 @@ class Reloader:
             if getattr(old, name) != getattr(new, name):
                 self.log.warn(
                     "{field} changed from {old} to {new}: a reload cannot change "
-                    "it; restart balancebeam to apply it",
+                    "it; restart the balancer to apply it",
                     field=name.replace("_", "-"),
                     old=getattr(old, name),
                     new=getattr(new, name),
