@@ -17,14 +17,17 @@ from balancebeam.config import BalancerConfig, TlsConfig
 from balancebeam.errors import StartupError
 
 if TYPE_CHECKING:
-    from balancebeam.cache import CacheFilter
+    from balancebeam.cache import CacheCounters, CacheFilter
     from balancebeam.relay.settings import RelaySettings
     from balancebeam.tls import CertificateStore, UpstreamTLS
     from balancebeam.waf.build import WafService
 
 
-def _build_cache(
-    reactor: Any, config: BalancerConfig, settings: Callable[[], RelaySettings]
+def build_cache_filter(
+    reactor: Any,
+    config: BalancerConfig,
+    settings: Callable[[], RelaySettings],
+    counters: CacheCounters | None = None,
 ) -> CacheFilter:
     """
     The response cache, revalidating in the background on the relay's
@@ -38,6 +41,7 @@ def _build_cache(
         config.cache.size,
         config.cache.max_object_size,
         config.cache.lock_timeout,
+        counters=counters,
         background=BackgroundFetcher(settings),
         store_set_cookie=config.cache.store_set_cookie,
     )
@@ -92,7 +96,7 @@ def _tls_flag(tls: TlsConfig, path: str) -> str:
     return "--tls-cert-dir"
 
 
-def _build_waf(reactor: Any, config: BalancerConfig) -> WafService:
+def build_waf_service(reactor: Any, config: BalancerConfig) -> WafService:
     """
     Load the firewall's rules and start its engine.
 

@@ -17,13 +17,13 @@ rest of the tree, in L{balancebeam.service}.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
 from zope.interface import implementer
 
-from balancebeam.admin.providers import IFeatureCounters
+from balancebeam.admin.providers import IFeatureCounters, IPurger
 from balancebeam.listeners import describe_port
 
 if TYPE_CHECKING:
@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     from balancebeam.health.checker import HealthChecker
     from balancebeam.pool import UpstreamPool
     from balancebeam.registry import UpstreamRegistry
-    from balancebeam.relay.client import RelayFactory
+    from balancebeam.relay.factory import RelayFactory
+    from balancebeam.service import BalancerService
     from balancebeam.stats import Stats
     from balancebeam.tls import CertificateStore, UpstreamTLS
     from balancebeam.waf.build import WafService
@@ -65,6 +66,9 @@ class BalancerOperations:
     _listening_waiters: list[Deferred[str]]
     started_at: float | None
     feature_counters: list[IFeatureCounters]
+    reload_steps: list[Any]
+    clock: Any
+    purger: IPurger | None
 
     def hangup(self) -> None:
         """
@@ -140,17 +144,31 @@ class BalancerOperations:
     def _register_features(self) -> None:
         """
         Show the firewall's and the cache's counters on the admin's metrics,
-        status page and JSON.
+        status page and JSON (those of the current ones: a reload may
+        rebuild them), let the admin purge the cache, and take part in
+        reloads (L{balancebeam.reload_features}).
         """
+        from balancebeam.cache.purge import CachePurger
+        from balancebeam.reload_features import cache_step, waf_step
+
         if self.waf is not None:
             self.feature_counters.append(
-                _FeatureCounters("waf", self.waf.counters.snapshot, gauges=())
+                _FeatureCounters("waf", self._waf_counters, gauges=())
             )
         if self.cache is not None:
-            snapshot = self.cache.counters.snapshot
             self.feature_counters.append(
-                _FeatureCounters("cache", snapshot, gauges=("bytes", "entries"))
+                _FeatureCounters("cache", self._cache_counters, gauges=("bytes", "entries"))
             )
+            self.purger = CachePurger(self.cache.store)
+        balancer = cast("BalancerService", self)
+        self.reload_steps.append(waf_step(balancer, self.clock))
+        self.reload_steps.append(cache_step(balancer, self.clock))
+
+    def _waf_counters(self) -> Mapping[str, int]:
+        return self.waf.counters.snapshot() if self.waf is not None else {}
+
+    def _cache_counters(self) -> Mapping[str, int]:
+        return self.cache.counters.snapshot() if self.cache is not None else {}
 
     def snapshot(self) -> dict[str, object]:
         """

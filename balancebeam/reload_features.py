@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
+from balancebeam.cache.purge import CachePurger
 from balancebeam.config import BalancerConfig
 
 if TYPE_CHECKING:
@@ -59,9 +60,14 @@ def waf_step(service: BalancerService, reactor: Any) -> Callable[..., Any]:
             return None
         replacement: WafService | None = None
         if new.waf.mode != "off":
-            from balancebeam.service import build_waf_service
+            from balancebeam.errors import StartupError
+            from balancebeam.features import build_waf_service
 
-            replacement = build_waf_service(reactor, new)
+            try:
+                replacement = build_waf_service(reactor, new)
+            except StartupError as error:
+                # Rules that fail to load refuse the whole reload.
+                raise ValueError(str(error)) from None
 
         def apply() -> None:
             retired = service.waf
@@ -90,11 +96,11 @@ def cache_step(service: BalancerService, reactor: Any) -> Callable[..., Any]:
             return None
         replacement: CacheFilter | None = None
         if new.cache.size > 0:
-            from balancebeam.service import build_cache_filter
+            from balancebeam.features import build_cache_filter
 
             counters = service.cache.counters if service.cache is not None else None
             replacement = build_cache_filter(
-                reactor, new, service.current_relay_settings, counters
+                reactor, new, lambda: service.factory.settings, counters
             )
 
         def apply() -> None:
@@ -102,6 +108,7 @@ def cache_step(service: BalancerService, reactor: Any) -> Callable[..., Any]:
                 replacement.counters.bytes = 0
                 replacement.counters.entries = 0
             service.cache = replacement
+            service.purger = CachePurger(replacement.store) if replacement is not None else None
             order_filters(service)
             log.info(
                 "cache reloaded with --cache-size {size}: it starts empty",

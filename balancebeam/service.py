@@ -51,7 +51,7 @@ from balancebeam.admin.resources import build_admin_site
 from balancebeam.clientip import parse_trusted_networks
 from balancebeam.compiled import describe_build
 from balancebeam.config import BalancerConfig, UpstreamSpec
-from balancebeam.features import _build_cache, _build_waf, _load_tls
+from balancebeam.features import _load_tls, build_cache_filter, build_waf_service
 from balancebeam.health.checker import HealthChecker
 from balancebeam.health.probe import HTTPProbe
 from balancebeam.interfaces import IRateLimiter, IRequestFilter
@@ -179,11 +179,11 @@ class BalancerService(UpstreamEndpoints, BalancerOperations, _SequentialMultiSer
             )
         self.waf: WafService | None = None
         if config.waf.mode != "off":
-            self.waf = _build_waf(reactor, config)
+            self.waf = build_waf_service(reactor, config)
             filters.append(self.waf.filter)
         self.cache: CacheFilter | None = None
         if config.cache.size > 0:
-            self.cache = _build_cache(reactor, config, lambda: self.factory.settings)
+            self.cache = build_cache_filter(reactor, config, lambda: self.factory.settings)
             filters.append(self.cache)
         self.filters = tuple(filters)
         self.factory = RelayFactory(
