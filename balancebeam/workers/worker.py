@@ -20,31 +20,34 @@ saying which is which, the option values, and how to log. The worker:
   5. on SIGTERM, or when the master's pipe closes (the master died), stops
      accepting, drains like a single balancebeam process (at most
      C{--shutdown-timeout}), sends its last counters and exits.
+
+This module holds the worker (L{Worker}), its shared listeners
+(L{SharedListenerService}) and its entry point (L{main}). Beside it, and
+importable from here too: the L{WorkerSpec} and L{ListenerFd} it is given
+(L{balancebeam.workers.spec}), its first steps (L{install_reactor},
+L{make_observer}, L{worker_observer}: L{balancebeam.workers.startup}) and
+its end of the control channel (L{ControlProtocol}:
+L{balancebeam.workers.control_protocol}).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
-import json
 import os
 import signal
 import socket
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ReactorNotRunning
-from twisted.internet.interfaces import IHalfCloseableProtocol, IListeningPort, IProtocolFactory
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.task import LoopingCall, deferLater
-from twisted.logger import ILogObserver, LogEvent, Logger, textFileLogObserver
+from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer, provider
 
 from balancebeam.workers.accept import BalancedAcceptor, SeatTable
 from balancebeam.workers.control import (
@@ -54,9 +57,27 @@ from balancebeam.workers.control import (
     REPORT,
     STATS,
     Message,
-    MessageDecoder,
-    encode,
 )
+from balancebeam.workers.control_protocol import ControlProtocol
+from balancebeam.workers.spec import ListenerFd, WorkerSpec
+from balancebeam.workers.startup import install_reactor, make_observer, worker_observer
+
+__all__ = [
+    "FINAL_FLUSH_TIMEOUT",
+    "SETTLE",
+    "STOP_GRACE",
+    "ControlProtocol",
+    "ListenerFd",
+    "SharedListenerService",
+    "Worker",
+    "WorkerSpec",
+    "install_reactor",
+    "main",
+    "make_observer",
+    "parse_arguments",
+    "worker_observer",
+]
+
 
 SETTLE = 0.25
 """
@@ -76,198 +97,6 @@ C{--shutdown-timeout}, but a connection already closing (a TLS peer that
 never answers the close, a client that stopped reading) is not aborted, and
 with the master gone nobody would kill the worker.
 """
-
-
-@dataclass(frozen=True)
-class ListenerFd:
-    """
-    One listening socket handed to a worker.
-
-    @ivar fd: its descriptor in the worker.
-    @ivar family: C{AF_INET} or C{AF_INET6}.
-    @ivar description: the endpoint as configured, for logs, and to build
-        the TLS context of an C{ssl:} endpoint.
-    @ivar tls: whether connections on it are TLS.
-    """
-
-    fd: int
-    family: int
-    description: str
-    tls: bool = False
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """
-    Everything a worker is told when it starts (as JSON on its command line).
-
-    @ivar values: option values for L{balancebeam.config.build_config};
-        listeners are in L{listeners}, not here.
-    @ivar listeners: the listening sockets.
-    @ivar slot: its place among the workers of its generation (0 to N-1).
-    @ivar generation: 1 for the first workers, one more after each reload.
-    @ivar seat: its seat in the L{SeatTable}.
-    @ivar seat_fd: the table's descriptor, or C{None} with C{--reuse-port}
-        (each worker has its own socket; the kernel balances).
-    @ivar control_in: the descriptor the master writes to.
-    @ivar control_out: the descriptor the master reads.
-    @ivar stats_interval: seconds between two reports of the counters.
-    @ivar reactor: the module whose C{install()} installs the master's
-        reactor, or C{None} for the default one.
-    @ivar logger: twistd's C{--logger} (a log observer factory), or C{None}.
-    @ivar logfile: twistd's C{--logfile}, or C{None} for standard output.
-    """
-
-    values: Mapping[str, object]
-    listeners: tuple[ListenerFd, ...]
-    slot: int = 0
-    generation: int = 1
-    seat: int = 0
-    seat_fd: int | None = None
-    control_in: int = 0
-    control_out: int = 3
-    stats_interval: float = 1.0
-    reactor: str | None = None
-    logger: str | None = None
-    logfile: str | None = None
-
-    def to_json(self) -> str:
-        """
-        The spec as one line of JSON (L{from_json} reads it back).
-        """
-        record = dataclasses.asdict(self)
-        record["values"] = dict(self.values)
-        return json.dumps(record, separators=(",", ":"), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> WorkerSpec:
-        """
-        Read a spec written by L{to_json}.
-
-        @raise ValueError: when C{text} is not one.
-        """
-        try:
-            record = json.loads(text)
-            listeners = tuple(ListenerFd(**item) for item in record.pop("listeners"))
-            return cls(listeners=listeners, **record)
-        except (TypeError, KeyError, AttributeError) as error:
-            raise ValueError(f"not a worker spec: {error}") from None
-
-
-def install_reactor(module: str | None) -> None:
-    """
-    Install the reactor the master runs on: C{module}'s C{install()}
-    (C{twisted.internet.epollreactor}, C{balancebeam.twisted_internals}, ...),
-    or leave Twisted's default when C{module} is C{None} or has none.
-    """
-    if module is None:
-        return
-    installer = getattr(importlib.import_module(module), "install", None)
-    if installer is not None:
-        installer()
-
-
-def worker_observer(base: ILogObserver, pid: int, mark_system: bool) -> ILogObserver:
-    """
-    Wrap a log observer so that every event says which worker logged it:
-    a C{worker} field with the pid (which a JSON observer writes out) and,
-    with C{mark_system}, C{worker PID} at the start of the C{[system]} part
-    of Twisted's text lines.
-    """
-
-    @provider(ILogObserver)
-    def observe(event: LogEvent) -> None:
-        event = dict(event)
-        event.setdefault("worker", pid)
-        if mark_system:
-            system = event.get("log_system")
-            if system is None:
-                level = event.get("log_level")
-                level_name = level.name if level is not None else "-"
-                system = f"{event.get('log_namespace', '-')}#{level_name}"
-            event["log_system"] = f"worker {pid} {system}"
-        base(event)
-
-    return observe
-
-
-def make_observer(spec: WorkerSpec, pid: int) -> ILogObserver:
-    """
-    The observer a worker logs to: what twistd's C{--logger} names, or
-    Twisted's text lines on C{--logfile} (appended, never rotated) or on
-    standard output; marked with the worker's pid (L{worker_observer}).
-    """
-    if spec.logger is not None:
-        from twisted.python.reflect import namedAny
-
-        return worker_observer(namedAny(spec.logger)(), pid, False)
-    if spec.logfile is not None:
-        stream = open(spec.logfile, "a", encoding="utf-8")  # noqa: SIM115 (the process's life)
-        return worker_observer(textFileLogObserver(stream), pid, True)
-    return worker_observer(textFileLogObserver(sys.stdout), pid, True)
-
-
-@implementer(IHalfCloseableProtocol)
-class ControlProtocol(Protocol):
-    """
-    The worker's end of the control channel (its standard input and
-    descriptor 3, through C{StandardIO}).
-    """
-
-    log = Logger()
-
-    def __init__(self, worker: Worker) -> None:
-        self._worker = worker
-        self._decoder = MessageDecoder()
-        self._flushed: Deferred[None] | None = None
-        self.write_closed = False
-
-    def dataReceived(self, data: bytes) -> None:
-        """
-        Hand each message to the worker.
-        """
-        for message in self._decoder.feed(data):
-            self._worker.message_received(message)
-
-    def send(self, message: Mapping[str, object]) -> None:
-        """
-        Send one message to the master (dropped once the pipe is closed).
-        """
-        if self.transport is not None and not self.write_closed:
-            self.transport.write(encode(message))
-
-    def close_write(self) -> Deferred[None]:
-        """
-        Close the pipe to the master once what was sent has been written.
-
-        @return: fires when it is closed.
-        """
-        if self.write_closed or self.transport is None:
-            return succeed(None)
-        self._flushed = Deferred()
-        self.transport.loseWriteConnection()  # type: ignore[attr-defined]
-        return self._flushed
-
-    def readConnectionLost(self) -> None:
-        """
-        The master's pipe closed: the master is gone.
-        """
-        self._worker.master_gone()
-
-    def writeConnectionLost(self) -> None:
-        """
-        The pipe to the master is closed (by us, or the master is gone).
-        """
-        self.write_closed = True
-        flushed, self._flushed = self._flushed, None
-        if flushed is not None:
-            flushed.callback(None)
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        """
-        Both pipes are closed.
-        """
-        self.writeConnectionLost()
 
 
 class SharedListenerService(Service):
