@@ -52,10 +52,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from balancebeam.admin.auth import read_token_file
-from balancebeam.clientip import parse_trusted_networks
 from balancebeam.config import BalancerConfig, UpstreamSpec
 from balancebeam.interfaces import IRateLimiter, IRequestFilter
-from balancebeam.ratelimit.build import build_rate_limiter
+from balancebeam.ratelimit.build import build_rate_limiting
 from balancebeam.ratelimit.filter import RateLimitFilter
 from balancebeam.relay.deadlines import DeadlineTimer, resolution_for
 from balancebeam.relay.states import ExchangeState
@@ -260,23 +259,7 @@ class Reloader:
         limit_filter: IRequestFilter | None = None
         new_limiter = _changed(old, new, RATE_LIMIT_FIELDS)
         if new_limiter:
-            limiter = build_rate_limiter(
-                self._clock,
-                backend=new.rate_limit_backend,
-                limit=new.max_requests_per_minute,
-                window=new.rate_limit_window,
-                algorithm=new.rate_limit_algorithm,
-                timeout=new.rate_limit_redis_timeout,
-                on_error=new.rate_limit_on_error,
-                max_keys=new.rate_limit_max_keys,
-            )
-            if limiter is not None:
-                limit_filter = RateLimitFilter(
-                    limiter,
-                    service.stats,
-                    parse_trusted_networks(new.trusted_proxies),
-                    new.rate_limit_headers,
-                )
+            limiter, limit_filter = build_rate_limiting(self._clock, new, service.stats)
         strategy = None
         if old.strategy != new.strategy or old.random_seed != new.random_seed:
             strategy = build_strategy(new.strategy, random.Random(new.random_seed))

@@ -48,7 +48,6 @@ from balancebeam.admin.auth import AdminToken, read_token_file
 from balancebeam.admin.providers import IFeatureCounters, IPurger
 from balancebeam.admin.rate import RequestRate
 from balancebeam.admin.resources import build_admin_site
-from balancebeam.clientip import parse_trusted_networks
 from balancebeam.compiled import describe_build
 from balancebeam.config import BalancerConfig, UpstreamSpec
 from balancebeam.features import _load_tls, build_cache_filter, build_waf_service
@@ -65,8 +64,7 @@ from balancebeam.listeners import (
 )
 from balancebeam.operations import BalancerOperations
 from balancebeam.pool import UpstreamPool
-from balancebeam.ratelimit.build import build_rate_limiter
-from balancebeam.ratelimit.filter import RateLimitFilter
+from balancebeam.ratelimit.build import build_rate_limiting
 from balancebeam.registry import UpstreamRegistry
 from balancebeam.relay.deadlines import DeadlineTimer, resolution_for
 from balancebeam.relay.factory import RelayFactory
@@ -157,26 +155,9 @@ class BalancerService(UpstreamEndpoints, BalancerOperations, _SequentialMultiSer
             passive_retry_interval=None if active else config.passive_retry_interval,
             retry_after=retry_after,
         )
-        self.rate_limiter: IRateLimiter | None = build_rate_limiter(
-            reactor,
-            backend=config.rate_limit_backend,
-            limit=config.max_requests_per_minute,
-            window=config.rate_limit_window,
-            algorithm=config.rate_limit_algorithm,
-            timeout=config.rate_limit_redis_timeout,
-            on_error=config.rate_limit_on_error,
-            max_keys=config.rate_limit_max_keys,
-        )
-        filters: list[IRequestFilter] = []
-        if self.rate_limiter is not None:
-            filters.append(
-                RateLimitFilter(
-                    self.rate_limiter,
-                    self.stats,
-                    parse_trusted_networks(config.trusted_proxies),
-                    config.rate_limit_headers,
-                )
-            )
+        limiter, limit_filter = build_rate_limiting(reactor, config, self.stats)
+        self.rate_limiter: IRateLimiter | None = limiter
+        filters: list[IRequestFilter] = [] if limit_filter is None else [limit_filter]
         self.waf: WafService | None = None
         if config.waf.mode != "off":
             self.waf = build_waf_service(reactor, config)

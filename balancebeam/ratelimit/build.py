@@ -8,12 +8,20 @@ L{balancebeam.ratelimit.memory}, not the reverse).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from twisted.internet.interfaces import IReactorTime
 
+from balancebeam.clientip import parse_trusted_networks
 from balancebeam.config_values import parse_rate_limit_backend, parse_redis_url
 from balancebeam.interfaces import IRateLimiter
+from balancebeam.ratelimit.filter import RateLimitFilter
 from balancebeam.ratelimit.memory import MemoryRateLimiter, validate_parameters
 from balancebeam.ratelimit.redis import ON_ERROR_POLICIES, RedisRateLimiter
+
+if TYPE_CHECKING:
+    from balancebeam.config import BalancerConfig
+    from balancebeam.stats import Stats
 
 
 def build_rate_limiter(
@@ -55,3 +63,29 @@ def build_rate_limiter(
     return RedisRateLimiter(
         reactor, host, port, db, limit, window, algorithm, timeout=timeout, on_error=on_error
     )
+
+
+def build_rate_limiting(
+    reactor: IReactorTime, config: BalancerConfig, stats: Stats
+) -> tuple[IRateLimiter | None, RateLimitFilter | None]:
+    """
+    The rate limiter and its filter for C{config} (both C{None} when
+    C{--max-requests-per-minute} is 0): what the service builds at start
+    and a reload builds anew.
+    """
+    limiter = build_rate_limiter(
+        reactor,
+        backend=config.rate_limit_backend,
+        limit=config.max_requests_per_minute,
+        window=config.rate_limit_window,
+        algorithm=config.rate_limit_algorithm,
+        timeout=config.rate_limit_redis_timeout,
+        on_error=config.rate_limit_on_error,
+        max_keys=config.rate_limit_max_keys,
+    )
+    if limiter is None:
+        return None, None
+    limit_filter = RateLimitFilter(
+        limiter, stats, parse_trusted_networks(config.trusted_proxies), config.rate_limit_headers
+    )
+    return limiter, limit_filter
