@@ -9,22 +9,15 @@ L{balancebeam.relay.exchange_core}.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
-from balancebeam.http1.heads import (
-    HTTPError,
-)
+from balancebeam.http1.heads import HTTPError
 from balancebeam.relay.detached import DetachedClient
 from balancebeam.relay.exchange_core import ExchangeCore
 from balancebeam.relay.states import ExchangeState
 
-if TYPE_CHECKING:
-    pass
-
-_FILTERING: Final = ExchangeState.FILTERING
 _CONNECTING: Final = ExchangeState.CONNECTING
 _SENDING: Final = ExchangeState.SENDING
-_SEND_BLOCKED: Final = ExchangeState.SEND_BLOCKED
 _WAITING: Final = ExchangeState.WAITING
 _RECEIVING: Final = ExchangeState.RECEIVING
 _RECEIVE_BLOCKED: Final = ExchangeState.RECEIVE_BLOCKED
