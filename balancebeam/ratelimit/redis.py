@@ -7,11 +7,7 @@ reads the time from the Redis server (C{TIME}), so the balancers' own clocks do
 not matter, and applies the same fixed or sliding window arithmetic as
 L{balancebeam.ratelimit.MemoryRateLimiter}.
 
-Key layout: one hash per client, C{<prefix><client>} (by default
-C{balancebeam:rl:203.0.113.7}), with the fields C{w} (window number,
-C{floor(time / window)}), C{c} (requests allowed in window C{w}) and C{p}
-(requests allowed in window C{w - 1}). Each allowed request sets a TTL of two
-windows on it; denied requests do not write at all.
+The script and the key layout are in L{balancebeam.ratelimit.redis_script}.
 
 Redis is never allowed to hold traffic up: L{RedisRateLimiter.check} always
 answers within its timeout. When Redis is unreachable, answers with an error
@@ -46,6 +42,15 @@ from zope.interface import implementer
 
 from balancebeam.interfaces import IRateLimiter, RateLimitDecision
 from balancebeam.ratelimit.memory import validate_parameters
+from balancebeam.ratelimit.redis_script import SCRIPT
+
+__all__ = [
+    "FAIL_CLOSED_RETRY_AFTER",
+    "ON_ERROR_POLICIES",
+    "RECONNECT_JITTER",
+    "SCRIPT",
+    "RedisRateLimiter",
+]
 
 ON_ERROR_POLICIES = ("allow", "deny")
 """
@@ -63,66 +68,6 @@ RECONNECT_JITTER = 0.12
 Each reconnection delay is multiplied by a random factor in
 C{[1 - RECONNECT_JITTER, 1 + RECONNECT_JITTER]}, so that a fleet of balancers
 does not reconnect to a restarted Redis in lockstep.
-"""
-
-SCRIPT = """\
--- balancebeam: count one request for one client and decide, atomically.
--- KEYS[1]: the client's hash {w = window number, c = count in w, p = count in w - 1}
--- ARGV: window seconds, limit, 'fixed' or 'sliding', current time ('' = Redis TIME)
--- Returns {allowed (0/1), remaining, reset_after in us, retry_after in us}.
-if redis.replicate_commands then
-  -- Redis < 5 replicates scripts verbatim and refuses writes after TIME otherwise.
-  redis.replicate_commands()
-end
-local window = tonumber(ARGV[1])
-local limit = tonumber(ARGV[2])
-local sliding = ARGV[3] == 'sliding'
-local now
-if ARGV[4] ~= '' then
-  now = tonumber(ARGV[4])
-else
-  local time = redis.call('TIME')
-  now = tonumber(time[1]) + tonumber(time[2]) / 1000000
-end
-local index = math.floor(now / window)
-local elapsed = now - index * window
-local reset_after = window - elapsed
-local state = redis.call('HMGET', KEYS[1], 'w', 'c', 'p')
-local stored = tonumber(state[1])
-local current = 0
-local previous = 0
-if stored == index then
-  current = tonumber(state[2]) or 0
-  previous = tonumber(state[3]) or 0
-elseif stored == index - 1 then
-  previous = tonumber(state[2]) or 0
-end
-if not sliding then
-  previous = 0
-end
-local estimate = current
-if previous > 0 then
-  estimate = previous * (reset_after / window) + current
-end
-local epsilon = 1e-9
-if estimate + 1 <= limit + epsilon then
-  redis.call('HSET', KEYS[1], 'w', index, 'c', current + 1, 'p', previous)
-  redis.call('PEXPIRE', KEYS[1], math.ceil(window * 2000))
-  local remaining = math.max(0, math.floor(limit - estimate - 1 + epsilon))
-  return {1, remaining, math.ceil(reset_after * 1000000), 0}
-end
-local retry_after
-if not sliding then
-  retry_after = reset_after
-elseif current < limit and previous > 0 then
-  retry_after = math.max(0, reset_after - (limit - 1 - current) * window / previous)
-else
-  retry_after = reset_after + window - (limit - 1) * window / current
-end
-return {0, 0, math.ceil(reset_after * 1000000), math.ceil(retry_after * 1000000)}
-"""
-"""
-The decision script. It needs Redis 4 or later (C{HSET} with several fields).
 """
 
 

@@ -357,7 +357,8 @@ class CertificateStore(Service):
                 "TLS certificate {path} failed to load: {reason}; {outcome}",
                 path=path,
                 reason=reason,
-                outcome="it is not served" if path not in old and path not in self._directories
+                outcome="it is not served"
+                if path not in old and path not in self._directories
                 else "what it served before is still served",
             )
         if not served:
