@@ -1,5 +1,5 @@
 """
-The only places where balancebeam relies on Twisted's private internals, for
+The places where the relay relies on Twisted's private internals, for
 speed, each pinned to the Twisted versions it was checked against and with a
 public-API fallback on any other version:
 
@@ -11,6 +11,10 @@ public-API fallback on any other version:
     L{twisted.plugins.balancebeam_plugin}); on an unchecked version that
     reactor name installs Twisted's stock C{EPollReactor} and logs one info
     line saying so.
+
+(The TLS layer's fast path, L{balancebeam.tls.fast}, relies on Twisted's
+and pyOpenSSL's internals in the same way, with its own version pins, and
+the same switch.)
 
 Both decisions are taken once, at import, from C{twisted.__version__} and the
 environment variable C{BALANCEBEAM_TWISTED_INTERNALS}: set to C{off}, it
@@ -105,14 +109,19 @@ all of them).
 
 
 def fallback_reason(
-    checked: tuple[str, ...], version: str, environ: Mapping[str, str]
+    checked: tuple[str, ...],
+    version: str,
+    environ: Mapping[str, str],
+    library: str = "Twisted",
 ) -> str | None:
     """
     Decide whether a fast path may be used.
 
-    @param checked: the Twisted versions the fast path was checked against.
-    @param version: the running Twisted's version string.
+    @param checked: the versions of C{library} the fast path was checked
+        against.
+    @param version: the running C{library}'s version string.
     @param environ: the process environment (for L{SWITCH_VARIABLE}).
+    @param library: whose versions these are, for the reason.
     @return: C{None} when the fast path may be used, else why not, as a
         phrase for a log line.
     """
@@ -120,7 +129,7 @@ def fallback_reason(
         return f"{SWITCH_VARIABLE}=off"
     if version not in checked:
         return (
-            f"Twisted {version} is not among the versions it was checked against "
+            f"{library} {version} is not among the versions it was checked against "
             f"({', '.join(checked)})"
         )
     return None

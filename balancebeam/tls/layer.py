@@ -11,12 +11,12 @@ the plain L{TLSMemoryBIOProtocol}, which encrypts each write at once.
 The encrypted bytes then go to the TCP connection below with the relay's
 L{send_now} (straight to the socket when nothing is queued, on the Twisted
 versions that was checked against; C{transport.write} otherwise), as plain
-HTTP responses do, instead of waiting for the reactor's next turn.
+HTTP responses do, instead of waiting for the reactor's next turn. Once the
+handshake is done, reads and writes take a direct path into OpenSSL
+(L{balancebeam.tls.fast}).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -25,56 +25,11 @@ from twisted.internet.interfaces import (
     IProtocolFactory,
     IReactorTime,
     IStreamServerEndpoint,
-    ITransport,
 )
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
-from zope.interface import directlyProvides, implementer, providedBy
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
 
-from balancebeam.relay.transport import StreamTransport
-from balancebeam.twisted_internals import send_now
-
-
-class _SendNowBelow:
-    """
-    The transport below a TLS connection, as the TLS layer sees it: the
-    same transport, except that its writes go through L{send_now}.
-
-    @ivar below: the real transport (TCP).
-    """
-
-    def __init__(self, below: ITransport) -> None:
-        self.below = below
-        directlyProvides(self, providedBy(below))
-
-    def write(self, data: bytes) -> None:
-        """
-        Send encrypted bytes, at once when the socket takes them.
-        """
-        send_now(self._stream, data)
-
-    @property
-    def _stream(self) -> StreamTransport:
-        below: Any = self.below  # TCP transports have every StreamTransport operation
-        return below
-
-    def __getattr__(self, name: str) -> Any:
-        """
-        Everything else is the real transport's.
-        """
-        return getattr(self.below, name)
-
-
-class DirectTLSProtocol(TLSMemoryBIOProtocol):
-    """
-    A TLS connection that encrypts each write at once and sends the result
-    with L{send_now}.
-    """
-
-    def makeConnection(self, transport: ITransport) -> None:
-        """
-        Connect on top of C{transport}, writing to it through L{send_now}.
-        """
-        super().makeConnection(_SendNowBelow(transport))
+from balancebeam.tls.fast import DirectTLSProtocol
 
 
 class DirectTLSFactory(TLSMemoryBIOFactory):
