@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import Any
 
 import OpenSSL
 import trustme
@@ -46,6 +47,10 @@ class Application(Protocol):
         self.received: list[bytes] = []
         self.lost: list[Failure] = []
         self.on_data = lambda data: None
+
+    def tls(self) -> Any:
+        """The TLS protocol this application runs on, as its transport."""
+        return self.transport
 
     def dataReceived(self, data: bytes) -> None:
         self.received.append(data)
@@ -183,7 +188,7 @@ class SteadyStateMixin:
         """
         What the application writes is what the client decrypts.
         """
-        self.pair.app.on_data = lambda data: self.pair.app.transport.write(b"answer:" + data)
+        self.pair.app.on_data = lambda data: self.pair.app.tls().write(b"answer:" + data)
         self.pair.server.dataReceived(self.pair.request(b"ping"))
         self.assertEqual(self.pair.client_reads(), b"answer:ping")  # type: ignore[attr-defined]
 
@@ -244,7 +249,7 @@ class SteadyStateMixin:
         """
         Once the application aborts, the rest of the read is not delivered.
         """
-        self.pair.app.on_data = lambda data: self.pair.app.transport.abortConnection()
+        self.pair.app.on_data = lambda data: self.pair.app.tls().abortConnection()
         records = self.pair.request(b"first") + self.pair.request(b"second")
         self.pair.server.dataReceived(records)
         self.assertEqual(self.pair.app.received, [b"first"])  # type: ignore[attr-defined]
