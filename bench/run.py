@@ -822,6 +822,50 @@ class Settings:
     wrk_threads: int
 
 
+def nginx_command(nginx: str, prefix: Path, http_body: str, main_lines: str = "") -> list[str]:
+    """
+    Write an nginx configuration with private prefix, pid, logs and temp
+    paths (so it runs as root without touching /etc or /var) and return
+    the command line that runs it in the foreground.
+
+    nginx runs as one process (C{master_process off}): the same event
+    loop as a single worker, but nothing is left behind if this script is
+    killed (the pre-exec hook's parent-death signal reaches it, whereas
+    a worker would outlive its master).
+
+    @param http_body: the lines inside C{http {...}} (servers, upstreams).
+    @param main_lines: lines before everything else (C{load_module ...;}).
+    """
+    prefix.mkdir(parents=True, exist_ok=True)
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    conf = f"""{main_lines}worker_processes 1;
+daemon off;
+master_process off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+worker_rlimit_nofile {nofile};
+events {{
+    worker_connections {min(8192, max(1024, nofile // 2))};
+    use epoll;
+}}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/client_body_temp;
+    proxy_temp_path {prefix}/proxy_temp;
+    fastcgi_temp_path {prefix}/fastcgi_temp;
+    uwsgi_temp_path {prefix}/uwsgi_temp;
+    scgi_temp_path {prefix}/scgi_temp;
+    keepalive_timeout 75s;
+    keepalive_requests 100000000;
+    default_type application/octet-stream;
+{http_body}
+}}
+"""
+    path = prefix / "nginx.conf"
+    path.write_text(conf)
+    return [nginx, "-p", f"{prefix}/", "-c", str(path), "-e", f"{prefix}/error.log"]
+
+
 class Bench:
     """
     Starts the servers, runs the scenarios, collects measurements.
@@ -926,45 +970,10 @@ class Bench:
 
     def _nginx_conf(self, name: str, http_body: str) -> list[str]:
         """
-        Write an nginx configuration with private prefix, pid, logs and temp
-        paths (so it runs as root without touching /etc or /var) and return
-        the command line that runs it in the foreground.
-
-        nginx runs as one process (C{master_process off}): the same event
-        loop as a single worker, but nothing is left behind if this script is
-        killed (the pre-exec hook's parent-death signal reaches it, whereas
-        a worker would outlive its master).
+        Write an nginx configuration under C{self.tmp/name} and return its
+        command line (L{nginx_command}).
         """
-        prefix = self.tmp / name
-        prefix.mkdir(parents=True, exist_ok=True)
-        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        conf = f"""worker_processes 1;
-daemon off;
-master_process off;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-worker_rlimit_nofile {nofile};
-events {{
-    worker_connections {min(8192, max(1024, nofile // 2))};
-    use epoll;
-}}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/client_body_temp;
-    proxy_temp_path {prefix}/proxy_temp;
-    fastcgi_temp_path {prefix}/fastcgi_temp;
-    uwsgi_temp_path {prefix}/uwsgi_temp;
-    scgi_temp_path {prefix}/scgi_temp;
-    keepalive_timeout 75s;
-    keepalive_requests 100000000;
-    default_type application/octet-stream;
-{http_body}
-}}
-"""
-        path = prefix / "nginx.conf"
-        path.write_text(conf)
-        return [str(self.tools["nginx"]), "-p", f"{prefix}/", "-c", str(path),
-                "-e", f"{prefix}/error.log"]
+        return nginx_command(str(self.tools["nginx"]), self.tmp / name, http_body)
 
     def start_upstreams(self) -> None:
         """

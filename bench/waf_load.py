@@ -84,6 +84,7 @@ from run import (  # noqa: E402
     cpu_ticks,
     find_tool,
     free_port,
+    nginx_command,
     say,
     tree_pids,
 )
@@ -232,38 +233,12 @@ class WafLoad:
 
     def nginx_conf(self, name: str, http_body: str, module: bool = False) -> list[str]:
         """
-        Write an nginx configuration under a private prefix (one process, no
-        access log, unlimited keep-alive requests) and return its command line.
+        Write an nginx configuration (L{nginx_command}, with ModSecurity's
+        module loaded if C{module}) and return its command line.
         """
-        prefix = self.tmp / name
-        prefix.mkdir(parents=True, exist_ok=True)
         load = f"load_module {NGINX_MODULE};\n" if module else ""
-        conf = f"""{load}worker_processes 1;
-daemon off;
-master_process off;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{
-    worker_connections 1024;
-    use epoll;
-}}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/client_body_temp;
-    proxy_temp_path {prefix}/proxy_temp;
-    fastcgi_temp_path {prefix}/fastcgi_temp;
-    uwsgi_temp_path {prefix}/uwsgi_temp;
-    scgi_temp_path {prefix}/scgi_temp;
-    keepalive_timeout 75s;
-    keepalive_requests 100000000;
-    client_body_buffer_size 256k;
-{http_body}
-}}
-"""
-        path = prefix / "nginx.conf"
-        path.write_text(conf)
-        return [str(self.tools["nginx"]), "-p", f"{prefix}/", "-c", str(path),
-                "-e", f"{prefix}/error.log"]
+        return nginx_command(str(self.tools["nginx"]), self.tmp / name,
+                             "    client_body_buffer_size 256k;\n" + http_body, load)
 
     def start_upstream(self) -> None:
         """
