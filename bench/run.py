@@ -712,10 +712,13 @@ def http_get(port: int, path: str = "/", timeout: float = 2.0) -> ResponseReader
 
 
 def wait_ready(port: int, proc: subprocess.Popen[bytes], procs: ProcessGroup, name: str,
-               timeout: float = 20.0) -> None:
+               timeout: float = 20.0, path: str = "/",
+               status_of: Callable[[int, str, float], int] | None = None) -> None:
     """
-    Wait until C{GET /} on C{port} answers 200.
+    Wait until C{GET path} on C{port} answers 200.
 
+    @param status_of: sends the request (port, path, timeout) and returns
+        the status; default: a bare C{GET} (L{http_get}).
     @raise TargetFailure: the process exited or never answered.
     """
     deadline = time.monotonic() + timeout
@@ -725,15 +728,16 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], procs: ProcessGroup, na
             raise TargetFailure(f"{name} exited with status {proc.returncode}:\n"
                                 f"{procs.log_tail(name)}")
         try:
-            reader = http_get(port, "/", timeout=1.0)
-            if reader.status == 200:
+            status = (status_of(port, path, 1.0) if status_of
+                      else http_get(port, path, timeout=1.0).status)
+            if status == 200:
                 return
-            last = f"status {reader.status}"
+            last = f"status {status}"
         except OSError as exc:
             last = str(exc)
         time.sleep(0.05)
-    raise TargetFailure(f"{name} did not answer GET / with 200 within {timeout:.0f}s ({last}):\n"
-                        f"{procs.log_tail(name)}")
+    raise TargetFailure(f"{name} did not answer GET {path} on port {port} with 200 within "
+                        f"{timeout:.0f}s ({last}):\n{procs.log_tail(name)}")
 
 
 def warm_up_python(port: int, connections: int = 50, per_connection: int = 5) -> None:

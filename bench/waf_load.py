@@ -87,6 +87,7 @@ from run import (  # noqa: E402
     nginx_command,
     say,
     tree_pids,
+    wait_ready,
 )
 from waf_engines import BROWSER_HEADERS, NGINX_MODULE, form_body  # noqa: E402
 
@@ -648,22 +649,10 @@ def wait_up(port: int, proc: subprocess.Popen[bytes], procs: ProcessGroup, name:
 
     @raise TargetFailure: the process exited or never answered.
     """
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise TargetFailure(f"{name} exited with status {proc.returncode}:\n"
-                                f"{procs.log_tail(name)}")
-        try:
-            status, _ = http_request(port, "GET", path, dict(request_headers("get")), None, 1.0)
-            if status == 200:
-                return
-            last = f"status {status}"
-        except OSError as exc:
-            last = str(exc)
-        time.sleep(0.1)
-    raise TargetFailure(f"{name} did not answer GET {path} on port {port} with 200 within "
-                        f"{timeout:.0f}s ({last}):\n{procs.log_tail(name)}")
+    def status_of(port: int, path: str, timeout: float) -> int:
+        return http_request(port, "GET", path, dict(request_headers("get")), None, timeout)[0]
+
+    wait_ready(port, proc, procs, name, timeout, path, status_of)
 
 
 @dataclass
