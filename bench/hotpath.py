@@ -101,13 +101,13 @@ def main() -> None:
     )
     factory = RelayFactory(clock, dispatcher, stats, filters=filters)
     upstream = UpstreamConnection(registry.upstreams[0], pool)
-    upstream.makeConnection(NullTransport(IPv4Address("TCP", "127.0.0.1", 8081)))  # type: ignore[arg-type]  # a duck-typed transport
+    upstream.makeConnection(NullTransport(IPv4Address("TCP", "127.0.0.1", 8081)))
     pool._connections.add(upstream)
     pool._open[registry.upstreams[0]] = 1
     pool.checkin(upstream)
     client = factory.buildProtocol(None)
     assert isinstance(client, ClientConnection)
-    client.makeConnection(NullTransport(IPv4Address("TCP", "127.0.0.1", 40000)))  # type: ignore[arg-type]  # a duck-typed transport
+    client.makeConnection(NullTransport(IPv4Address("TCP", "127.0.0.1", 40000)))
 
     def one_request() -> None:
         client.dataReceived(REQUEST)

@@ -711,6 +711,28 @@ def http_get(port: int, path: str = "/", timeout: float = 2.0) -> ResponseReader
         return reader
 
 
+def wrk_result(procs: ProcessGroup, proc: subprocess.Popen[bytes], log: Path,
+               duration: float) -> dict[str, Any]:
+    """
+    Wait for a wrk run of C{duration} seconds (30 s of grace), stop it, and
+    return the fields of the C{BENCHJSON} line its Lua C{done()} printed.
+
+    @raise HarnessError: wrk did not finish or printed no result.
+    """
+    try:
+        proc.wait(duration + 30)
+    except subprocess.TimeoutExpired:
+        raise HarnessError(f"wrk did not finish within {duration + 30}s") from None
+    finally:
+        procs.stop(proc)
+    text = log.read_text(errors="replace")
+    for line in text.splitlines():
+        if line.startswith("BENCHJSON "):
+            result: dict[str, Any] = json.loads(line[len("BENCHJSON "):])
+            return result
+    raise HarnessError(f"wrk printed no result (status {proc.returncode}):\n{text[-2000:]}")
+
+
 def wait_ready(port: int, proc: subprocess.Popen[bytes], procs: ProcessGroup, name: str,
                timeout: float = 20.0, path: str = "/",
                status_of: Callable[[int, str, float], int] | None = None) -> None:
@@ -1360,20 +1382,7 @@ backend be
         log = self.procs.log_path(name)
         log.write_bytes(b"")
         proc = self.procs.spawn(name, argv, self.load_core)
-        try:
-            proc.wait(duration + 30)
-        except subprocess.TimeoutExpired:
-            raise HarnessError(f"wrk did not finish within {duration + 30}s") from None
-        finally:
-            self.procs.stop(proc)
-        text = log.read_text(errors="replace")
-        for line in text.splitlines():
-            if line.startswith("BENCHJSON "):
-                raw = json.loads(line[len("BENCHJSON "):])
-                break
-        else:
-            raise HarnessError(f"wrk printed no result (status {proc.returncode}):\n"
-                               f"{text[-2000:]}")
+        raw = wrk_result(self.procs, proc, log, duration)
         seconds = raw["duration_us"] / 1e6
         errors = {k: int(raw[k]) for k in ("connect", "read", "write", "status", "timeout")}
         return {
@@ -3291,6 +3300,7 @@ def render_cache_report(report: dict[str, Any]) -> str:
     if counters:
         lines.append("  random keys, cache counters at shutdown: " + ", ".join(
             f"{name} {value}" for name, value in counters.items()))
+    return "\n".join(lines)
 
 
 def check_issue15(summary: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:

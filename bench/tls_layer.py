@@ -45,6 +45,7 @@ class Answer(Protocol):
         self.answer = answer
 
     def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
         self.transport.write(self.answer)
 
 

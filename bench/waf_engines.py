@@ -20,6 +20,7 @@ two-thread speedup needs two idle cores; the GIL check does not).
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import json
 import os
@@ -236,13 +237,13 @@ def measure(binding: str, count: int) -> dict[str, object]:
     bare = load(binding, [], 1)
     for kind, request in reqs.items():
         result[f"no_rules_{kind}_us"] = round(
-            cpu_us_per_call(lambda r=request: bare.inspect(r), count)
+            cpu_us_per_call(functools.partial(bare.inspect, request), count)
         )
         for pl, engine in engines.items():
             verdict = engine.inspect(request)
             assert verdict.status is None, (binding, kind, pl, verdict)
             result[f"pl{pl}_{kind}_us"] = round(
-                cpu_us_per_call(lambda e=engine, r=request: e.inspect(r), count)
+                cpu_us_per_call(functools.partial(engine.inspect, request), count)
             )
     result["other_thread_ran_during_inspection"] = (
         f"{sum(lets_other_threads_run(engines[1], reqs['post']) for _ in range(20))}/20"

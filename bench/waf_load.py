@@ -88,6 +88,7 @@ from run import (  # noqa: E402
     say,
     tree_pids,
     wait_ready,
+    wrk_result,
 )
 from waf_engines import BROWSER_HEADERS, NGINX_MODULE, form_body  # noqa: E402
 
@@ -454,20 +455,7 @@ class WafLoad:
 
         @raise HarnessError: wrk did not finish or printed no result.
         """
-        try:
-            proc.wait(duration + 30)
-        except subprocess.TimeoutExpired:
-            raise HarnessError(f"wrk did not finish within {duration + 30}s") from None
-        finally:
-            self.procs.stop(proc)
-        text = self.procs.log_path("wrk").read_text(errors="replace")
-        for line in text.splitlines():
-            if line.startswith("BENCHJSON "):
-                raw = json.loads(line[len("BENCHJSON "):])
-                break
-        else:
-            raise HarnessError(f"wrk printed no result (status {proc.returncode}):\n"
-                               f"{text[-2000:]}")
+        raw = wrk_result(self.procs, proc, self.procs.log_path("wrk"), duration)
         seconds = raw["duration_us"] / 1e6
         errors = {k: int(raw[k]) for k in ("connect", "read", "write", "timeout")}
         return {
