@@ -156,6 +156,90 @@ class ResponseStreamTests(SynchronousTestCase):
         self.assertFalse(client_transport.disconnecting)
 
 
+class _Acknowledged:
+    """
+    A stand-in for L{balancebeam.relay.transport.acked_bytes}: each peer
+    asked about is recorded, and the count given is C{self.count}.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.asked: list[object] = []
+
+    def __call__(self, peer: object) -> int:
+        self.asked.append(peer)
+        return self.count
+
+
+class SlowReaderTests(SynchronousTestCase):
+    """
+    A side that reads slowly is not cut at a blocked state's deadline: once
+    the kernel buffers are full, user space sees its reads only when much
+    of the send buffer has emptied, so at the deadline the relay asks
+    whether its TCP acknowledged bytes since the exchange blocked.
+    """
+
+    def test_client_reading_slowly_is_not_cut(self) -> None:
+        """
+        A client whose TCP acknowledges more bytes at every idle deadline
+        keeps its response; once it stops, it is cut at the next one.
+        """
+        harness = Harness(timeouts=Timeouts(upstream=2, client_idle=10))
+        acked = _Acknowledged()
+        harness.factory.settings.progress = acked
+        client, client_transport = harness.client()
+        client.dataReceived(GET)
+        protocol, upstream, _ = harness.accept()
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+        client.pauseProducing()
+        for _ in range(5):
+            acked.count += 4096
+            harness.reactor.advance(10.5)
+            self.assertFalse(client_transport.disconnecting)
+            self.assertEqual(upstream.producerState, "paused")
+        harness.reactor.advance(10.5)
+        self.assertTrue(_aborted(client_transport))
+        self.assertEqual(set(map(id, acked.asked)), {id(client)})
+
+    def test_unknown_progress_cuts_as_before(self) -> None:
+        """
+        Where acknowledged bytes cannot be read (C{-1}), a client not
+        reading is cut at the idle deadline.
+        """
+        harness = Harness(timeouts=Timeouts(upstream=2, client_idle=10))
+        acked = _Acknowledged()
+        acked.count = -1
+        harness.factory.settings.progress = acked
+        client, client_transport = harness.client()
+        client.dataReceived(GET)
+        protocol, _, _ = harness.accept()
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+        client.pauseProducing()
+        harness.reactor.advance(10.5)
+        self.assertTrue(_aborted(client_transport))
+
+    def test_upstream_reading_upload_slowly_gets_no_504(self) -> None:
+        """
+        An upstream taking the request body slowly (its TCP acknowledges
+        more at every deadline) is not answered 504 for it; when it stops
+        reading, it is.
+        """
+        harness = Harness(timeouts=Timeouts(client_body=2, upstream=5))
+        acked = _Acknowledged()
+        harness.factory.settings.progress = acked
+        client, client_transport = harness.client()
+        client.dataReceived(b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 8\r\n\r\n0123")
+        protocol, _, _ = harness.accept()
+        protocol._wrappedProtocol.pauseProducing()  # type: ignore[attr-defined]  # the endpoint wraps our UpstreamConnection
+        for _ in range(4):
+            acked.count += 1000
+            harness.reactor.advance(5.5)
+            self.assertEqual(client_transport.value(), b"")
+        harness.reactor.advance(5.5)
+        self.assertTrue(client_transport.value().startswith(b"HTTP/1.1 504 "))
+        self.assertIs(acked.asked[0], protocol._wrappedProtocol)  # type: ignore[attr-defined]
+
+
 class RequestStreamTests(SynchronousTestCase):
     """
     The request body is bounded the same way in the other direction.

@@ -441,6 +441,8 @@ class Exchange(ExchangeEvents):
         self.client.pause_reading(PAUSE_UPSTREAM_FULL)
         if self.state == _SENDING:
             self._enter(_SEND_BLOCKED)
+            if self.connection is not None:
+                self._progress = self.relay.progress(self.connection)
 
     def resume_request_body(self) -> None:
         """

@@ -78,6 +78,8 @@ class ExchangeCore:
     @ivar _resend: C{0}; C{1} once an observer asked for the request to be
         sent again instead of the response being dropped (L{IResendable});
         C{2} once it was sent again (only once).
+    @ivar _progress: the bytes the blocked side's peer had acknowledged when
+        the exchange last blocked on it or last checked (C{-1}: unknown).
     """
 
     __slots__ = (
@@ -106,6 +108,7 @@ class ExchangeCore:
         "_upstream_head",
         "_rewrite",
         "_resend",
+        "_progress",
     )
 
     log: ClassVar[Logger] = Logger()  # ClassVar: a class attribute under mypyc too
@@ -149,6 +152,7 @@ class ExchangeCore:
         self._upstream_head: bytes | None = None
         self._rewrite: tuple[frozenset[bytes], bytes] | None = None
         self._resend = 0
+        self._progress = -1
 
     def __repr__(self) -> str:
         return f"<Exchange {self.request_id} {self.method_text} {self.path_text} {self.state!r}>"

@@ -18,6 +18,7 @@ from balancebeam.relay.states import ExchangeState
 
 _CONNECTING: Final = ExchangeState.CONNECTING
 _SENDING: Final = ExchangeState.SENDING
+_SEND_BLOCKED: Final = ExchangeState.SEND_BLOCKED
 _WAITING: Final = ExchangeState.WAITING
 _RECEIVING: Final = ExchangeState.RECEIVING
 _RECEIVE_BLOCKED: Final = ExchangeState.RECEIVE_BLOCKED
@@ -45,6 +46,7 @@ class ExchangeEvents(ExchangeCore):
             connection.stream.pauseProducing()
         if self.state == _RECEIVING:
             self._enter(_RECEIVE_BLOCKED)
+            self._progress = self.relay.progress(self.client)
 
     def client_write_resumed(self) -> None:
         """
@@ -113,6 +115,9 @@ class ExchangeEvents(ExchangeCore):
             body (the client connection answers it and closes).
         """
         state = self.state
+        if (state == _RECEIVE_BLOCKED or state == _SEND_BLOCKED) and self._peer_reads():
+            self._touch()
+            return
         if state == _SENDING:
             raise HTTPError(408, "request body not received in time")
         if state <= _WAITING:
@@ -157,6 +162,20 @@ class ExchangeEvents(ExchangeCore):
         elif state == _DISCARDING:
             self.state = _DONE
             self.client.abort()
+
+    def _peer_reads(self) -> bool:
+        """
+        Whether the side this exchange is blocked on (the client when it
+        is not reading the response, the upstream when it is not taking the
+        request body) acknowledged bytes since the exchange blocked or last
+        asked: it reads, slowly, and is not cut for it.
+        """
+        peer: object = self.client if self.state == _RECEIVE_BLOCKED else self.connection
+        if peer is None:
+            return False
+        before = self._progress
+        self._progress = acked = self.relay.progress(peer)
+        return before >= 0 and acked > before
 
     def abandon(self) -> bool:
         """

@@ -9,7 +9,7 @@ its dispatcher), while new requests take the new one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -18,6 +18,7 @@ from balancebeam.interfaces import IRequestFilter
 from balancebeam.relay.detached import DetachedClient
 from balancebeam.relay.filtering import FilterChain
 from balancebeam.relay.states import deadline_table
+from balancebeam.relay.transport import acked_bytes
 from balancebeam.routing import Dispatcher
 from balancebeam.stats import Stats
 
@@ -39,6 +40,9 @@ class RelaySettings:
     @ivar detached: stand-ins for clients gone while an observer still
         wants their response; their deadlines are enforced like the
         connections' (shared by every generation).
+    @ivar progress: how many bytes a connection's peer has acknowledged
+        (L{balancebeam.relay.transport.acked_bytes}; C{-1}: unknown): a
+        slow reader that still reads is not cut at a blocked state's deadline.
     """
 
     __slots__ = (
@@ -51,6 +55,7 @@ class RelaySettings:
         "filters",
         "access_log",
         "detached",
+        "progress",
     )
 
     def __init__(
@@ -63,6 +68,7 @@ class RelaySettings:
         filters: Sequence[IRequestFilter],
         access_log: bool,
         detached: set[DetachedClient],
+        progress: Callable[[object], int] = acked_bytes,
     ) -> None:
         self.clock = clock
         self.dispatcher = dispatcher
@@ -73,3 +79,4 @@ class RelaySettings:
         self.filters = FilterChain(filters, stats) if filters else None
         self.access_log = access_log
         self.detached = detached
+        self.progress = progress

@@ -60,14 +60,17 @@ class ExchangeState(IntEnum):
     @cvar SENDING: the request is being sent and its body is still coming
         from the client; deadline C{client_body}, refreshed by every piece.
     @cvar SEND_BLOCKED: the upstream is not taking the request body (its
-        send buffer is full); deadline C{upstream}, refreshed when it drains.
+        send buffer is full); deadline C{upstream}, refreshed when it drains,
+        and at the deadline when its TCP acknowledged bytes since (it reads,
+        slowly).
     @cvar WAITING: the whole request is sent, the response head is awaited;
         deadline C{upstream}, refreshed by interim (1xx) responses.
     @cvar RECEIVING: the response body is being relayed; deadline
         C{upstream}, refreshed by every read from the upstream.
     @cvar RECEIVE_BLOCKED: the client is not reading the response (its send
         buffer is full, so the upstream is paused); deadline C{client_idle},
-        refreshed when the client reads again.
+        refreshed when the client reads again, and at the deadline when its
+        TCP acknowledged bytes since (it reads, slowly).
     @cvar TUNNEL: after C{101}: raw bytes both ways; deadline C{tunnel_idle},
         refreshed by a byte in either direction.
     @cvar DISCARDING: answered by the balancer before the request body was

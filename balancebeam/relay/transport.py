@@ -8,6 +8,8 @@ them. Protocols keep the transport under this type once connected.
 
 from __future__ import annotations
 
+import socket
+import struct
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -58,6 +60,44 @@ def enable_no_delay(transport: object) -> None:
             set_no_delay(True)
         except OSError:
             pass
+
+
+_TCP_INFO_SIZE = 232
+"""Bytes of C{struct tcp_info} asked for (Linux 4.x and later fill at least 128)."""
+
+_BYTES_ACKED_OFFSET = 120
+"""Where C{tcpi_bytes_acked} (a C{__u64}, Linux 4.1) is in C{struct tcp_info}."""
+
+
+def acked_bytes(transport: object) -> int:
+    """
+    How many bytes the peer of C{transport}'s TCP connection has
+    acknowledged so far (Linux's C{tcpi_bytes_acked}), or C{-1} where that
+    is unknown (another system, not a TCP socket, a closed one).
+
+    Once the kernel buffers are full, the peer acknowledges new bytes only
+    as its application reads: a growing count is a slow reader making
+    progress, which user space otherwise sees only when a large part of
+    the kernel's send buffer has emptied. For TLS the TCP transport under
+    the TLS layer is asked.
+    """
+    for _ in range(3):
+        get_handle = getattr(transport, "getHandle", None)
+        handle = get_handle() if get_handle is not None else None
+        if isinstance(handle, socket.socket):
+            try:
+                info = handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
+            except (OSError, AttributeError, ValueError):
+                return -1
+            if len(info) < _BYTES_ACKED_OFFSET + 8:
+                return -1
+            acked: int = struct.unpack_from("=Q", info, _BYTES_ACKED_OFFSET)[0]
+            return acked
+        # A TLS layer (TLSMemoryBIOProtocol) keeps its TCP transport here.
+        transport = getattr(transport, "transport", None)
+        if transport is None:
+            return -1
+    return -1
 
 
 def close_when_sent(transport: StreamTransport) -> None:
