@@ -194,6 +194,7 @@ class Options(usage.Options):
         """
         from balancebeam.config_values import assume_systemd_sockets
         from balancebeam.configfile import ConfigFileError
+        from balancebeam.errors import StartupError
 
         path = self["config"]
         checking: AbstractContextManager[None] = (
@@ -206,7 +207,7 @@ class Options(usage.Options):
                 from balancebeam.reload import check_config
 
                 check_config(built)
-        except (config.ConfigError, ConfigFileError, ValueError) as e:
+        except (config.ConfigError, ConfigFileError, ValueError, StartupError) as e:
             if self["check-config"]:
                 print(f"balancebeam: configuration error: {e}", file=sys.stderr)
                 raise SystemExit(1) from None

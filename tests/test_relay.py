@@ -93,6 +93,27 @@ class RelayTests(SynchronousTestCase):
         client.dataReceived(b"world")
         self.assertEqual(upstream.value(), b"world")
 
+    def test_empty_body_of_post_put_patch_has_content_length(self) -> None:
+        """
+        An empty POST, PUT or PATCH body (Content-Length: 0, or no framing
+        at all) goes upstream with C{Content-Length: 0} (RFC 9110 section
+        8.6); a GET without a body gets no framing header.
+        """
+        for request, framing in (
+            (b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n", True),
+            (b"PUT /p HTTP/1.1\r\nHost: h\r\n\r\n", True),
+            (b"PATCH /p HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n", True),
+            (b"GET /p HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n", False),
+        ):
+            harness = Harness()
+            client, _ = harness.client()
+            client.dataReceived(request)
+            _, upstream, _ = harness.accept()
+            sent = upstream.value()
+            self.assertTrue(sent.endswith(b"\r\n\r\n"), sent)
+            self.assertEqual(sent.count(b"Content-Length: 0\r\n"), 1 if framing else 0, sent)
+            self.assertNotIn(b"Transfer-Encoding", sent)
+
     def test_chunked_request_reframed(self) -> None:
         """
         A chunked request body is de-chunked and re-chunked for the upstream,
@@ -307,6 +328,67 @@ class FailoverTests(SynchronousTestCase):
         first.dataReceived(b"NONSENSE\r\n\r\n")
         self.assertTrue(upstream.disconnecting)
         self.assertTrue(client_transport.value().startswith(b"HTTP/1.1 502 Bad Gateway"))
+
+    def test_status_code_out_of_range_502(self) -> None:
+        """
+        A status code of three digits outside 100-599 (RFC 9110 section
+        15) is a malformed head: 502, counted as such, and the relay serves on.
+        """
+        for line in (b"HTTP/1.1 600 Weird", b"HTTP/1.1 999 Odd"):
+            harness = Harness()
+            client, client_transport = harness.client()
+            client.dataReceived(GET)
+            first, upstream, _ = harness.accept()
+            first.dataReceived(line + b"\r\nContent-Length: 3\r\n\r\nabc")
+            self.assertTrue(upstream.disconnecting)
+            self.assertTrue(client_transport.value().startswith(b"HTTP/1.1 502 Bad Gateway"))
+            self.assertEqual(harness.stats.by_class[5], 1)
+
+    def test_bare_lf_response_head_502_at_once(self) -> None:
+        """
+        A response head with bare LF line endings (which never ends with
+        CRLF CRLF) is a 502 as soon as it arrives, not at the upstream timeout.
+        """
+        harness = Harness()
+        client, client_transport = harness.client()
+        client.dataReceived(GET)
+        first, upstream, _ = harness.accept()
+        first.dataReceived(b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok")
+        self.assertTrue(upstream.disconnecting)
+        self.assertTrue(client_transport.value().startswith(b"HTTP/1.1 502 Bad Gateway"))
+
+    def test_head_split_across_reads_is_not_a_bare_lf(self) -> None:
+        """
+        A CRLF split between two reads is not taken for a bare LF.
+        """
+        harness = Harness()
+        client, client_transport = harness.client()
+        client.dataReceived(GET)
+        first, _, _ = harness.accept()
+        first.dataReceived(b"HTTP/1.1 200 OK\r")
+        first.dataReceived(b"\nContent-Length: 2\r\n\r")
+        first.dataReceived(b"\nok")
+        self.assertTrue(client_transport.value().startswith(b"HTTP/1.1 200 OK"))
+        self.assertTrue(client_transport.value().endswith(b"\r\n\r\nok"))
+
+    def test_interim_responses_bounded(self) -> None:
+        """
+        Interim responses are relayed and counted, up to 32 for one request;
+        the 33rd makes it a 502 (an upstream flooding 103s is cut).
+        """
+        harness = Harness()
+        client, client_transport = harness.client()
+        client.dataReceived(GET)
+        first, upstream, _ = harness.accept()
+        hint = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+        first.dataReceived(hint * 32)
+        self.assertEqual(client_transport.value().count(b"HTTP/1.1 103 Early Hints"), 32)
+        self.assertEqual(harness.stats.by_class[1], 32)
+        self.assertFalse(upstream.disconnecting)
+        first.dataReceived(hint)
+        self.assertTrue(upstream.disconnecting)
+        self.assertIn(b"HTTP/1.1 502 Bad Gateway", client_transport.value())
+        self.assertEqual(client_transport.value().count(b"HTTP/1.1 103 Early Hints"), 32)
 
     def test_upstream_dies_mid_body_aborts_client(self) -> None:
         """

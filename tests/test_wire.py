@@ -1631,9 +1631,11 @@ class ResponseHeadTests(WireTestCase):
     def test_malformed_status_lines(self) -> None:
         """
         Status lines that are not HTTP/1.x with a three-digit status from
-        100 up are a 502.
+        100 to 599 are a 502.
         """
         for line in (
+            b"HTTP/1.1 600 Weird",
+            b"HTTP/1.1 999 Weird",
             b"",
             b"HTTP/1.1",
             b"HTTP/1.1 20 OK",

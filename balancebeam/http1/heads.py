@@ -477,10 +477,14 @@ def parse_response_head(
     status_line, block_start, fields, spans = _split_head(
         head, _STATUS_LINE, _RESPONSE_SPECIAL, max_fields, 502, 502
     )
-    if status_line is None or status_line[1] != b"1" or status_line[3][:1] == b"0":
+    if status_line is None or status_line[1] != b"1":
         raise HTTPError(502, "malformed status line from upstream")
+    status = int(status_line[3])
+    if not 100 <= status <= 599:
+        # RFC 9110 section 15: three digits, the first 1 to 5.
+        raise HTTPError(502, f"invalid status code {status} from upstream")
     response = ResponseHead(
-        int(status_line[3]),
+        status,
         head[:block_start],
         int(status_line[2]),
         head,

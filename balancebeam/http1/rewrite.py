@@ -43,6 +43,10 @@ REASONS: Final[dict[int, str]] = {status.value: status.phrase for status in HTTP
 REASONS.update({413: "Content Too Large", 422: "Unprocessable Content"})
 
 
+_EMPTY_BODY_METHODS: Final = frozenset({b"POST", b"PUT", b"PATCH"})
+"""Methods whose empty body is sent with C{Content-Length: 0} (RFC 9110
+section 8.6: a strict upstream may answer 411 without it)."""
+
 _REQUEST_DROPPED: Final = HOP_BY_HOP | {
     b"x-forwarded-for",
     b"x-forwarded-proto",
@@ -145,6 +149,8 @@ def request_head_for_upstream(
         lines.append(b"Content-Length: %d" % request.content_length)
     elif request.body_kind == BODY_CHUNKED:
         lines.append(b"Transfer-Encoding: chunked")
+    elif request.method in _EMPTY_BODY_METHODS:
+        lines.append(b"Content-Length: 0")
     if request.upgrade is not None:
         lines.append(b"Connection: upgrade")
         lines.append(b"Upgrade: " + request.upgrade)

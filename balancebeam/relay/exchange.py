@@ -266,6 +266,10 @@ class Exchange(ExchangeEvents):
             self.client.write(
                 response_head_for_client(response, self.request.minor, True, False)
             )
+            self.relay.stats.by_class[1] += 1
+            upstream = self.upstream
+            if upstream is not None:
+                upstream.responses[1] += 1
 
     def upstream_head(self, connection: UpstreamConnection, response: ResponseHead) -> None:
         """

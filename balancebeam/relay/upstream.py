@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
 MAX_RESPONSE_HEAD: Final = 64 * 1024
 
+MAX_INTERIM_RESPONSES: Final = 32
+"""The most 1xx responses one request may get before its final one (then 502)."""
+
 _IDLE: Final = UpstreamConnectionState.IDLE
 _HEAD: Final = UpstreamConnectionState.HEAD
 _BODY: Final = UpstreamConnectionState.BODY
@@ -91,6 +94,7 @@ class UpstreamConnection(Protocol):
         self._method = b"GET"
         self._buffer = b""
         self._reader: BodyReader | None = None
+        self._interim = 0
 
     def connectionMade(self) -> None:
         """
@@ -111,6 +115,7 @@ class UpstreamConnection(Protocol):
         self.state = _HEAD
         self._buffer = b""
         self._reader = None
+        self._interim = 0
         self.received_any = False
         self.requests += 1
         send_now(self.stream, head)
@@ -214,8 +219,13 @@ class UpstreamConnection(Protocol):
         while self.state == _HEAD:
             end = self._buffer.find(HEAD_END)
             if end == -1:
-                if len(self._buffer) > MAX_RESPONSE_HEAD:
+                buffer = self._buffer
+                if len(buffer) > MAX_RESPONSE_HEAD:
                     self._fail(HTTPError(502, "response head from upstream too large"))
+                elif buffer.count(b"\n") != buffer.count(b"\r\n"):
+                    # A bare LF line ending: the head would never end
+                    # with CRLF CRLF; answer now rather than at the timeout.
+                    self._fail(HTTPError(502, "bare LF in the response head from upstream"))
                 return
             head, self._buffer = self._buffer[:end], self._buffer[end + 4 :]
             try:
@@ -226,6 +236,10 @@ class UpstreamConnection(Protocol):
             owner = self.owner
             assert owner is not None
             if 100 <= response.status < 200 and response.status != 101:
+                self._interim += 1
+                if self._interim > MAX_INTERIM_RESPONSES:
+                    self._fail(HTTPError(502, "too many interim (1xx) responses from upstream"))
+                    return
                 owner.upstream_informational(response)
                 continue
             if response.keep_alive_timeout is not None:
