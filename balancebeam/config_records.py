@@ -133,9 +133,18 @@ class TlsConfig:
     @property
     def listening(self) -> bool:
         """
-        Whether there is an HTTPS listener (and so a certificate store).
+        Whether there is an HTTPS listener of its own (C{listen}).
         """
         return bool(self.listen)
+
+    @property
+    def serving(self) -> bool:
+        """
+        Whether HTTPS is served, and so a certificate store loaded: on
+        C{listen}, or on the sockets a master shares with its workers
+        (whose C{listen} is empty).
+        """
+        return bool(self.certificates or self.certificate_dirs)
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ def _load_tls(
     reactor: Any, config: BalancerConfig
 ) -> tuple[CertificateStore | None, UpstreamTLS | None]:
     """
-    Load the listeners' certificates (with C{--tls-bind}) and the upstreams'
+    Load the listeners' certificates (with C{--tls-cert}) and the upstreams'
     trust anchors and client certificate (with an C{https://} upstream).
 
     L{balancebeam.tls} (and so pyOpenSSL) is imported only then.
@@ -62,14 +62,14 @@ def _load_tls(
     """
     tls = config.tls
     needs_upstream_tls = any(spec.tls for spec in config.upstreams)
-    if not tls.listening and not needs_upstream_tls:
+    if not tls.serving and not needs_upstream_tls:
         return None, None
     from balancebeam.tls import CertificateError, CertificateStore, UpstreamTLS
 
     store: CertificateStore | None = None
     upstream_tls: UpstreamTLS | None = None
     try:
-        if tls.listening:
+        if tls.serving:
             store = CertificateStore(reactor, tls.certificates, tls.certificate_dirs)
         if needs_upstream_tls:
             upstream_tls = UpstreamTLS(

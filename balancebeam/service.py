@@ -123,6 +123,7 @@ class BalancerService(UpstreamEndpoints, BalancerOperations, _SequentialMultiSer
         self._exit_on_listen_failure = exit_on_listen_failure
         self._endpoints: dict[UpstreamSpec, IStreamClientEndpoint] = {}
         self._restore_sighup: Callable[[], None] | None = None
+        self._certificates_on_sighup = True
         # TLS material is loaded first: a bad certificate stops startup
         # before anything else is built.
         self.certificates: CertificateStore | None = None
@@ -271,13 +272,16 @@ class BalancerService(UpstreamEndpoints, BalancerOperations, _SequentialMultiSer
 
     def _start_certificates(self) -> None:
         """
-        Start the certificate store's poll and reload it on SIGHUP.
+        Start the certificate store's poll and reload it on SIGHUP (unless
+        L{leave_sighup}).
         """
         from balancebeam.tls import reload_on_sighup
 
         store = self.certificates
         assert store is not None
         store.startService()
+        if not self._certificates_on_sighup:
+            return
         try:
             self._restore_sighup = reload_on_sighup(self._reactor, store)
         except ValueError as error:
@@ -446,6 +450,15 @@ class BalancerService(UpstreamEndpoints, BalancerOperations, _SequentialMultiSer
             self.removeService(self.health)
             self.health = None
         self.dispatcher.disable_passive_retry()
+
+    def leave_sighup(self) -> None:
+        """
+        Leave C{SIGHUP} to another process (the master of
+        L{balancebeam.workers}): the certificate store does not reload on it
+        (it still reloads when its files change). Call it before the
+        service starts.
+        """
+        self._certificates_on_sighup = False
 
     def _drain(self) -> Deferred[None]:
         factories = self.relay_factories

@@ -1,7 +1,8 @@
 """
 Fakes for the master's unit tests: a launcher that records the worker
 processes it would start and lets the test play each worker's part, a
-listening socket that is only a number, and a probe the test answers.
+listening socket that is only a number, and a probe the test answers; and
+a certificate file for C{--tls-cert}.
 
 (No tests here; the other C{test_workers_*} modules import these.)
 """
@@ -9,10 +10,12 @@ listening socket that is only a number, and a probe the test answers.
 from __future__ import annotations
 
 import itertools
+import os
 import socket
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import trustme
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.interfaces import IProcessTransport
@@ -317,3 +320,18 @@ def listener_spec(description: str = "tcp:1100:interface=127.0.0.1") -> Listener
     A TCP listener spec.
     """
     return ListenerSpec(description, socket.AF_INET, "127.0.0.1", 1100)
+
+
+def certificate_file(directory: str, ca: trustme.CA, *names: str) -> str:
+    """
+    A C{--tls-cert} file (key, then certificate and chain) in C{directory},
+    issued by C{ca} for C{names}.
+    """
+    issued = ca.issue_cert(*names)
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, f"{names[0]}.pem")
+    with open(path, "wb") as f:
+        f.write(issued.private_key_pem.bytes())
+        for pem in issued.cert_chain_pems:
+            f.write(pem.bytes())
+    return path

@@ -26,6 +26,7 @@ from balancebeam.workers.accept import SeatTable
 from balancebeam.workers.sockets import bind_listener, inspect_listener
 from tests.helpers import unused_port, wait_until
 from tests.test_twistd import REPO_ROOT, TWISTD, TwistdProcess
+from tests.test_workers_fakes import certificate_file
 from tests.upstreams import RawClient, _ClientFactory, start_upstream
 
 reactor: Any = _global_reactor
@@ -518,6 +519,65 @@ class WorkersIntegrationTests(TestCase):
             await client.closed
             self.assertEqual([r.status for r in client.responses], [200])
         self.assertEqual(len(upstream.client_requests), 3)
+
+    async def test_https_listener_shared(self) -> None:
+        """
+        C{--tls-bind} with two workers: the master binds the socket and both
+        workers serve it (none binds it again and crash-loops), with the
+        certificate the client's SNI names and C{X-Forwarded-Proto: https};
+        plain HTTP still works, and a SIGHUP to a worker changes nothing.
+        """
+        import trustme
+        from twisted.internet.ssl import Certificate, optionsForClientTLS
+
+        ca = trustme.CA()
+        directory = tempfile.mkdtemp(prefix="balancebeam-workers-https-")
+        default = certificate_file(directory, ca, "default.test")
+        named = certificate_file(directory, ca, "example.test")
+        tls_port = unused_port()
+        process, port, upstream = await self.start_master(
+            "--tls-bind", f"127.0.0.1:{tls_port}", "--tls-cert", default, "--tls-cert", named
+        )
+        workers = sorted(process.ready())
+        self.assertIn(
+            b"Listening for requests on 127.0.0.1:%d (HTTPS, for 2 workers)" % tls_port,
+            process.output,
+        )
+        # The default certificate is not valid for example.test: only SNI
+        # gets the client a certificate it accepts.
+        options = optionsForClientTLS(
+            "example.test", trustRoot=Certificate.loadPEM(ca.cert_pem.bytes())
+        )
+        clients = []
+        for _ in range(8):
+            client = RawClient(clock=reactor)
+            reactor.connectSSL("127.0.0.1", tls_port, _ClientFactory(client), options, timeout=5)
+            await client.ready
+            transport: Any = client.transport
+            self.addCleanup(transport.abortConnection)
+            client.send(b"GET /held HTTP/1.1\r\nHost: example.test\r\n\r\n", b"GET")
+            await client.wait_responses(1)
+            clients.append(client)
+        self.assertEqual([c.responses[0].status for c in clients], [200] * 8)
+        counts = established_by_pid(workers, tls_port)
+        self.assertEqual(sum(counts.values()), 8, counts)
+        self.assertTrue(all(count >= 1 for count in counts.values()), counts)
+        self.assertEqual(
+            [r.header(b"X-Forwarded-Proto") for r in upstream.client_requests], [b"https"] * 8
+        )
+        os.kill(workers[0], signal.SIGHUP)
+        statuses = [await request(port, b"/plain/%d" % i) for i in range(4)]
+        self.assertEqual(statuses, ["200"] * 4)
+        self.assertEqual(
+            [r.header(b"X-Forwarded-Proto") for r in upstream.client_requests[8:]],
+            [b"http"] * 4,
+        )
+        self.assertEqual(sorted(process.ready()), workers)
+        self.assertEqual(len(process.started()), 2)
+        self.assertTrue(all(alive(pid) for pid in workers))
+        self.assertNotIn(b"unexpectedly", process.output)
+        self.assertNotIn(b"Address already in use", process.output)
+        self.assertNotIn(b"Traceback", process.output)
 
 
 class SocketTests(TestCase):

@@ -20,6 +20,7 @@ L{balancebeam.workers.master.Master}, which makes the decisions):
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -175,8 +176,10 @@ class WorkerFleet(Service):
     def _bind(self) -> None:
         count = self.config.workers
         reuse = self.config.reuse_port
-        for description in self.config.listen:
-            spec = inspect_listener(description)
+        listeners = [(d, False) for d in self.config.listen]
+        listeners += [(d, True) for d in self.config.tls.listen]
+        for description, https in listeners:
+            spec = dataclasses.replace(inspect_listener(description), https=https)
             if reuse and spec.inherited_fd is not None:
                 raise UnsupportedListener(
                     f"cannot give each worker its own socket (--reuse-port) for "
@@ -193,8 +196,9 @@ class WorkerFleet(Service):
                     reason = CannotListenError(spec.host, port or spec.port, error)
                     raise ListenFailed(f"cannot listen on {description}: {reason}") from None
             self.log.info(
-                "Listening for requests on {address} (for {count} workers{how})",
+                "Listening for requests on {address} ({https}for {count} workers{how})",
                 address=describe_socket(opened[0]),
+                https="HTTPS, " if https else "",
                 count=count,
                 how=", a socket each" if reuse else "",
             )
@@ -219,6 +223,8 @@ class WorkerFleet(Service):
             return "going from several workers to one needs a restart"
         if config.listen != self.config.listen:
             return "changing the listeners needs a restart"
+        if config.tls.listen != self.config.tls.listen:
+            return "changing the HTTPS listeners needs a restart"
         if config.reuse_port != self.config.reuse_port:
             return "changing --reuse-port needs a restart"
         if config.reuse_port and config.workers != self.config.workers:

@@ -154,7 +154,13 @@ class Master(WorkerFleet):
             chosen = opened[slot % len(opened)]
             child_fds[fd] = chosen.fileno()
             listeners.append(
-                ListenerFd(fd, listener.family, listener.description, listener.tls is not None)
+                ListenerFd(
+                    fd,
+                    listener.family,
+                    listener.description,
+                    tls=listener.tls is not None,
+                    https=listener.https,
+                )
             )
             fd += 1
         spec = WorkerSpec(

@@ -56,6 +56,8 @@ class ListenerSpec:
     @ivar inherited_fd: the descriptor systemd passed, or C{None}.
     @ivar tls: the context factory of an C{ssl:} endpoint, else C{None};
         each worker builds its own from C{description}.
+    @ivar https: whether it is an HTTPS listener (C{--tls-bind}), whose
+        TLS each worker adds from its certificate store.
     """
 
     description: str
@@ -65,6 +67,7 @@ class ListenerSpec:
     backlog: int = 50
     inherited_fd: int | None = None
     tls: Any = None
+    https: bool = False
 
 
 class _Recorded(Exception):

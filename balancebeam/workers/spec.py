@@ -25,13 +25,17 @@ class ListenerFd:
     @ivar family: C{AF_INET} or C{AF_INET6}.
     @ivar description: the endpoint as configured, for logs, and to build
         the TLS context of an C{ssl:} endpoint.
-    @ivar tls: whether connections on it are TLS.
+    @ivar tls: whether it is an C{ssl:} endpoint (C{--listen}): TLS with
+        the context that endpoint describes.
+    @ivar https: whether it is an HTTPS listener (C{--tls-bind}): TLS with
+        the worker's certificate store (SNI), for its HTTPS factory.
     """
 
     fd: int
     family: int
     description: str
     tls: bool = False
+    https: bool = False
 
 
 @dataclass(frozen=True)

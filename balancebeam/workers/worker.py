@@ -10,11 +10,13 @@ saying which is which, the option values, and how to log. The worker:
      marked with its pid;
   2. builds the balancer from the option values
      (L{balancebeam.service.BalancerService}), without listeners of its own,
-     without active health checks and without passive retry timers: the
-     master probes the upstreams and sends their state;
+     without active health checks, without passive retry timers and
+     without a C{SIGHUP} handler: the master probes the upstreams and sends
+     their state, and takes C{SIGHUP};
   3. waits for that state (the master sends it at once), then accepts
-     connections on the shared sockets (L{SharedListenerService}) and tells
-     the master it is L{READY <balancebeam.workers.control.READY>};
+     connections on the shared sockets (L{SharedListenerService}; on an
+     HTTPS one, C{--tls-bind}, with TLS from its own certificate store) and
+     tells the master it is L{READY <balancebeam.workers.control.READY>};
   4. reports its counters every second, and each connect failure to an
      upstream (the master passes it on to the other workers);
   5. on SIGTERM, or when the master's pipe closes (the master died), stops
@@ -160,7 +162,9 @@ class SharedListenerService(Service):
             self.port = acceptor
         assert self.port is not None
         self.log.info(
-            "accepting connections on {address}", address=_describe(self.port.getHost())
+            "accepting connections on {address}{https}",
+            address=_describe(self.port.getHost()),
+            https=" (HTTPS)" if self._listener.https else "",
         )
 
     def stopService(self) -> Deferred[None]:
@@ -185,6 +189,13 @@ def _describe(address: Any) -> str:
     if host is None or port is None:
         return str(address)
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _connections(service: Any) -> int:
+    """
+    The client connections a worker's balancer holds, plain and HTTPS.
+    """
+    return sum(len(factory.connections) for factory in service.relay_factories)
 
 
 def _tls_factory(description: str, factory: IProtocolFactory) -> IProtocolFactory:
@@ -238,23 +249,50 @@ class Worker:
         from balancebeam.config import build_config
         from balancebeam.service import BalancerService
 
-        config = dataclasses.replace(build_config(self.spec.values), listen=())
+        config = build_config(self.spec.values)
+        config = dataclasses.replace(
+            config, listen=(), tls=dataclasses.replace(config.tls, listen=())
+        )
         service = BalancerService(config, self._reactor)
         service.use_shared_health()
+        service.leave_sighup()
         service.dispatcher.add_passive_failure_observer(self._passive_failure)
+        factories = [self._factory_for(listener, service) for listener in self.spec.listeners]
         if self.spec.seat_fd is not None:
             self.table = SeatTable.attach(self.spec.seat_fd)
             os.close(self.spec.seat_fd)
-        for listener in self.spec.listeners:
+        for listener, factory in zip(self.spec.listeners, factories):
             SharedListenerService(
                 self._reactor,
                 listener,
-                service.factory,
+                factory,
                 self.table,
                 self.spec.seat,
-                lambda: len(service.factory.connections),
+                lambda: _connections(service),
             ).setServiceParent(service)
         self.service = service
+
+    def _factory_for(self, listener: ListenerFd, service: Any) -> IProtocolFactory:
+        """
+        The factory of a shared listener: the balancer's, or for an HTTPS
+        listener its HTTPS factory under TLS from its certificate store (as
+        L{balancebeam.tls.layer.TLSServerEndpoint} layers it).
+
+        @raise balancebeam.errors.StartupError: for an HTTPS listener
+            without certificates.
+        """
+        if not listener.https:
+            factory: IProtocolFactory = service.factory
+            return factory
+        if service.certificates is None or service.https_factory is None:
+            from balancebeam.errors import StartupError
+
+            raise StartupError(f"HTTPS listener {listener.description} has no certificate")
+        from balancebeam.tls.layer import DirectTLSFactory
+
+        return DirectTLSFactory(
+            service.certificates, False, service.https_factory, clock=self._reactor
+        )
 
     def connect(self, control: ControlProtocol) -> None:
         """
@@ -341,7 +379,7 @@ class Worker:
                 "type": STATS,
                 "counters": self.counters(),
                 "requests": service.stats.requests,
-                "connections": len(service.factory.connections),
+                "connections": _connections(service),
                 "serial": self._last_serial,
                 "final": final,
             }
