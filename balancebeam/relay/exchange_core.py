@@ -11,6 +11,7 @@ client, and stopping the work done upstream.
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, ClassVar, Final
@@ -49,6 +50,8 @@ MAX_DISCARD_BODY: Final = 1024 * 1024
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 _FILTERING: Final = ExchangeState.FILTERING
+_RECEIVING: Final = ExchangeState.RECEIVING
+_RECEIVE_BLOCKED: Final = ExchangeState.RECEIVE_BLOCKED
 _DISCARDING: Final = ExchangeState.DISCARDING
 _DONE: Final = ExchangeState.DONE
 
@@ -355,6 +358,8 @@ class ExchangeCore:
         """
         Cut the client: a response was started and cannot be completed.
         """
+        if self.state == _RECEIVING or self.state == _RECEIVE_BLOCKED:
+            self._log_incomplete(reason)
         self._stop(reason)
         self.state = _DONE
         self.client.abort()
@@ -408,21 +413,57 @@ class ExchangeCore:
         relay = self.relay
         self.client.deadline = relay.clock.seconds() + relay.deadlines[self.state]
 
-    def _log(self, status: int) -> None:
+    def _log_incomplete(self, reason: str) -> None:
+        """
+        A request ends without a whole response (cut mid-body, or its
+        client went away): count its duration, and log it with the status
+        begun, or C{499} (nginx's "client closed request") when none was.
+        """
+        relay = self.relay
+        stats = relay.stats
+        elapsed = relay.clock.seconds() - self.started
+        stats.durations[bisect_left(DURATION_BOUNDS, elapsed)] += 1
+        stats.duration_sum += elapsed
+        response = self.response
+        self._log(response.status if response is not None else 499, reason)
+
+    def _log(self, status: int, incomplete: str = "") -> None:
         relay = self.relay
         if not relay.access_log:
             return
         upstream = self.upstream.name if self.upstream is not None else self.last_upstream
         self.log.info(
-            '{client} "{method} {path}" {status} upstream={upstream} {latency_ms:.1f}ms',
+            '{client} "{method} {path}" {status} upstream={upstream} {latency_ms:.1f}ms'
+            "{incomplete_note}",
             client=self.client.client_ip,
             method=self.method_text,
-            path=self.path_text,
+            path=log_safe(self.request.target),
             status=status,
             upstream=upstream,
             latency_ms=(relay.clock.seconds() - self.started) * 1000,
             request_id=self.request_id,
+            incomplete=incomplete or None,
+            incomplete_note=f" incomplete: {incomplete}" if incomplete else "",
         )
+
+
+_LOG_UNSAFE: Final = re.compile(rb"[^\x21\x23-\x5b\x5d-\x7e]")
+"""Bytes a request target shows escaped in the access log: all but printable
+ASCII, and the quote and backslash that would let a target forge a line."""
+
+
+def log_safe(raw: bytes) -> str:
+    """
+    C{raw} for a log line: printable ASCII as is, every other byte (and
+    C{"} and C{\\}) as C{\\xHH}, as nginx writes its access log.
+    """
+    if _LOG_UNSAFE.search(raw) is None:
+        return raw.decode("ascii")
+    return _LOG_UNSAFE.sub(_escape_byte, raw).decode("ascii")
+
+
+def _escape_byte(match: re.Match[bytes]) -> bytes:
+    return b"\\x%02x" % match.group()[0]
 
 
 # After the class, not as a decorator: mypyc compiles a decorated class as a

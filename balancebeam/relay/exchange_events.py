@@ -104,6 +104,8 @@ class ExchangeEvents(ExchangeCore):
             connection, self.connection = self.connection, None
             if connection is not None:
                 connection.finish_tunnel()
+        elif state <= _RECEIVE_BLOCKED:
+            self._log_incomplete("the client went away")
         self._stop("the client went away")
         self.state = _DONE
 
