@@ -459,6 +459,17 @@ class LimitTests(SynchronousTestCase):
         self.assertTrue(client_transport.value().startswith(b"HTTP/1.1 431 "))
         self.assertTrue(client_transport.disconnecting)
 
+    def test_request_line_too_long_414(self) -> None:
+        """
+        A request line longer than the head limit gets 414 URI Too Long (a
+        long header gets 431, above).
+        """
+        harness = Harness(limits=Limits(max_head_size=1024))
+        client, client_transport = harness.client()
+        client.dataReceived(b"GET /" + b"a" * 2000)
+        self.assertTrue(client_transport.value().startswith(b"HTTP/1.1 414 URI Too Long\r\n"))
+        self.assertTrue(client_transport.disconnecting)
+
     def test_body_too_large_413(self) -> None:
         """
         A declared body over --max-body-size gets 413 without contacting an

@@ -40,7 +40,7 @@ HOP_BY_HOP: Final = frozenset(
 
 REASONS: Final[dict[int, str]] = {status.value: status.phrase for status in HTTPStatus}
 """Reason phrases for the statuses the balancer writes, RFC 9110's names first."""
-REASONS.update({413: "Content Too Large", 422: "Unprocessable Content"})
+REASONS.update({413: "Content Too Large", 414: "URI Too Long", 422: "Unprocessable Content"})
 
 
 _EMPTY_BODY_METHODS: Final = frozenset({b"POST", b"PUT", b"PATCH"})

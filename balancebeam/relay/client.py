@@ -341,7 +341,11 @@ class ClientConnection(Protocol):
         now = factory.clock.seconds()
         if end == -1:
             if len(buffer) > limits.max_head_size:
-                self._client_error(HTTPError(431, "request head too large"))
+                if buffer.find(b"\r\n", 0, limits.max_head_size) == -1:
+                    # The request line alone is too long (RFC 9110 section 15.5.15).
+                    self._client_error(HTTPError(414, "request target too long"))
+                else:
+                    self._client_error(HTTPError(431, "request head too large"))
                 return False
             try:
                 check_partial_request_head(buffer, self._head_checked)
