@@ -36,6 +36,7 @@ from balancebeam.health.checker import Probe
 from balancebeam.workers.accept import SeatTable
 from balancebeam.workers.control import REPORT, Message
 from balancebeam.workers.counters import MasterSnapshot, add_counters
+from balancebeam.workers.fleet_admin import FleetAdmin
 from balancebeam.workers.health import SharedHealth
 from balancebeam.workers.launch import (
     WorkerLauncher,
@@ -147,6 +148,8 @@ class WorkerFleet(Service):
         self._serial = 0
         self._generation_count = 0
         self._collecting: list[tuple[int, Deferred[MasterSnapshot], IDelayedCall]] = []
+        self.admin = FleetAdmin(self.workers, reactor)
+        self.started_at: float | None = None
         self.worker_starts = 0
         self.worker_crashes = 0
         self.reloads = 0
@@ -221,6 +224,8 @@ class WorkerFleet(Service):
             return "changing the listeners needs a restart"
         if config.reuse_port != self.config.reuse_port:
             return "changing --reuse-port needs a restart"
+        if config.admin_bind != self.config.admin_bind:
+            return "changing --admin-bind needs a restart"
         if config.reuse_port and config.workers != self.config.workers:
             return "changing --workers with --reuse-port needs a restart (a socket per worker)"
         return None
@@ -360,6 +365,13 @@ class WorkerFleet(Service):
         return done.addCallback(_then, self._close_sockets)
 
     # Counters and status
+
+    def has_cache(self) -> bool:
+        """
+        Whether the serving generation's workers have a response cache.
+        """
+        generation = self.generation
+        return generation is not None and generation.config.cache.size > 0
 
     def _stats_received(self, worker: WorkerProcess, message: Message) -> None:
         counters = message.get("counters")
