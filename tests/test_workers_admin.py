@@ -9,15 +9,19 @@ C{make_master_service} (L{balancebeam.workers.master_admin}).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import tempfile
+from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
 
 from balancebeam.admin.providers import IPurger
+from balancebeam.admin.resources import AdminSite
 from balancebeam.registry import DISABLED, DRAINING, ENABLED
 from balancebeam.workers.control import ADMIN, PURGE, PURGED
 from balancebeam.workers.master import Master, make_master_service
@@ -251,3 +255,62 @@ class MasterAdminServiceTests(SynchronousTestCase):
         with self.assertRaises(SystemExit) as raised:
             master_admin_service(master, master.config, PortAssigningReactor(), True)
         self.assertIn("--admin-token-file", str(raised.exception))
+
+
+def _allows(site: AdminSite, token: str) -> bool:
+    request: Any = DummyRequest([b"status"])
+    request.requestHeaders.setRawHeaders(b"authorization", [b"Bearer " + token.encode()])
+    return site.token.allows(request)
+
+
+class TokenReloadTests(SynchronousTestCase):
+    """
+    A reload of the master reads the admin token again, as the single
+    process's does.
+    """
+
+    def scenario(self) -> tuple[MasterScenario, AdminSite, str]:
+        """
+        A master with a token file, and its admin site.
+        """
+        directory = tempfile.mkdtemp()
+        path = os.path.join(directory, "token")
+        self.addCleanup(shutil.rmtree, directory)
+        with open(path, "w") as file:
+            file.write("first\n")
+        scenario = MasterScenario(
+            self, **{"admin-bind": "0.0.0.0:9100", "admin-token-file": path}
+        )
+        listener: Any = master_admin_service(
+            scenario.master, scenario.master.config, scenario.reactor
+        )
+        scenario.start()
+        return scenario, listener.factory, path
+
+    def test_rotated(self) -> None:
+        """
+        The new token is required once the new generation took over.
+        """
+        scenario, site, path = self.scenario()
+        self.assertTrue(_allows(site, "first"))
+        with open(path, "w") as file:
+            file.write("second\n")
+        reloaded = scenario.master.reload()
+        self.assertTrue(_allows(site, "first"))
+        for worker in scenario.launcher.launched[2:]:
+            worker.ready()
+        self.assertTrue(self.successResultOf(reloaded))
+        self.assertFalse(_allows(site, "first"))
+        self.assertTrue(_allows(site, "second"))
+
+    def test_unreadable_refuses_the_reload(self) -> None:
+        """
+        A token file that cannot be read refuses the reload; the old token
+        stays.
+        """
+        scenario, site, path = self.scenario()
+        with open(path, "w") as file:
+            file.write("\n")
+        self.assertFalse(self.successResultOf(scenario.master.reload()))
+        self.assertEqual(len(scenario.launcher.launched), 2)
+        self.assertTrue(_allows(site, "first"))

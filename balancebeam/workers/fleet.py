@@ -69,6 +69,12 @@ class WorkerFleet(Service):
     @ivar generation: the generation serving now (C{None} before start).
     @ivar sockets: the listening sockets, per listener: one shared socket,
         or one per slot with C{--reuse-port}.
+    @ivar admin: what the master's admin changes in every worker
+        (L{FleetAdmin}).
+    @ivar reload_checks: called with a reload's configuration before its
+        workers start; each may refuse it (C{ValueError}) or return what to
+        apply once the new generation takes over (the admin token).
+    @ivar started_at: clock time the master started, or C{None}.
     """
 
     log = Logger()
@@ -149,6 +155,8 @@ class WorkerFleet(Service):
         self._generation_count = 0
         self._collecting: list[tuple[int, Deferred[MasterSnapshot], IDelayedCall]] = []
         self.admin = FleetAdmin(self.workers, reactor)
+        self.reload_checks: list[Callable[[BalancerConfig], Callable[[], None]]] = []
+        self._reload_applies: list[Callable[[], None]] = []
         self.started_at: float | None = None
         self.worker_starts = 0
         self.worker_crashes = 0

@@ -350,6 +350,7 @@ class Master(WorkerFleet):
         try:
             new_values = dict(self._reload_values() if values is None else values)
             config = build_config(new_values)
+            self._reload_applies = [check(config) for check in self.reload_checks]
         except ValueError as error:
             self.log.error("reload refused: {error}; the workers serve on", error=str(error))
             self.reloads_failed += 1
@@ -389,6 +390,9 @@ class Master(WorkerFleet):
         self._pending = None
         self.generation = pending
         self.reloads += 1
+        applies, self._reload_applies = self._reload_applies, []
+        for apply in applies:
+            apply()
         old.cancel_restarts()
         self._retiring.append(old)
         grace = old.config.shutdown_timeout

@@ -8,6 +8,7 @@ all its workers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import IService
@@ -17,6 +18,7 @@ from balancebeam.admin.auth import AdminToken, read_token_file
 from balancebeam.admin.master_resource import AdminFleet, build_master_admin_site
 from balancebeam.config import BalancerConfig
 from balancebeam.listeners import ListenerService, ListenFailed, _AdminEndpoint
+from balancebeam.workers.fleet import WorkerFleet
 
 
 class _AdminListener(ListenerService):
@@ -41,12 +43,31 @@ class _AdminListener(ListenerService):
             raise
 
 
+def _token_reload(
+    token: AdminToken, path: str | None
+) -> Callable[[BalancerConfig], Callable[[], None]]:
+    """
+    A reload check that reads the token again (from the reload's
+    C{--admin-token-file}, or the same file), refusing the reload when it
+    cannot be read, as the single process does; the new token is required
+    once the new generation takes over.
+    """
+
+    def check(config: BalancerConfig) -> Callable[[], None]:
+        new = read_token_file(config.admin_token_file or path or "")
+        return lambda: token.replace(new)
+
+    return check
+
+
 def master_admin_service(
     fleet: AdminFleet, config: BalancerConfig, reactor: Any, exit_on_failure: bool = False
 ) -> IService | None:
     """
     The master's admin listener for C{config} (C{None} without
     C{--admin-bind}).
+
+    With a token, a reload of C{fleet} (a L{WorkerFleet}) reads it again.
 
     @raise SystemExit: with one line, when the token file cannot be read
         and C{exit_on_failure} is set.
@@ -62,7 +83,10 @@ def master_admin_service(
             if exit_on_failure:
                 raise SystemExit(f"balancebeam: {error}") from None
             raise
-    site = build_master_admin_site(fleet, AdminToken(token), reactor)
+    admin_token = AdminToken(token)
+    if token is not None and isinstance(fleet, WorkerFleet):
+        fleet.reload_checks.append(_token_reload(admin_token, config.admin_token_file))
+    site = build_master_admin_site(fleet, admin_token, reactor)
     endpoint = _AdminEndpoint(
         serverFromString(reactor, config.admin_bind),
         f"--admin-bind ({config.admin_bind})",
