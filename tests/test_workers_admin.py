@@ -77,6 +77,34 @@ class MasterFanOutTests(SynchronousTestCase):
         for worker in scenario.launcher.launched[2:]:
             self.assertEqual(len(worker.received_of(ADMIN)), 1)
 
+    def test_disabled_not_probed(self) -> None:
+        """
+        A disabled upstream is probed no more by the master, in this
+        generation's health and in that of a reload with new health
+        settings; enabled again, it is probed again.
+        """
+        scenario = MasterScenario(self, **{"active-health-check-interval": "1"})
+        scenario.start()
+        scenario.master.admin.set_state(UPSTREAMS[0], DISABLED)
+
+        def probed(seconds: int) -> list[str]:
+            before = len(scenario.probe.calls)
+            for _ in range(seconds):
+                scenario.reactor.advance(1)
+                scenario.probe.answer_all(200)
+            return sorted(name for name, _ in scenario.probe.calls[before:])
+
+        self.assertEqual(probed(2), [UPSTREAMS[1]] * 2)
+        scenario.next_values = {**scenario.values, "active-health-check-interval": "2"}
+        scenario.master.reload()
+        for worker in scenario.launcher.launched[2:]:
+            worker.ready()
+        for worker in scenario.launcher.launched[:2]:
+            worker.exit(0)
+        self.assertEqual(probed(4), [UPSTREAMS[1]] * 2)
+        scenario.master.admin.set_state(UPSTREAMS[0], ENABLED)
+        self.assertEqual(probed(4), sorted(UPSTREAMS * 2))
+
     def test_purge_summed(self) -> None:
         """
         A purge asks every ready worker and fires with the sum of their

@@ -33,6 +33,7 @@ from twisted.logger import Logger
 
 from balancebeam.config import BalancerConfig, build_config
 from balancebeam.health.checker import Probe
+from balancebeam.registry import REMOVED
 from balancebeam.workers.accept import SeatTable
 from balancebeam.workers.control import REPORT, Message
 from balancebeam.workers.counters import MasterSnapshot, add_counters
@@ -154,7 +155,7 @@ class WorkerFleet(Service):
         self._serial = 0
         self._generation_count = 0
         self._collecting: list[tuple[int, Deferred[MasterSnapshot], IDelayedCall]] = []
-        self.admin = FleetAdmin(self.workers, reactor)
+        self.admin = FleetAdmin(self.workers, reactor, changed=self._admin_changed)
         self.reload_checks: list[Callable[[BalancerConfig], Callable[[], None]]] = []
         self._reload_applies: list[Callable[[], None]] = []
         self.started_at: float | None = None
@@ -262,8 +263,18 @@ class WorkerFleet(Service):
                 probe=self._probe,
             )
             made.append(health)
+            for name, state in self.admin.states.items():
+                _set_admin_state(health, name, state)
         self._generation_count += 1
         return Generation(self._generation_count, config, given, health)
+
+    def _admin_changed(self, name: str, state: str) -> None:
+        """
+        The admin changed an upstream's state: the master's health follows
+        it too (a disabled upstream is probed no more, as in one process).
+        """
+        for health in {id(g.health): g.health for g in self._generations()}.values():
+            _set_admin_state(health, name, state)
 
     def _broadcast(self, health: SharedHealth, message: Message) -> None:
         """
@@ -461,6 +472,16 @@ class WorkerFleet(Service):
     def _collect_timed_out(self, collected: Deferred[MasterSnapshot]) -> None:
         self._collecting = [c for c in self._collecting if c[1] is not collected]
         collected.callback(self.snapshot())
+
+
+def _set_admin_state(health: SharedHealth, name: str, state: str) -> None:
+    """
+    Put the upstream C{name} of C{health} in admin state C{state}, when it
+    has one by that name.
+    """
+    upstream = health.registry.get(name)
+    if upstream is not None and upstream.admin_state != REMOVED:
+        health.registry.set_admin_state(upstream, state, "asked on the master's admin")
 
 
 def _then(_: object, call: Callable[..., Any], *args: Any) -> Any:

@@ -80,12 +80,16 @@ class FleetAdmin:
         workers: Callable[[], Sequence[AdminWorker]],
         clock: Any,
         purge_timeout: float = PURGE_TIMEOUT,
+        changed: Callable[[str, str], None] = lambda name, state: None,
     ) -> None:
         """
         @param workers: the live workers, now.
         @param clock: C{IReactorTime}, for the purge timeout.
+        @param changed: called with an upstream's name and its new state
+            after each change (the master's own health follows it).
         """
         self._workers = workers
+        self._changed = changed
         self._clock = clock
         self._purge_timeout = purge_timeout
         self.states: dict[str, str] = {}
@@ -124,6 +128,7 @@ class FleetAdmin:
                 upstream=name,
                 state=state,
             )
+            self._changed(name, state)
         message = self.message()
         assert message is not None
         for worker in self._workers():
