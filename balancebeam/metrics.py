@@ -56,6 +56,31 @@ def _gauge(name: str, documentation: str, labels: Iterable[str] = ()) -> GaugeMe
     return GaugeMetricFamily(PREFIX + name, documentation, labels=list(labels))
 
 
+def process_families(started_at: float | None) -> Iterator[Metric]:
+    """
+    C{balancebeam_build_info}, and C{balancebeam_start_time_seconds} once
+    started (also the master's, L{balancebeam.admin.master_metrics}).
+    """
+    info = _gauge(
+        "build_info",
+        "balancebeam's version and runtime, as labels; always 1",
+        ["version", "python", "twisted"],
+    )
+    info.add_metric(
+        [
+            balancebeam.__version__,
+            f"{platform.python_implementation()} {platform.python_version()}",
+            twisted.__version__,
+        ],
+        1,
+    )
+    yield info
+    if started_at is not None:
+        started = _gauge("start_time_seconds", "When the balancer started (Unix time)")
+        started.add_metric([], started_at)
+        yield started
+
+
 class BalancerCollector(Collector):
     """
     Collects every balancebeam metric from a running L{BalancerService}.
@@ -75,25 +100,7 @@ class BalancerCollector(Collector):
         yield from self._features()
 
     def _process(self) -> Iterator[Metric]:
-        service = self._service
-        info = _gauge(
-            "build_info",
-            "balancebeam's version and runtime, as labels; always 1",
-            ["version", "python", "twisted"],
-        )
-        info.add_metric(
-            [
-                balancebeam.__version__,
-                f"{platform.python_implementation()} {platform.python_version()}",
-                twisted.__version__,
-            ],
-            1,
-        )
-        yield info
-        if service.started_at is not None:
-            started = _gauge("start_time_seconds", "When the balancer started (Unix time)")
-            started.add_metric([], service.started_at)
-            yield started
+        yield from process_families(self._service.started_at)
 
     def _requests(self) -> Iterator[Metric]:
         service = self._service

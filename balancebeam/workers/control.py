@@ -7,14 +7,22 @@ its descriptor 3 back to it).
 Every message has a C{"type"}. From the master to a worker:
   - L{HEALTH}: C{{"upstreams": {NAME: [ALIVE, REASON], ...}}}, the state of
     every upstream; sent when a worker starts and after every change;
-  - L{REPORT}: C{{"serial": N}}, send L{STATS} now, quoting C{N}.
+  - L{REPORT}: C{{"serial": N}}, send L{STATS} now, quoting C{N};
+  - L{ADMIN}: C{{"upstreams": {NAME: STATE, ...}}}, the admin state
+    (C{enabled}, C{draining}, C{disabled}) set on the master's admin for
+    each upstream named; sent after every change, and when a worker starts
+    if any was set;
+  - L{PURGE}: C{{"url": URL, "serial": N}}, purge the cache of C{URL},
+    and answer with L{PURGED}.
 From a worker to the master:
   - L{READY}: C{{"pid": PID}}, it accepts connections;
   - L{STATS}: C{{"counters": {...}, "requests": N, "connections": N,
     "serial": N, "final": BOOL}}, its counters since it started (sent every
     second, on request, and a last time after it drained);
   - L{DOWN}: C{{"upstream": NAME, "reason": TEXT}}, connecting to an
-    upstream failed here (passive health).
+    upstream failed here (passive health);
+  - L{PURGED}: C{{"serial": N, "purged": COUNT}} (or C{"error": TEXT}),
+    the answer to L{PURGE} C{N}.
 Lines that are not such objects are logged and dropped: both ends are
 balancebeam, so they are bugs, not attacks.
 """
@@ -32,6 +40,9 @@ REPORT = "report"
 READY = "ready"
 STATS = "stats"
 DOWN = "down"
+ADMIN = "admin"
+PURGE = "purge"
+PURGED = "purged"
 
 MAX_LINE = 1 << 20
 """The longest line accepted, in bytes (a L{STATS} message is a few KiB)."""

@@ -34,9 +34,11 @@ from twisted.logger import Logger
 
 from balancebeam.config import BalancerConfig, build_config
 from balancebeam.health.checker import Probe
+from balancebeam.registry import REMOVED
 from balancebeam.workers.accept import SeatTable
 from balancebeam.workers.control import REPORT, Message
 from balancebeam.workers.counters import MasterSnapshot, add_counters
+from balancebeam.workers.fleet_admin import FleetAdmin
 from balancebeam.workers.health import SharedHealth
 from balancebeam.workers.launch import (
     WorkerLauncher,
@@ -69,6 +71,12 @@ class WorkerFleet(Service):
     @ivar generation: the generation serving now (C{None} before start).
     @ivar sockets: the listening sockets, per listener: one shared socket,
         or one per slot with C{--reuse-port}.
+    @ivar admin: what the master's admin changes in every worker
+        (L{FleetAdmin}).
+    @ivar reload_checks: called with a reload's configuration before its
+        workers start; each may refuse it (C{ValueError}) or return what to
+        apply once the new generation takes over (the admin token).
+    @ivar started_at: clock time the master started, or C{None}.
     """
 
     log = Logger()
@@ -148,6 +156,10 @@ class WorkerFleet(Service):
         self._serial = 0
         self._generation_count = 0
         self._collecting: list[tuple[int, Deferred[MasterSnapshot], IDelayedCall]] = []
+        self.admin = FleetAdmin(self.workers, reactor, changed=self._admin_changed)
+        self.reload_checks: list[Callable[[BalancerConfig], Callable[[], None]]] = []
+        self._reload_applies: list[Callable[[], None]] = []
+        self.started_at: float | None = None
         self.worker_starts = 0
         self.worker_crashes = 0
         self.reloads = 0
@@ -227,6 +239,8 @@ class WorkerFleet(Service):
             return "changing the HTTPS listeners needs a restart"
         if config.reuse_port != self.config.reuse_port:
             return "changing --reuse-port needs a restart"
+        if config.admin_bind != self.config.admin_bind:
+            return "changing --admin-bind needs a restart"
         if config.reuse_port and config.workers != self.config.workers:
             return "changing --workers with --reuse-port needs a restart (a socket per worker)"
         return None
@@ -255,8 +269,18 @@ class WorkerFleet(Service):
                 probe=self._probe,
             )
             made.append(health)
+            for name, state in self.admin.states.items():
+                _set_admin_state(health, name, state)
         self._generation_count += 1
         return Generation(self._generation_count, config, given, health)
+
+    def _admin_changed(self, name: str, state: str) -> None:
+        """
+        The admin changed an upstream's state: the master's health follows
+        it too (a disabled upstream is probed no more, as in one process).
+        """
+        for health in {id(g.health): g.health for g in self._generations()}.values():
+            _set_admin_state(health, name, state)
 
     def _broadcast(self, health: SharedHealth, message: Message) -> None:
         """
@@ -367,6 +391,13 @@ class WorkerFleet(Service):
 
     # Counters and status
 
+    def has_cache(self) -> bool:
+        """
+        Whether the serving generation's workers have a response cache.
+        """
+        generation = self.generation
+        return generation is not None and generation.config.cache.size > 0
+
     def _stats_received(self, worker: WorkerProcess, message: Message) -> None:
         counters = message.get("counters")
         if isinstance(counters, dict):
@@ -447,6 +478,16 @@ class WorkerFleet(Service):
     def _collect_timed_out(self, collected: Deferred[MasterSnapshot]) -> None:
         self._collecting = [c for c in self._collecting if c[1] is not collected]
         collected.callback(self.snapshot())
+
+
+def _set_admin_state(health: SharedHealth, name: str, state: str) -> None:
+    """
+    Put the upstream C{name} of C{health} in admin state C{state}, when it
+    has one by that name.
+    """
+    upstream = health.registry.get(name)
+    if upstream is not None and upstream.admin_state != REMOVED:
+        health.registry.set_admin_state(upstream, state, "asked on the master's admin")
 
 
 def _then(_: object, call: Callable[..., Any], *args: Any) -> Any:

@@ -45,7 +45,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
 from balancebeam.config import build_config
-from balancebeam.workers.control import DOWN, READY, STATS, Message
+from balancebeam.workers.control import DOWN, PURGED, READY, STATS, Message
 from balancebeam.workers.counters import MasterSnapshot, add_counters
 from balancebeam.workers.fleet import WorkerFleet
 from balancebeam.workers.launch import (
@@ -113,6 +113,7 @@ class Master(WorkerFleet):
         Start the first generation of workers.
         """
         super().startService()
+        self.started_at = self._reactor.seconds()
         if not self.sockets:
             self.privilegedStartService()
         generation = self._new_generation(self.config.workers, self._values)
@@ -191,6 +192,7 @@ class Master(WorkerFleet):
             return None
         self.worker_starts += 1
         worker.send(generation.health.message())
+        self.admin.started(worker)
         worker.timer = self._reactor.callLater(READY_TIMEOUT, self._not_ready, worker)
         self.log.info(
             "started worker {slot} of generation {generation}: pid {pid}",
@@ -221,6 +223,8 @@ class Master(WorkerFleet):
             self._stats_received(worker, message)
         elif kind == READY:
             self._ready(worker)
+        elif kind == PURGED:
+            self.admin.purged(worker, message)
         elif kind == DOWN:
             name, reason = message.get("upstream"), message.get("reason")
             if isinstance(name, str):
@@ -293,6 +297,7 @@ class Master(WorkerFleet):
                 generation, worker.slot, quick=not was_ready or lived < STABLE_AFTER
             )
         self._check_collected()
+        self.admin.worker_gone(worker)
         self._forget_finished()
 
     def _schedule_restart(self, generation: Generation, slot: int, quick: bool) -> None:
@@ -351,6 +356,7 @@ class Master(WorkerFleet):
         try:
             new_values = dict(self._reload_values() if values is None else values)
             config = build_config(new_values)
+            self._reload_applies = [check(config) for check in self.reload_checks]
         except ValueError as error:
             self.log.error("reload refused: {error}; the workers serve on", error=str(error))
             self.reloads_failed += 1
@@ -390,6 +396,9 @@ class Master(WorkerFleet):
         self._pending = None
         self.generation = pending
         self.reloads += 1
+        applies, self._reload_applies = self._reload_applies, []
+        for apply in applies:
+            apply()
         old.cancel_restarts()
         self._retiring.append(old)
         grace = old.config.shutdown_timeout
@@ -484,8 +493,9 @@ def make_master_service(
     @param argv: twistd's command line, to log in the workers as twistd
         does here (L{twistd_log_options}).
     @param reload_values: what SIGHUP reloads (by default C{values}).
-    @return: the L{Master}, or with C{demo} a service holding the demo
-        upstreams and then the master.
+    @return: the L{Master}, or with C{demo} or C{--admin-bind} a service
+        holding the demo upstreams, the master, then its admin listener
+        (L{balancebeam.workers.master_admin}), which stops first.
     """
     logger, logfile = twistd_log_options(argv)
     extra: list[str] = []
@@ -506,9 +516,13 @@ def make_master_service(
         exit_on_listen_failure=True,
     )
     reactor.callWhenRunning(watch_reload_signal, reactor, master)
-    if demo_service is None:
+    from balancebeam.workers.master_admin import master_admin_service
+
+    admin = master_admin_service(master, master.config, reactor, exit_on_failure=True)
+    if demo_service is None and admin is None:
         return master
     root = MultiService()
-    demo_service.setServiceParent(root)
-    master.setServiceParent(root)
+    for service in (demo_service, master, admin):
+        if service is not None:
+            service.setServiceParent(root)
     return root

@@ -53,8 +53,10 @@ from twisted.python.failure import Failure
 
 from balancebeam.workers.accept import BalancedAcceptor, SeatTable
 from balancebeam.workers.control import (
+    ADMIN,
     DOWN,
     HEALTH,
+    PURGE,
     READY,
     REPORT,
     STATS,
@@ -63,6 +65,7 @@ from balancebeam.workers.control import (
 from balancebeam.workers.control_protocol import ControlProtocol
 from balancebeam.workers.spec import ListenerFd, WorkerSpec
 from balancebeam.workers.startup import install_reactor, make_observer, worker_observer
+from balancebeam.workers.worker_admin import apply_admin_states, purge
 
 __all__ = [
     "FINAL_FLUSH_TIMEOUT",
@@ -249,9 +252,11 @@ class Worker:
         from balancebeam.config import build_config
         from balancebeam.service import BalancerService
 
+        # The master owns the listeners and the admin listener
+        # (balancebeam.workers.master_admin); the worker binds nothing.
         config = build_config(self.spec.values)
         config = dataclasses.replace(
-            config, listen=(), tls=dataclasses.replace(config.tls, listen=())
+            config, listen=(), tls=dataclasses.replace(config.tls, listen=()), admin_bind=None
         )
         service = BalancerService(config, self._reactor)
         service.use_shared_health()
@@ -313,6 +318,10 @@ class Worker:
             serial = message.get("serial", 0)
             self._last_serial = serial if isinstance(serial, int) else 0
             self.send_stats()
+        elif kind == ADMIN:
+            apply_admin_states(self.service.registry, message.get("upstreams", {}))
+        elif kind == PURGE:
+            purge(self.service.purger, message).addCallback(self._send)
         else:
             self.log.warn("unknown message from the master: {kind}", kind=kind)
 

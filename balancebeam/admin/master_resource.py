@@ -1,0 +1,246 @@
+# -*- test-case-name: tests.test_admin_master -*-
+"""
+The master's admin listener (C{--workers N} with C{--admin-bind}): the
+single process's paths (L{balancebeam.admin.resources}), over all the
+workers:
+
+  - C{GET /metrics}, C{/status}, C{/status.json}: from fresh counters
+    (L{AdminFleet.collect}: every worker is asked, for at most
+    L{COLLECT_TIMEOUT} seconds), summed;
+  - C{GET /healthz}: 200; C{GET /ready}: 200 when a worker is ready and an
+    upstream takes requests, else 503 with the reason;
+  - C{POST /upstreams/HOST:PORT/drain}, C{/disable}, C{/enable}: applied in
+    every worker, and in every worker started later;
+  - C{POST /cache/purge?url=URL}: purged in every worker; the answer is the
+    sum of what they removed.
+
+The same L{AdminSite} guards it (token, cross-site posts, no request log).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+from urllib.parse import unquote
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from balancebeam.admin.auth import AdminToken
+from balancebeam.admin.master_metrics import master_exposition
+from balancebeam.admin.master_status import (
+    master_status_data,
+    not_ready_reason,
+    render_master_page,
+)
+from balancebeam.admin.resources import ACTIONS, AdminSite, _json, _reply
+from balancebeam.metrics import CONTENT_TYPE
+from balancebeam.workers.counters import MasterSnapshot
+from balancebeam.workers.fleet_admin import FleetAdmin, PurgeFailed
+
+COLLECT_TIMEOUT = 1.0
+"""Seconds a page waits for the workers' fresh counters."""
+
+T = TypeVar("T")
+
+
+class AdminFleet(Protocol):
+    """
+    What the master's admin reads and changes
+    (L{balancebeam.workers.master.Master} provides it).
+    """
+
+    admin: FleetAdmin
+    started_at: float | None
+
+    def snapshot(self) -> MasterSnapshot:
+        """
+        The counters as last reported.
+        """
+
+    def collect(self, timeout: float = 1.0) -> Deferred[MasterSnapshot]:
+        """
+        Fresh counters, within C{timeout} seconds.
+        """
+
+    def has_cache(self) -> bool:
+        """
+        Whether the serving workers have a response cache.
+        """
+
+
+class MasterAdminResource(Resource):
+    """
+    Every path of the master's admin, dispatched on the path and method.
+    """
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, fleet: AdminFleet, clock: Any, process_metrics: bool = True) -> None:
+        """
+        @param clock: C{IReactorTime}, for the status's times.
+        @param process_metrics: also export the master process's metrics.
+        """
+        super().__init__()
+        self._fleet = fleet
+        self._clock = clock
+        self._process_metrics = process_metrics
+
+    def render(self, request: Request) -> bytes | int:
+        """
+        Answer one admin request.
+        """
+        path = request.path.decode("ascii", "replace")
+        parts = [unquote(p) for p in path.split("/")[1:]]
+        posts = parts[:1] == ["upstreams"] and len(parts) == 3 or parts == ["cache", "purge"]
+        if posts:
+            if request.method != b"POST":
+                request.setHeader(b"allow", b"POST")
+                return _json(request, 405, {"error": "use POST"})
+            if parts[0] == "upstreams":
+                return self._control(request, parts[1], parts[2])
+            return self._purge(request)
+        page: Callable[[Request], bytes | int] | None = {
+            "": self._root,
+            "metrics": self._metrics,
+            "status": self._status,
+            "status.json": self._status_json,
+            "healthz": self._healthz,
+            "ready": self._ready,
+        }.get(path[1:])
+        if page is None:
+            return _json(request, 404, {"error": f"no such admin page: {path}"})
+        if request.method not in (b"GET", b"HEAD"):
+            request.setHeader(b"allow", b"GET, HEAD")
+            return _json(request, 405, {"error": "use GET"})
+        return page(request)
+
+    def _root(self, request: Request) -> bytes:
+        request.setHeader(b"location", b"/status")
+        return _reply(request, 302, b"see /status\n")
+
+    def _metrics(self, request: Request) -> bytes | int:
+        def answer(snapshot: MasterSnapshot) -> bytes:
+            body = master_exposition(
+                snapshot, self._fleet.admin.states, self._fleet.started_at, self._process_metrics
+            )
+            return _reply(request, 200, body, CONTENT_TYPE.encode("ascii"))
+
+        return _later(request, self._fleet.collect(COLLECT_TIMEOUT), answer)
+
+    def _data(self, snapshot: MasterSnapshot) -> dict[str, Any]:
+        return master_status_data(
+            snapshot, self._fleet.admin.states, self._clock.seconds(), self._fleet.started_at
+        )
+
+    def _status(self, request: Request) -> bytes | int:
+        def answer(snapshot: MasterSnapshot) -> bytes:
+            page = render_master_page(self._data(snapshot))
+            return _reply(request, 200, page, b"text/html; charset=utf-8")
+
+        return _later(request, self._fleet.collect(COLLECT_TIMEOUT), answer)
+
+    def _status_json(self, request: Request) -> bytes | int:
+        def answer(snapshot: MasterSnapshot) -> bytes:
+            return _json(request, 200, self._data(snapshot))
+
+        return _later(request, self._fleet.collect(COLLECT_TIMEOUT), answer)
+
+    def _healthz(self, request: Request) -> bytes:
+        return _reply(request, 200, b"ok\n")
+
+    def _ready(self, request: Request) -> bytes:
+        reason = not_ready_reason(self._fleet.snapshot(), self._fleet.admin.states)
+        if reason is None:
+            return _reply(request, 200, b"ready\n")
+        return _reply(request, 503, f"not ready: {reason}\n".encode())
+
+    def _control(self, request: Request, name: str, action: str) -> bytes:
+        state = ACTIONS.get(action)
+        if state is None:
+            known = ", ".join(ACTIONS)
+            return _json(request, 404, {"error": f"unknown action {action!r} (known: {known})"})
+        snapshot = self._fleet.snapshot()
+        names = [*snapshot.upstreams_up, *snapshot.upstreams_down]
+        if name not in names:
+            return _json(request, 404, {"error": f"no upstream {name}", "upstreams": names})
+        changed = self._fleet.admin.set_state(name, state)
+        return _json(
+            request,
+            200,
+            {
+                "upstream": name,
+                "admin_state": state,
+                "changed": changed,
+                "workers": len(snapshot.workers),
+            },
+        )
+
+    def _purge(self, request: Request) -> bytes | int:
+        if not self._fleet.has_cache():
+            return _json(request, 404, {"error": "no cache is configured"})
+        arguments: dict[bytes, list[bytes]] = request.args or {}
+        urls = arguments.get(b"url")
+        if not urls or not urls[0]:
+            return _json(request, 400, {"error": "give the URL to purge: /cache/purge?url=URL"})
+        url = urls[0].decode("utf-8", "replace")
+
+        def answer(count: int) -> bytes:
+            return _json(request, 200, {"url": url, "purged": count})
+
+        def failed(reason: Failure) -> bytes:
+            reason.trap(PurgeFailed)
+            self.log.error("purging {url} failed: {why}", url=url, why=str(reason.value))
+            return _json(request, 500, {"error": "purging failed", "url": url})
+
+        return _later(request, self._fleet.admin.purge(url), answer, failed)
+
+
+def _later(
+    request: Request,
+    result: Deferred[T],
+    answer: Callable[[T], bytes],
+    failed: Callable[[Failure], bytes] | None = None,
+) -> bytes | int:
+    """
+    Answer C{request} with C{answer(value)} once C{result} fires: at once
+    when it has, else later (C{NOT_DONE_YET}), unless the client has gone.
+    """
+    answers: list[bytes] = []
+    gone: list[bool] = []
+
+    def unexpected(reason: Failure) -> bytes:
+        MasterAdminResource.log.failure("the master's admin failed", reason)
+        return _json(request, 500, {"error": "internal error"})
+
+    answered: Deferred[bytes] = result.addCallback(answer)
+    if failed is not None:
+        answered.addErrback(failed)
+    answered.addErrback(unexpected)
+    answered.addCallback(answers.append)
+    if answers:
+        return answers[0]
+    request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+    def write(_: object) -> None:
+        if gone:
+            return
+        request.setHeader(b"content-length", b"%d" % len(answers[0]))
+        request.write(answers[0])
+        request.finish()
+
+    answered.addCallback(write)
+    return NOT_DONE_YET
+
+
+def build_master_admin_site(
+    fleet: AdminFleet, token: AdminToken, clock: Any, process_metrics: bool = True
+) -> AdminSite:
+    """
+    The master's admin site over C{fleet}.
+    """
+    return AdminSite(MasterAdminResource(fleet, clock, process_metrics), token, reactor=clock)
