@@ -253,6 +253,11 @@ class Dispatcher:
             self._stats.reuse_retries += 1
         elif upstream is not None:
             exchange.add_tried(upstream)
+            tried = exchange.tried
+            if tried is not None and all([u in tried for u in self.live()]):
+                # Nowhere to send it again: dispatch answers 502, and no
+                # retry is counted.
+                return True
         if upstream is not None:
             upstream.retries += 1
         self._stats.retries += 1

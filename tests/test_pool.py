@@ -264,6 +264,9 @@ class ReuseRaceTests(SynchronousTestCase):
         wrapper.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(harness.pending_connects(), 0)
         self.assertTrue(client_transport.value().startswith(b"HTTP/1.1 502 "))
+        # The request was sent again once, and only that is counted.
+        self.assertEqual((harness.stats.retries, harness.stats.reuse_retries), (1, 1))
+        self.assertEqual(harness.registry.upstreams[0].retries, 1)
 
     def test_post_uses_only_fresh_idle_connections(self) -> None:
         """
