@@ -36,7 +36,7 @@ import balancebeam
 import twisted
 from balancebeam.admin.providers import check_name
 from balancebeam.admin.status import CLASSES, requests_in_flight
-from balancebeam.registry import ADMIN_STATES, UpstreamState
+from balancebeam.registry import ADMIN_STATES, ENABLED, UpstreamState
 from balancebeam.stats import DURATION_BOUNDS
 
 if TYPE_CHECKING:
@@ -178,17 +178,6 @@ class BalancerCollector(Collector):
         registry = service.registry
         upstreams: list[UpstreamState] = list(registry.upstreams) + list(registry.retiring)
         labels = ["upstream"]
-        up = _gauge(
-            "upstream_up", "Whether the upstream passes its health checks (1) or not", labels
-        )
-        serving = _gauge(
-            "upstream_serving", "Whether the upstream takes new requests (up and enabled)", labels
-        )
-        admin = _gauge(
-            "upstream_admin_state",
-            "The upstream's admin state: 1 for the current one",
-            ["upstream", "state"],
-        )
         weight = _gauge("upstream_weight", "The upstream's weight", labels)
         in_flight = _gauge(
             "upstream_requests_in_flight", "Requests assigned to the upstream now", labels
@@ -243,12 +232,11 @@ class BalancerCollector(Collector):
             ),
         }
         pool = service.pool
+        yield from upstream_state_families(
+            (upstream.name, upstream.alive, upstream.admin_state) for upstream in upstreams
+        )
         for upstream in upstreams:
             name = [upstream.name]
-            up.add_metric(name, 1 if upstream.alive else 0)
-            serving.add_metric(name, 1 if upstream.serving else 0)
-            for state in ADMIN_STATES:
-                admin.add_metric([upstream.name, state], 1 if upstream.admin_state == state else 0)
             weight.add_metric(name, upstream.weight)
             in_flight.add_metric(name, upstream.in_flight)
             idle.add_metric(name, pool.idle_count(upstream))
@@ -260,7 +248,7 @@ class BalancerCollector(Collector):
             responses.add_metric([upstream.name, "other"], sum(upstream.responses[6:]))
             for attribute, family in counters.items():
                 family.add_metric(name, getattr(upstream, attribute))
-        yield from (up, serving, admin, weight, in_flight, idle, open_, since, requests, responses)
+        yield from (weight, in_flight, idle, open_, since, requests, responses)
         yield from counters.values()
         health = service.health
         probes = _counter("health_checks", "Active health probes sent")
@@ -301,6 +289,29 @@ class BalancerCollector(Collector):
                     family = _gauge(prefix + key, f"{provider.name}: {key}")
                 family.add_metric([], value)
                 yield family
+
+
+def upstream_state_families(states: Iterable[tuple[str, bool, str]]) -> list[Metric]:
+    """
+    The gauges of each upstream's health and admin state, from its name,
+    whether it is up, and its admin state (one process and the master alike).
+    """
+    labels = ["upstream"]
+    up = _gauge("upstream_up", "Whether the upstream passes its health checks (1) or not", labels)
+    serving = _gauge(
+        "upstream_serving", "Whether the upstream takes new requests (up and enabled)", labels
+    )
+    admin = _gauge(
+        "upstream_admin_state",
+        "The upstream's admin state: 1 for the current one",
+        ["upstream", "state"],
+    )
+    for name, alive, state in states:
+        up.add_metric([name], 1 if alive else 0)
+        serving.add_metric([name], 1 if alive and state == ENABLED else 0)
+        for each in ADMIN_STATES:
+            admin.add_metric([name, each], 1 if state == each else 0)
+    return [up, serving, admin]
 
 
 def build_registry(service: BalancerService, process: bool = True) -> CollectorRegistry:

@@ -23,8 +23,14 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from balancebeam.admin.providers import NAME
 from balancebeam.admin.status import CLASSES
-from balancebeam.metrics import _counter, _gauge, exposition, process_families
-from balancebeam.registry import ADMIN_STATES, ENABLED
+from balancebeam.metrics import (
+    _counter,
+    _gauge,
+    exposition,
+    process_families,
+    upstream_state_families,
+)
+from balancebeam.registry import ENABLED
 from balancebeam.workers.counters import MasterSnapshot
 
 SUMMED: tuple[tuple[str, str, str], ...] = (
@@ -158,26 +164,10 @@ class MasterCollector(Collector):
         yield from (requests, connections, started)
 
     def _upstreams(self) -> Iterator[Metric]:
-        snapshot = self._snapshot
-        labels = ["upstream"]
-        up = _gauge(
-            "upstream_up", "Whether the upstream passes its health checks (1) or not", labels
+        states = self._states
+        yield from upstream_state_families(
+            (name, alive, states.get(name, ENABLED)) for name, alive in _upstreams(self._snapshot)
         )
-        serving = _gauge(
-            "upstream_serving", "Whether the upstream takes new requests (up and enabled)", labels
-        )
-        admin = _gauge(
-            "upstream_admin_state",
-            "The upstream's admin state: 1 for the current one",
-            ["upstream", "state"],
-        )
-        for name, alive in _upstreams(snapshot):
-            state = self._states.get(name, ENABLED)
-            up.add_metric([name], 1 if alive else 0)
-            serving.add_metric([name], 1 if alive and state == ENABLED else 0)
-            for each in ADMIN_STATES:
-                admin.add_metric([name, each], 1 if state == each else 0)
-        yield from (up, serving, admin)
 
 
 def _upstreams(snapshot: MasterSnapshot) -> Sequence[tuple[str, bool]]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
-from urllib.parse import unquote
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -36,7 +35,15 @@ from balancebeam.admin.master_status import (
     not_ready_reason,
     render_master_page,
 )
-from balancebeam.admin.resources import ACTIONS, AdminSite, _json, _reply
+from balancebeam.admin.resources import (
+    ACTIONS,
+    AdminSite,
+    Page,
+    _json,
+    _reply,
+    dispatch,
+    redirect_to_status,
+)
 from balancebeam.metrics import CONTENT_TYPE
 from balancebeam.workers.counters import MasterSnapshot
 from balancebeam.workers.fleet_admin import FleetAdmin, PurgeFailed
@@ -94,34 +101,15 @@ class MasterAdminResource(Resource):
         """
         Answer one admin request.
         """
-        path = request.path.decode("ascii", "replace")
-        parts = [unquote(p) for p in path.split("/")[1:]]
-        posts = parts[:1] == ["upstreams"] and len(parts) == 3 or parts == ["cache", "purge"]
-        if posts:
-            if request.method != b"POST":
-                request.setHeader(b"allow", b"POST")
-                return _json(request, 405, {"error": "use POST"})
-            if parts[0] == "upstreams":
-                return self._control(request, parts[1], parts[2])
-            return self._purge(request)
-        page: Callable[[Request], bytes | int] | None = {
-            "": self._root,
+        pages: dict[str, Page] = {
+            "": redirect_to_status,
             "metrics": self._metrics,
             "status": self._status,
             "status.json": self._status_json,
             "healthz": self._healthz,
             "ready": self._ready,
-        }.get(path[1:])
-        if page is None:
-            return _json(request, 404, {"error": f"no such admin page: {path}"})
-        if request.method not in (b"GET", b"HEAD"):
-            request.setHeader(b"allow", b"GET, HEAD")
-            return _json(request, 405, {"error": "use GET"})
-        return page(request)
-
-    def _root(self, request: Request) -> bytes:
-        request.setHeader(b"location", b"/status")
-        return _reply(request, 302, b"see /status\n")
+        }
+        return dispatch(request, pages, self._control, self._purge)
 
     def _metrics(self, request: Request) -> bytes | int:
         def answer(snapshot: MasterSnapshot) -> bytes:

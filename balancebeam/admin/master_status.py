@@ -10,12 +10,10 @@ data, every value escaped, reloading itself).
 from __future__ import annotations
 
 import html
-import platform
 from collections.abc import Mapping
 from typing import Any
 
-import balancebeam
-import twisted
+from balancebeam.admin.status import runtime_data
 from balancebeam.registry import ENABLED
 from balancebeam.workers.counters import MasterSnapshot
 
@@ -68,12 +66,7 @@ def master_status_data(
         )
     reason = not_ready_reason(snapshot, states)
     return {
-        "version": balancebeam.__version__,
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "twisted": twisted.__version__,
-        "now": now,
-        "started_at": started,
-        "uptime_seconds": max(0.0, now - started),
+        **runtime_data(now, started),
         "ready": reason is None,
         "not_ready_reason": reason,
         "generation": snapshot.generation,

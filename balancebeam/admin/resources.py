@@ -18,7 +18,7 @@ logged (a scrape every few seconds would drown the log); the token never is.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -59,6 +59,49 @@ def _json(request: Request, status: int, data: Any) -> bytes:
     return _reply(request, status, body, b"application/json")
 
 
+Page = Callable[[Request], "bytes | int"]
+"""An admin page: renders a request (or answers later: C{NOT_DONE_YET})."""
+
+
+def dispatch(
+    request: Request,
+    pages: Mapping[str, Page],
+    control: Callable[[Request, str, str], bytes | int],
+    purge: Page,
+) -> bytes | int:
+    """
+    Route an admin request: C{POST /upstreams/NAME/ACTION} to C{control},
+    C{POST /cache/purge} to C{purge}, C{GET} or C{HEAD} of C{/NAME} to
+    C{pages[NAME]}; 404 for another path, 405 for another method.
+    """
+    path = request.path.decode("ascii", "replace")
+    method = request.method
+    parts = [unquote(p) for p in path.split("/")[1:]]
+    upstream_action = parts[:1] == ["upstreams"] and len(parts) == 3
+    if upstream_action or parts == ["cache", "purge"]:
+        if method != b"POST":
+            request.setHeader(b"allow", b"POST")
+            return _json(request, 405, {"error": "use POST"})
+        if upstream_action:
+            return control(request, parts[1], parts[2])
+        return purge(request)
+    page = pages.get(path[1:])
+    if page is None:
+        return _json(request, 404, {"error": f"no such admin page: {path}"})
+    if method not in (b"GET", b"HEAD"):
+        request.setHeader(b"allow", b"GET, HEAD")
+        return _json(request, 405, {"error": "use GET"})
+    return page(request)
+
+
+def redirect_to_status(request: Request) -> bytes:
+    """
+    The admin's C{/}: a redirect to the status page.
+    """
+    request.setHeader(b"location", b"/status")
+    return _reply(request, 302, b"see /status\n")
+
+
 class AdminResource(Resource):
     """
     Every admin path, dispatched on the request's path and method.
@@ -76,38 +119,15 @@ class AdminResource(Resource):
         """
         Answer one admin request.
         """
-        path = request.path.decode("ascii", "replace")
-        method = request.method
-        parts = [unquote(p) for p in path.split("/")[1:]]
-        reads = {b"GET", b"HEAD"}
-        if parts and parts[0] == "upstreams" and len(parts) == 3:
-            if method != b"POST":
-                request.setHeader(b"allow", b"POST")
-                return _json(request, 405, {"error": "use POST"})
-            return self._control(request, parts[1], parts[2])
-        if parts == ["cache", "purge"]:
-            if method != b"POST":
-                request.setHeader(b"allow", b"POST")
-                return _json(request, 405, {"error": "use POST"})
-            return self._purge(request)
-        page = {
-            "": self._root,
+        pages: dict[str, Page] = {
+            "": redirect_to_status,
             "metrics": self._metrics,
             "status": self._status,
             "status.json": self._status_json,
             "healthz": self._healthz,
             "ready": self._ready,
-        }.get(path[1:])
-        if page is None:
-            return _json(request, 404, {"error": f"no such admin page: {path}"})
-        if method not in reads:
-            request.setHeader(b"allow", b"GET, HEAD")
-            return _json(request, 405, {"error": "use GET"})
-        return page(request)
-
-    def _root(self, request: Request) -> bytes:
-        request.setHeader(b"location", b"/status")
-        return _reply(request, 302, b"see /status\n")
+        }
+        return dispatch(request, pages, self._control, self._purge)
 
     def _metrics(self, request: Request) -> bytes:
         return _reply(request, 200, exposition(self._registry), CONTENT_TYPE.encode("ascii"))

@@ -82,6 +82,20 @@ def requests_in_flight(service: BalancerService) -> int:
     return busy + len(factory.detached)
 
 
+def runtime_data(now: float, started: float) -> dict[str, Any]:
+    """
+    What every status shows of the running process: versions and times.
+    """
+    return {
+        "version": balancebeam.__version__,
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "twisted": twisted.__version__,
+        "now": now,
+        "started_at": started,
+        "uptime_seconds": max(0.0, now - started),
+    }
+
+
 def status_data(service: BalancerService) -> dict[str, Any]:
     """
     Everything the status page shows, as JSON-able data.
@@ -97,12 +111,7 @@ def status_data(service: BalancerService) -> dict[str, Any]:
     reloads = service.reloads
     features = {provider.name: dict(provider.snapshot()) for provider in service.feature_counters}
     return {
-        "version": balancebeam.__version__,
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "twisted": twisted.__version__,
-        "now": now,
-        "started_at": started,
-        "uptime_seconds": max(0.0, now - started),
+        **runtime_data(now, started),
         "listeners": list(service.listening_on),
         "admin": [describe_listener(p) for p in service.admin_ports],
         "ready": service.is_ready(),
