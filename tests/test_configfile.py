@@ -367,19 +367,6 @@ class CommandLineTests(SynchronousTestCase):
         self.assertEqual(code, 1)
         self.assertIn("--admin-token-file '/nonexistent/token' cannot be read", err)
 
-    def test_check_unusable_certificate(self) -> None:
-        """
-        A TLS certificate file that does not load fails the check with one
-        line naming the flag, not a traceback.
-        """
-        bad = write(self, "not a certificate\n")
-        code, out, err = self.check(
-            "-u", "a:1", "--tls-bind", "127.0.0.1:8443", "--tls-cert", bad
-        )
-        self.assertEqual((code, out), (1, ""))
-        self.assertTrue(err.startswith("balancebeam: configuration error: --tls-cert"), err)
-        self.assertEqual(err.count("\n"), 1, err)
-
     def test_check_accepts_systemd_sockets(self) -> None:
         """
         A C{systemd:} listener is checked for its syntax only: the check runs

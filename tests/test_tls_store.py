@@ -1,12 +1,15 @@
 """
 Unit tests for the listeners' certificate store and the PEM loader: loading,
-choice by server name, reload, the modification-time poll on a L{Clock}, and
-expiry warnings. No sockets (the handshakes are in L{tests.test_tls_loopback}).
+choice by server name, reload, the modification-time poll on a L{Clock},
+expiry warnings, and C{--check-config} with a file that does not load. No
+sockets (the handshakes are in L{tests.test_tls_loopback}).
 """
 
 from __future__ import annotations
 
+import io
 import os
+from contextlib import redirect_stderr, redirect_stdout
 
 import trustme
 from twisted.internet.task import Clock
@@ -14,6 +17,7 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from balancebeam import tap
 from balancebeam.tls.pem import CertificateError, load_ca_file, load_pem_bundle
 from balancebeam.tls.store import EXPIRY_WARNING, CertificateStore
 from tests.test_tls_support import bundle, touch_later, utc, write
@@ -406,3 +410,32 @@ class ExpiryTests(SynchronousTestCase):
         errors = [e for e in self.events if e["log_level"] == LogLevel.error]
         self.assertEqual(len(errors), 1)
         self.assertEqual(errors[0]["expires"], "2030-01-11T00:00:00Z")
+
+
+class CheckConfigTests(SynchronousTestCase):
+    """
+    C{--check-config} with a certificate that does not load.
+    """
+
+    def test_unusable_certificate(self) -> None:
+        """
+        A TLS certificate file that does not load fails the check with one
+        line naming the flag, not a traceback.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("not a certificate\n")
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            exit = self.assertRaises(
+                SystemExit,
+                tap.Options().parseOptions,
+                ["--check-config", "-u", "a:1", "--tls-bind", "127.0.0.1:8443",
+                 "--tls-cert", path],
+            )
+        self.assertEqual((exit.code, out.getvalue()), (1, ""))
+        message = err.getvalue()
+        self.assertTrue(
+            message.startswith("balancebeam: configuration error: --tls-cert"), message
+        )
+        self.assertEqual(message.count("\n"), 1, message)

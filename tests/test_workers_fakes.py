@@ -13,9 +13,8 @@ import itertools
 import os
 import socket
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import trustme
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.interfaces import IProcessTransport
@@ -30,6 +29,9 @@ from balancebeam.workers.worker import WorkerSpec
 
 _pids = itertools.count(1000)
 _fds = itertools.count(40)
+
+if TYPE_CHECKING:
+    import trustme
 
 
 @implementer(IProcessTransport)

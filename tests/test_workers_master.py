@@ -9,7 +9,6 @@ import signal
 from collections.abc import Mapping
 from typing import Any
 
-import trustme
 from twisted.application.service import MultiService
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
@@ -42,7 +41,6 @@ from tests.test_workers_fakes import (
     FakeLauncher,
     FakeProbe,
     Launched,
-    certificate_file,
 )
 
 UPSTREAMS = ["127.0.0.1:8081", "127.0.0.1:8082"]
@@ -269,58 +267,6 @@ class StartTests(SynchronousTestCase):
         scenario.start()
         [event] = logged(events, "Listening for requests on")
         self.assertEqual((event["address"], event["count"]), ("127.0.0.1:1100", 2))
-
-    def https_values(self) -> dict[str, object]:
-        """
-        C{--tls-bind 127.0.0.1:1443} with a certificate.
-        """
-        pem = certificate_file(self.mktemp(), trustme.CA(), "example.test")
-        return {"tls-bind": ["127.0.0.1:1443"], "tls-cert": [pem]}
-
-    def test_https_listeners_shared(self) -> None:
-        """
-        The C{--tls-bind} sockets are bound by the master and given to every
-        worker after the plain ones, marked HTTPS (not C{ssl:}); the
-        workers keep the TLS options, to load the certificates.
-        """
-        events = log_events(self)
-        scenario = MasterScenario(self, **self.https_values())
-        launched = scenario.start(ready=False)
-        plain, https = scenario.binder.opened
-        self.assertEqual((plain.getsockname()[1], https.getsockname()[1]), (1100, 1443))
-        for worker in launched:
-            self.assertEqual(
-                (worker.child_fds[5], worker.child_fds[6]), (plain.fileno(), https.fileno())
-            )
-            self.assertEqual(
-                [(x.fd, x.description, x.tls, x.https) for x in worker.spec.listeners],
-                [
-                    (5, "tcp:1100:interface=127.0.0.1", False, False),
-                    (6, "tcp:1443:interface=127.0.0.1", False, True),
-                ],
-            )
-            self.assertEqual(worker.spec.values["tls-bind"], ["127.0.0.1:1443"])
-        listening = logged(events, "Listening for requests on")
-        self.assertEqual(
-            [(e["address"], e["https"]) for e in listening],
-            [("127.0.0.1:1100", ""), ("127.0.0.1:1443", "HTTPS, ")],
-        )
-
-    def test_https_reuse_port(self) -> None:
-        """
-        With C{--reuse-port} each slot gets an HTTPS socket of its own too.
-        """
-        scenario = MasterScenario(self, **{"reuse-port": True}, **self.https_values())
-        launched = scenario.start(ready=False)
-        opened = scenario.binder.opened
-        self.assertEqual([s.getsockname()[1] for s in opened], [1100, 1100, 1443, 1443])
-        self.assertIsNone(scenario.master.table)
-        for slot, worker in enumerate(launched):
-            self.assertEqual(
-                (worker.child_fds[4], worker.child_fds[5]),
-                (opened[slot].fileno(), opened[2 + slot].fileno()),
-            )
-            self.assertEqual([x.https for x in worker.spec.listeners], [False, True])
 
     def test_bind_failure(self) -> None:
         """
@@ -814,21 +760,6 @@ class ReloadTests(SynchronousTestCase):
         self.assertEqual(len(scenario.launcher.launched), 2)
         [event] = logged(events, "reload refused")
         self.assertEqual(event["problem"], "changing the listeners needs a restart")
-
-    def test_https_listener_change_refused(self) -> None:
-        """
-        Changing the HTTPS listeners needs a restart too.
-        """
-        events = log_events(self)
-        pem = certificate_file(self.mktemp(), trustme.CA(), "example.test")
-        https = {"tls-bind": ["127.0.0.1:1443"], "tls-cert": [pem]}
-        scenario = MasterScenario(self, **https)
-        scenario.start()
-        scenario.next_values = {**BASE, **https, "tls-bind": ["127.0.0.1:1444"]}
-        self.assertFalse(self.successResultOf(scenario.master.reload()))
-        self.assertEqual(len(scenario.launcher.launched), 2)
-        [event] = logged(events, "reload refused")
-        self.assertEqual(event["problem"], "changing the HTTPS listeners needs a restart")
 
     def test_new_worker_not_started(self) -> None:
         """

@@ -9,12 +9,10 @@ import contextlib
 import io
 import json
 import os
-import signal
 import socket
 from collections.abc import Mapping
 from typing import Any
 
-import trustme
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import ILogObserver, LogLevel, globalLogPublisher, textFileLogObserver
@@ -22,7 +20,6 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import provider
 
 from balancebeam.service import BalancerService
-from balancebeam.tls.layer import DirectTLSFactory
 from balancebeam.workers.control import (
     DOWN,
     HEALTH,
@@ -45,7 +42,6 @@ from balancebeam.workers.worker import (
     parse_arguments,
     worker_observer,
 )
-from tests.test_workers_fakes import certificate_file
 
 UPSTREAMS = ["127.0.0.1:8081", "127.0.0.1:8082"]
 
@@ -412,75 +408,3 @@ class SharedListenerTests(SynchronousTestCase):
         self.assertNoResult(stopped)
         scenario.reactor.advance(0.01)
         self.successResultOf(stopped)
-
-    def https_scenario(self) -> tuple[WorkerScenario, int]:
-        """
-        A worker given an HTTPS listener (with C{--tls-bind} and
-        C{--tls-cert} among its values) on a pipe standing in for the
-        socket; the read end is the listener's descriptor.
-        """
-        read_end, write_end = os.pipe()
-        self.addCleanup(os.close, write_end)
-        pem = certificate_file(self.mktemp(), trustme.CA(), "example.test")
-        listener = ListenerFd(
-            read_end, socket.AF_INET, "tcp:8443:interface=127.0.0.1", https=True
-        )
-        values = {"tls-bind": ["127.0.0.1:8443"], "tls-cert": [pem]}
-        return WorkerScenario(listeners=(listener,), values=values), read_end
-
-    def test_https_listener(self) -> None:
-        """
-        An HTTPS listener is served with the balancer's HTTPS factory under
-        TLS from its certificate store; the worker binds nothing itself.
-        """
-        scenario, read_end = self.https_scenario()
-        service = scenario.service
-        self.assertIsNotNone(service.certificates)
-        self.assertEqual(service.config.tls.listen, ())
-        scenario.health()
-        [(fd, family, factory)] = scenario.reactor.adoptedPorts
-        self.assertEqual((fd, family), (read_end, socket.AF_INET))
-        self.assertIsInstance(factory, DirectTLSFactory)
-        self.assertIs(factory.wrappedFactory, service.https_factory)
-        self.assertEqual(scenario.reactor.tcpServers, [])
-        self.assertEqual(service.tls_ports, [])
-
-    def test_https_listener_without_certificates(self) -> None:
-        """
-        An HTTPS listener given to a worker without certificates fails its
-        build with one line.
-        """
-        from balancebeam.errors import StartupError
-
-        listener = ListenerFd(9, socket.AF_INET, "tcp:8443:interface=127.0.0.1", https=True)
-        self.assertRaises(StartupError, WorkerScenario, listeners=(listener,))
-
-    def test_sighup_stays_ignored(self) -> None:
-        """
-        The certificate store does not take C{SIGHUP} over (it is the
-        master's); the store still polls its files.
-        """
-        previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        self.addCleanup(signal.signal, signal.SIGHUP, previous)
-        scenario, _ = self.https_scenario()
-        scenario.health()
-        self.assertEqual(signal.getsignal(signal.SIGHUP), signal.SIG_IGN)
-        store = scenario.service.certificates
-        assert store is not None
-        scenario.reactor.advance(30)
-        self.assertEqual(store.reloads, 0)
-        self.assertTrue(store.running)
-
-    def test_connections_counted_over_both_factories(self) -> None:
-        """
-        The connections a worker reports (and publishes for balanced
-        accepting) are its plain and HTTPS ones together.
-        """
-        scenario, _ = self.https_scenario()
-        scenario.health()
-        service = scenario.service
-        assert service.https_factory is not None
-        service.https_factory.connections.add(object())  # type: ignore[arg-type]
-        service.factory.connections.add(object())  # type: ignore[arg-type]
-        scenario.send({"type": REPORT, "serial": 1})
-        self.assertEqual(scenario.received(STATS)[-1]["connections"], 2)
