@@ -47,7 +47,13 @@ from tests.helpers import unused_port, wait_until
 from tests.test_integration import HOST, IntegrationTestCase, build_request, reactor
 from tests.test_tls_support import InspectingClient, bundle, write
 from tests.test_twistd import REPO_ROOT, TWISTD, TwistdProcess
-from tests.upstreams import RawClient, UpstreamProtocol, UpstreamServer, _ClientFactory
+from tests.upstreams import (
+    RawClient,
+    UpstreamProtocol,
+    UpstreamServer,
+    _ClientFactory,
+    connect_client,
+)
 
 UPGRADE = [HOST, (b"Connection", b"Upgrade"), (b"Upgrade", b"websocket")]
 
@@ -364,6 +370,28 @@ class ListenerTests(TLSBalancerTestCase):
         self.assertEqual((await self.fetch_tls(build_request(), idle)).status, 200)
         await idle.wait_for(lambda: idle.is_closed, timeout=5)
         self.assertTrue(idle.is_closed)
+
+    async def test_stalled_handshake_gets_the_header_timeout(self) -> None:
+        """
+        A connection to the HTTPS port that sends half a ClientHello and
+        stalls is closed at C{--client-header-timeout}, not held for the
+        idle timeout; one that completes its handshake waits for its first
+        request for the idle timeout.
+        """
+        upstream = self.start_upstream("plain-upstream")
+        self.start_tls_balancer(
+            [upstream], options={"timeouts": Timeouts(client_header=0.5, client_idle=30)}
+        )
+        # Handshaken first: it is still open when the stalled one, opened
+        # after it, has been closed at its header timeout.
+        handshaken = await self.connect_tls()
+        stalled = await connect_client(self, reactor, self.tls_port)
+        stalled.send(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", b"GET")
+        await stalled.wait_for(lambda: stalled.is_closed, timeout=10)
+        self.assertTrue(stalled.is_closed)
+        self.assertFalse(handshaken.is_closed)
+        answer = await self.fetch_tls(build_request(), handshaken)
+        self.assertEqual(answer.status, 200)
 
     async def test_plain_port_answers_client_hello(self) -> None:
         """

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, ClassVar, Final, cast
 
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
+    IHandshakeListener,
+    INegotiated,
     IPushProducer,
 )
 from twisted.internet.protocol import Protocol, connectionDone
@@ -113,7 +115,22 @@ class ClientConnection(Protocol):
         enable_no_delay(transport)
         factory = self.factory
         factory.connections.add(self)
-        self.deadline = factory.clock.seconds() + factory.settings.timeouts.client_idle
+        timeouts = factory.settings.timeouts
+        wait = timeouts.client_idle
+        if INegotiated.providedBy(transport):
+            # The TLS handshake comes first: it gets the head's time, so a
+            # client stalling in it is not held for the idle timeout.
+            wait = min(wait, timeouts.client_header)
+        self.deadline = factory.clock.seconds() + wait
+
+    def handshakeCompleted(self) -> None:
+        """
+        The TLS handshake is done: the connection waits for its first
+        request for the idle timeout, as a plain one does.
+        """
+        if self.state == _IDLE and not self._buffer:
+            factory = self.factory
+            self.deadline = factory.clock.seconds() + factory.settings.timeouts.client_idle
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """
@@ -449,4 +466,6 @@ class ClientConnection(Protocol):
 
 # After the class, not as a decorator: mypyc compiles a decorated class as a
 # Python class (slower attribute access); mypy-zope checks both forms.
-classImplements(ClientConnection, IPushProducer, IHalfCloseableProtocol, IClientSide)
+classImplements(
+    ClientConnection, IPushProducer, IHalfCloseableProtocol, IHandshakeListener, IClientSide
+)
