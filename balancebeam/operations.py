@@ -120,6 +120,8 @@ class BalancerOperations:
         if not self.running or not self._listeners_up():
             return "not listening yet"
         if not self.registry.live():
+            if any(upstream.alive for upstream in self.registry.upstreams):
+                return "no upstream takes requests: the ones up are drained or disabled"
             return "no upstream is up"
         return None
 

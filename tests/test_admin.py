@@ -98,6 +98,14 @@ class PageTests(SynchronousTestCase):
         self.assertEqual(harness.admin("/ready").status, 200)
         registry = harness.service.registry
         for upstream in registry.upstreams:
+            registry.set_admin_state(upstream, DRAINING, "test")
+        answer = harness.admin("/ready")
+        self.assertEqual(
+            (answer.status, answer.body),
+            (503, b"not ready: no upstream takes requests: the ones up are drained or disabled\n"),
+        )
+        for upstream in registry.upstreams:
+            registry.set_admin_state(upstream, ENABLED, "test")
             registry.mark_down(upstream, "test")
         answer = harness.admin("/ready")
         self.assertEqual((answer.status, answer.body), (503, b"not ready: no upstream is up\n"))

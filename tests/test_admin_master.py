@@ -343,11 +343,15 @@ class ReadyTests(SynchronousTestCase):
         site = master_site(fleet)
         fleet.admin.states[UP] = DRAINING
         answer = ask(site, "/ready")
-        self.assertEqual((answer.status, answer.body), (503, b"not ready: no upstream is up\n"))
+        self.assertEqual(
+            (answer.status, answer.body),
+            (503, b"not ready: no upstream takes requests: the ones up are drained or disabled\n"),
+        )
         fleet.admin.states[UP] = ENABLED
         self.assertEqual(ask(site, "/ready").status, 200)
         fleet.current = MasterSnapshot({}, fleet.current.workers, 1, (), (UP, DOWN))
-        self.assertEqual(ask(site, "/ready").status, 503)
+        answer = ask(site, "/ready")
+        self.assertEqual((answer.status, answer.body), (503, b"not ready: no upstream is up\n"))
 
 
 class TokenTests(SynchronousTestCase):

@@ -36,6 +36,8 @@ def not_ready_reason(snapshot: MasterSnapshot, states: Mapping[str, str]) -> str
     if not any(worker.state == "ready" for worker in snapshot.workers):
         return "no worker is ready"
     if not serving(snapshot, states):
+        if snapshot.upstreams_up:
+            return "no upstream takes requests: the ones up are drained or disabled"
         return "no upstream is up"
     return None
 
