@@ -83,11 +83,14 @@ def parse_positive(text: str) -> float:
     """
     Parse a strictly positive, finite number of seconds.
 
-    @raise ValueError: on 0 and whatever L{parse_non_negative} refuses.
+    @raise ValueError: on 0, negatives, NaN, infinities and non-numbers.
     """
-    value = parse_non_negative(text)
-    if value == 0:
-        raise ValueError("must be greater than 0")
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("is not a number") from None
+    if not 0 < value < math.inf:
+        raise ValueError("must be a finite number greater than 0")
     return value
 
 

@@ -520,7 +520,7 @@ BAD_VALUES: list[tuple[str, Mapping[str, object], str]] = [
     (
         "health-check-timeout",
         {"health-check-timeout": "0"},
-        "--health-check-timeout '0' must be greater than 0",
+        "--health-check-timeout '0' must be a finite number greater than 0",
     ),
     (
         "health-check-rise",
@@ -537,7 +537,11 @@ BAD_VALUES: list[tuple[str, Mapping[str, object], str]] = [
         {"passive-retry-interval": "-3"},
         "--passive-retry-interval '-3' must be a finite number",
     ),
-    ("connect-timeout", {"connect-timeout": "0"}, "--connect-timeout '0' must be greater than 0"),
+    (
+        "connect-timeout",
+        {"connect-timeout": "0"},
+        "--connect-timeout '0' must be a finite number greater than 0",
+    ),
     ("upstream-timeout", {"upstream-timeout": "inf"}, "--upstream-timeout 'inf' must be a finite"),
     (
         "client-header-timeout",
@@ -557,7 +561,7 @@ BAD_VALUES: list[tuple[str, Mapping[str, object], str]] = [
     (
         "tunnel-idle-timeout",
         {"tunnel-idle-timeout": "0"},
-        "--tunnel-idle-timeout '0' must be greater than 0",
+        "--tunnel-idle-timeout '0' must be a finite number greater than 0",
     ),
     ("queue-timeout", {"queue-timeout": "-1"}, "--queue-timeout '-1' must be a finite number"),
     ("max-head-size", {"max-head-size": "0"}, "--max-head-size '0' must be at least 1 byte"),
@@ -588,7 +592,11 @@ BAD_VALUES: list[tuple[str, Mapping[str, object], str]] = [
         {"max-requests-per-minute": "\u0661\u0662"},
         "--max-requests-per-minute '\u0661\u0662' must be a whole number",
     ),
-    ("rate-limit-window", {"rate-limit-window": "0"}, "--rate-limit-window '0' must be greater"),
+    (
+        "rate-limit-window",
+        {"rate-limit-window": "0"},
+        "--rate-limit-window '0' must be a finite number greater",
+    ),
     (
         "rate-limit-algorithm",
         {"rate-limit-algorithm": "leaky"},
@@ -617,7 +625,7 @@ BAD_VALUES: list[tuple[str, Mapping[str, object], str]] = [
     (
         "rate-limit-redis-timeout",
         {"rate-limit-redis-timeout": "0"},
-        "--rate-limit-redis-timeout '0' must be greater than 0",
+        "--rate-limit-redis-timeout '0' must be a finite number greater than 0",
     ),
     (
         "rate-limit-on-error",
@@ -647,7 +655,7 @@ BAD_VALUES: list[tuple[str, Mapping[str, object], str]] = [
     (
         "pool-idle-timeout",
         {"pool-idle-timeout": "0"},
-        "--pool-idle-timeout '0' must be greater than 0",
+        "--pool-idle-timeout '0' must be a finite number greater than 0",
     ),
     (
         "pool-max-requests-per-connection",

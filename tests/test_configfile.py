@@ -139,7 +139,7 @@ class ErrorTests(SynchronousTestCase):
         """
         self.assertEqual(
             self.error('upstream = ["a:1"]\n# x\nconnect-timeout = -1\n'),
-            "FILE:3: connect-timeout '-1' must be a finite number of at least 0",
+            "FILE:3: connect-timeout '-1' must be a finite number greater than 0",
         )
 
     def test_bad_list_element(self) -> None:

@@ -331,7 +331,7 @@ class TwistdOperationsTests(TestCase):
         await wait_until(reactor, lambda: notify.count("READY=1") >= 3, "READY=1 after bad reload")
         failed = [m for m in notify.read() if "READY=1" in m][-1]
         self.assertIn("reload failed", failed[1])
-        self.assertIn("connect-timeout '-3' must be a finite number of at least 0", failed[1])
+        self.assertIn("connect-timeout '-3' must be a finite number greater than 0", failed[1])
         status, body = await http_get(self, admin_port, "/metrics", bearer)
         samples = parse_metrics(body)
         self.assertEqual(metric(samples, "balancebeam_config_reloads_total", result="failure"), 1)

@@ -399,7 +399,7 @@ class InvalidValueTests(SynchronousTestCase):
         )
         self.assert_usage_error(
             ["-u", "a:1", "--connect-timeout", "-1"],
-            "--connect-timeout '-1' must be a finite number of at least 0",
+            "--connect-timeout '-1' must be a finite number greater than 0",
         )
 
     def test_no_upstream(self) -> None:

@@ -128,4 +128,6 @@ class UsageErrorTests(TestCase):
         code, output = await self.run_twistd(
             "--upstream", "127.0.0.1:9", "--tunnel-idle-timeout", "0"
         )
-        self.assert_usage_error(code, output, "--tunnel-idle-timeout '0' must be greater than 0")
+        self.assert_usage_error(
+            code, output, "--tunnel-idle-timeout '0' must be a finite number greater than 0"
+        )
