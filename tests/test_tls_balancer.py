@@ -393,6 +393,21 @@ class ListenerTests(TLSBalancerTestCase):
         answer = await self.fetch_tls(build_request(), handshaken)
         self.assertEqual(answer.status, 200)
 
+    async def test_plain_http_to_the_https_port(self) -> None:
+        """
+        A plain HTTP request sent to the HTTPS port gets a plain 400 saying
+        so, and the connection closes (as nginx answers); nothing reaches
+        the upstream.
+        """
+        upstream = self.start_upstream("plain-upstream")
+        self.start_tls_balancer([upstream])
+        client = await connect_client(self, reactor, self.tls_port)
+        client.send(build_request(), b"GET")
+        await client.wait_for(lambda: client.is_closed, timeout=10)
+        self.assertEqual([r.status for r in client.responses], [400])
+        self.assertIn(b"plain HTTP request was sent to an HTTPS port", client.responses[0].body)
+        self.assertEqual(upstream.requests, [])
+
     async def test_plain_port_answers_client_hello(self) -> None:
         """
         The plain-HTTP port beside an HTTPS one still answers a TLS

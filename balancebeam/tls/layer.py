@@ -18,6 +18,8 @@ handshake is done, reads and writes take a direct path into OpenSSL
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IListeningPort,
@@ -40,6 +42,17 @@ class DirectTLSFactory(TLSMemoryBIOFactory):
 
     protocol = DirectTLSProtocol
     noisy = False
+
+    def __init__(
+        self,
+        contextFactory: Any,
+        isClient: bool,
+        wrappedFactory: IProtocolFactory,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        super().__init__(contextFactory, isClient, wrappedFactory, clock)
+        #: A server answers a plain HTTP request with a plain 400.
+        self.answers_plain_http = not isClient
 
 
 @implementer(IStreamServerEndpoint)
