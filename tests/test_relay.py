@@ -5,6 +5,7 @@ together on a memory reactor.
 
 from __future__ import annotations
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
@@ -14,6 +15,7 @@ from zope.interface import implementer
 
 from balancebeam.config import Limits, Timeouts
 from balancebeam.interfaces import IRateLimiter, RateLimitDecision
+from balancebeam.relay.client import ClientConnection
 from tests.helpers import Harness, response
 
 
@@ -636,6 +638,35 @@ class _FixedLimiter:
         return None
 
 
+class _FillingTransport(StringTransport):
+    """
+    A transport whose send buffer is full above C{limit} bytes: it pauses
+    its producer then, as Twisted's TCP transport does, until L{drain}.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        self.limit = limit
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if len(self.io.getvalue()) > self.limit and self.producer is not None:
+            self.producer.pauseProducing()
+
+    def drain(self) -> None:
+        """
+        The client read everything sent so far.
+        """
+        self.clear()
+        if self.producer is not None:
+            self.producer.resumeProducing()
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        super().abortConnection()
+
+
 class RateLimitTests(SynchronousTestCase):
     """
     The relay honours the rate limiter's decisions.
@@ -656,6 +687,29 @@ class RateLimitTests(SynchronousTestCase):
         self.assertFalse(client_transport.disconnecting)
         self.assertEqual(harness.pending_connects(), 0)
         self.assertEqual(limiter.keys, ["127.0.0.1"])
+
+    def test_pipelined_answers_bounded_by_an_unread_client(self) -> None:
+        """
+        A client pipelining requests that the balancer answers itself (429s)
+        and reading none of the answers is answered only until its send
+        buffer is full: then it is no longer read, until it reads again;
+        at the idle deadline it is dropped (a graceful close would wait for
+        ever).
+        """
+        harness = Harness(rate_limiter=_FixedLimiter(allowed=0))
+        protocol = harness.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        assert isinstance(protocol, ClientConnection)
+        transport = _FillingTransport(limit=2000)
+        protocol.makeConnection(transport)
+        protocol.dataReceived(GET * 200)
+        answered = transport.value().count(b"HTTP/1.1 429 ")
+        self.assertLess(answered, 20)
+        self.assertEqual(transport.producerState, "paused")
+        transport.drain()
+        self.assertGreater(transport.value().count(b"HTTP/1.1 429 "), 0)
+        self.assertEqual(transport.producerState, "paused")
+        harness.reactor.advance(61)
+        self.assertTrue(transport.aborted)
 
     def test_denied_post_body_skipped(self) -> None:
         """

@@ -39,6 +39,7 @@ from balancebeam.interfaces import IExchange
 from balancebeam.relay.exchange import Exchange
 from balancebeam.relay.interfaces import IClientSide
 from balancebeam.relay.states import (
+    PAUSE_CLIENT_FULL,
     PAUSE_PIPELINE,
     PAUSE_UPSTREAM_FULL,
     PAUSE_WAITING,
@@ -311,6 +312,15 @@ class ClientConnection(Protocol):
             while self._buffer and self.state != _CLOSED:
                 exchange = self.exchange
                 if exchange is None:
+                    if self._out:
+                        # A pipelined request after one answered at once (a
+                        # 429, a cache hit): send that answer first, so that
+                        # a client not reading its answers is not answered
+                        # without bound, but stops being read.
+                        self.flush()
+                    if self.writes_paused:
+                        self.pause_reading(PAUSE_CLIENT_FULL)
+                        break
                     if not self._read_head():
                         break
                     continue
@@ -436,6 +446,10 @@ class ClientConnection(Protocol):
         exchange = self.exchange
         if exchange is not None:
             exchange.client_write_resumed()
+        elif self._paused & PAUSE_CLIENT_FULL:
+            self.resume_reading(PAUSE_CLIENT_FULL)
+            if self._buffer:
+                self._process()
 
     def stopProducing(self) -> None:
         """
@@ -451,7 +465,12 @@ class ClientConnection(Protocol):
         state = self.state
         self.deadline = math.inf
         if state == _IDLE:
-            self.close()
+            if self.writes_paused:
+                # Answers the client has not read for the idle timeout: a
+                # graceful close would wait for it for ever.
+                self.abort()
+            else:
+                self.close()
         elif state == _HEAD:
             self._client_error(HTTPError(408, "request head not received in time"))
         elif state == _BUSY or state == _TUNNEL:

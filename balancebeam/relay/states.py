@@ -21,10 +21,12 @@ from balancebeam.config import Timeouts
 
 #: Reasons for not reading from a client, as bits of one mask: the upstream
 #: is not taking the request body; pipelined bytes wait for the current
-#: response; request body bytes wait for an upstream connection.
+#: response; request body bytes wait for an upstream connection; the client
+#: is not reading the responses already answered.
 PAUSE_UPSTREAM_FULL: Final = 1
 PAUSE_PIPELINE: Final = 2
 PAUSE_WAITING: Final = 4
+PAUSE_CLIENT_FULL: Final = 8
 
 
 class ClientState(IntEnum):
