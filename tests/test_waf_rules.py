@@ -169,6 +169,7 @@ class SourcesTests(SynchronousTestCase):
             "SecRequestBodyLimit 4096",
             "SecPcreMatchLimit 500000",
             "SecPcreMatchLimitRecursion 500000",
+            "SecArgumentsLimit 1000",
             "SecResponseBodyAccess Off",
         ):
             self.assertIn(line + "\n", text)
@@ -179,7 +180,7 @@ class SourcesTests(SynchronousTestCase):
         """
         text = rules.engine_settings(1) + rules.crs_options(1, 5) + rules.score_rule()
         ids = [int(part.split(",")[0]) for part in text.split("id:")[1:]]
-        self.assertEqual(len(ids), 7)
+        self.assertEqual(len(ids), 8)
         self.assertTrue(all(i in rules.RESERVED_RULE_IDS for i in ids), ids)
 
 

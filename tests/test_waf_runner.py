@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, protocol, reactor, task
+from twisted.internet.defer import CancelledError
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -297,6 +298,59 @@ class ThreadedRunnerTests(SynchronousTestCase):
         runner.stop()
         self.failureResultOf(runner.run(lambda: 3), RunnerBusy)
         self.assertEqual(pool.work, [])
+
+
+    def test_cancelled_work_is_skipped(self) -> None:
+        """
+        Cancelling a queued inspection (its client left, its deadline
+        passed) fails it at once, and the pool skips its work; the slot is
+        held until then.
+        """
+        fake_reactor, pool = FakeThreadsReactor(), FakeThreadPool()
+        runner = ThreadedRunner(fake_reactor, pool)  # type: ignore[arg-type]
+        ran: list[int] = []
+        result = runner.run(lambda: ran.append(1))
+        result.cancel()
+        self.failureResultOf(result, CancelledError)
+        self.assertEqual(runner.queued, 1)
+        pool.run_one()
+        fake_reactor.run_calls()
+        self.assertEqual((ran, runner.queued), ([], 0))
+
+    def test_stop_skips_waiting_work(self) -> None:
+        """
+        After C{stop}, inspections still waiting in the pool are not run
+        (stopping the pool then waits only for those running): each fails
+        with L{CancelledError}.
+        """
+        fake_reactor, pool = FakeThreadsReactor(), FakeThreadPool()
+        runner = ThreadedRunner(fake_reactor, pool)  # type: ignore[arg-type]
+        ran: list[int] = []
+        waiting = [runner.run(lambda: ran.append(1)) for _ in range(3)]
+        runner.stop()
+        while pool.work:
+            pool.run_one()
+        fake_reactor.run_calls()
+        self.assertEqual(ran, [])
+        for result in waiting:
+            self.failureResultOf(result, CancelledError)
+
+    def test_cancelled_filter_logs_no_engine_failure(self) -> None:
+        """
+        A request given up while its inspection waits is not reported as an
+        engine failure (no critical log, no 500 counted).
+        """
+        fake_reactor, pool = FakeThreadsReactor(), FakeThreadPool()
+        inspector = FakeInspector(Verdict(None, (), 0))
+        waf = WafFilter(inspector, ThreadedRunner(fake_reactor, pool), "block", 1024)  # type: ignore[arg-type]
+        decision = waf.on_request(FakeExchange(request_head(), request_id="a"))
+        decision.cancel()
+        self.failureResultOf(decision, CancelledError)
+        pool.run_one()
+        fake_reactor.run_calls()
+        self.assertEqual(inspector.seen, [])
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(waf.counters.engine_errors, 0)
 
 
 @implementer(IInspector)

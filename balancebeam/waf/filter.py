@@ -19,7 +19,7 @@ C{request_id} (see C{doc/waf.md}).
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -166,6 +166,9 @@ class WafFilter:
             return self._overloaded(exchange, str(e))
         except InspectionError as e:
             return self._engine_error(exchange, str(e))
+        except CancelledError:
+            # The exchange gave up (its client left, its deadline passed).
+            raise
         except Exception as e:
             self.log.failure(
                 "waf inspection of {request_id} failed unexpectedly",

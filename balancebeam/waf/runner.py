@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads, IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
@@ -101,18 +101,30 @@ class ThreadedRunner:
             return fail(RunnerBusy("the firewall is stopping"))
         if self.queued >= self._max_queued:
             return fail(RunnerBusy(f"{self.queued} inspections are waiting already"))
-        result: Deferred[T] = Deferred()
+        # Set when the result is cancelled (the request's client left, its
+        # deadline passed): the work is skipped if it has not started yet.
+        cancelled: list[bool] = []
+        result: Deferred[T] = Deferred(lambda _: cancelled.append(True))
         self.queued += 1
+
+        def guarded() -> T:
+            # Runs in the worker thread: a cancelled inspection, or one
+            # waiting when the firewall stops, is not run.
+            if cancelled or self._stopped:
+                raise CancelledError()
+            return work()
 
         def finished(success: bool, value: Any) -> None:
             # Runs in the worker thread.
             self._reactor.callFromThread(self._deliver, result, success, value)
 
-        self._pool.callInThreadWithCallback(finished, work)
+        self._pool.callInThreadWithCallback(finished, guarded)
         return result
 
     def _deliver(self, result: Deferred[T], success: bool, value: Any) -> None:
         self.queued -= 1
+        if result.called:
+            return  # cancelled
         if success:
             result.callback(value)
         else:
@@ -120,7 +132,9 @@ class ThreadedRunner:
 
     def stop(self) -> None:
         """
-        See L{IInspectionRunner.stop}.
+        See L{IInspectionRunner.stop}; the inspections still waiting are
+        not run (each fails with L{CancelledError}), so stopping the pool
+        waits only for those running.
         """
         self._stopped = True
 
