@@ -25,7 +25,6 @@ from typing import Any, Protocol, TypeVar
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from balancebeam.admin.auth import AdminToken
@@ -35,15 +34,7 @@ from balancebeam.admin.master_status import (
     not_ready_reason,
     render_master_page,
 )
-from balancebeam.admin.resources import (
-    ACTIONS,
-    AdminSite,
-    Page,
-    _json,
-    _reply,
-    dispatch,
-    redirect_to_status,
-)
+from balancebeam.admin.resources import ACTIONS, AdminPages, AdminSite, _json, _reply
 from balancebeam.metrics import CONTENT_TYPE
 from balancebeam.workers.counters import MasterSnapshot
 from balancebeam.workers.fleet_admin import FleetAdmin, PurgeFailed
@@ -79,12 +70,11 @@ class AdminFleet(Protocol):
         """
 
 
-class MasterAdminResource(Resource):
+class MasterAdminResource(AdminPages):
     """
     Every path of the master's admin, dispatched on the path and method.
     """
 
-    isLeaf = True
     log = Logger()
 
     def __init__(self, fleet: AdminFleet, clock: Any, process_metrics: bool = True) -> None:
@@ -96,20 +86,6 @@ class MasterAdminResource(Resource):
         self._fleet = fleet
         self._clock = clock
         self._process_metrics = process_metrics
-
-    def render(self, request: Request) -> bytes | int:
-        """
-        Answer one admin request.
-        """
-        pages: dict[str, Page] = {
-            "": redirect_to_status,
-            "metrics": self._metrics,
-            "status": self._status,
-            "status.json": self._status_json,
-            "healthz": self._healthz,
-            "ready": self._ready,
-        }
-        return dispatch(request, pages, self._control, self._purge)
 
     def _metrics(self, request: Request) -> bytes | int:
         def answer(snapshot: MasterSnapshot) -> bytes:
@@ -138,14 +114,8 @@ class MasterAdminResource(Resource):
 
         return _later(request, self._fleet.collect(COLLECT_TIMEOUT), answer)
 
-    def _healthz(self, request: Request) -> bytes:
-        return _reply(request, 200, b"ok\n")
-
-    def _ready(self, request: Request) -> bytes:
-        reason = not_ready_reason(self._fleet.snapshot(), self._fleet.admin.states)
-        if reason is None:
-            return _reply(request, 200, b"ready\n")
-        return _reply(request, 503, f"not ready: {reason}\n".encode())
+    def _not_ready_reason(self) -> str | None:
+        return not_ready_reason(self._fleet.snapshot(), self._fleet.admin.states)
 
     def _control(self, request: Request, name: str, action: str) -> bytes:
         state = ACTIONS.get(action)

@@ -18,7 +18,7 @@ logged (a scrape every few seconds would drown the log); the token never is.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -59,75 +59,91 @@ def _json(request: Request, status: int, data: Any) -> bytes:
     return _reply(request, status, body, b"application/json")
 
 
-Page = Callable[[Request], "bytes | int"]
-"""An admin page: renders a request (or answers later: C{NOT_DONE_YET})."""
-
-
-def dispatch(
-    request: Request,
-    pages: Mapping[str, Page],
-    control: Callable[[Request, str, str], bytes | int],
-    purge: Page,
-) -> bytes | int:
+class AdminPages(Resource):
     """
-    Route an admin request: C{POST /upstreams/NAME/ACTION} to C{control},
-    C{POST /cache/purge} to C{purge}, C{GET} or C{HEAD} of C{/NAME} to
-    C{pages[NAME]}; 404 for another path, 405 for another method.
+    The admin's paths, routed on the path and method, for one process and
+    for the master alike: C{POST /upstreams/NAME/ACTION} to L{_control},
+    C{POST /cache/purge} to L{_purge}, C{GET} or C{HEAD} of a page; 404 for
+    another path, 405 for another method. C{/} redirects to the status page,
+    C{/healthz} answers while the reactor runs, C{/ready} with
+    L{_not_ready_reason}.
     """
-    path = request.path.decode("ascii", "replace")
-    method = request.method
-    parts = [unquote(p) for p in path.split("/")[1:]]
-    upstream_action = parts[:1] == ["upstreams"] and len(parts) == 3
-    if upstream_action or parts == ["cache", "purge"]:
-        if method != b"POST":
-            request.setHeader(b"allow", b"POST")
-            return _json(request, 405, {"error": "use POST"})
-        if upstream_action:
-            return control(request, parts[1], parts[2])
-        return purge(request)
-    page = pages.get(path[1:])
-    if page is None:
-        return _json(request, 404, {"error": f"no such admin page: {path}"})
-    if method not in (b"GET", b"HEAD"):
-        request.setHeader(b"allow", b"GET, HEAD")
-        return _json(request, 405, {"error": "use GET"})
-    return page(request)
+
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes | int:
+        """
+        Answer one admin request.
+        """
+        path = request.path.decode("ascii", "replace")
+        method = request.method
+        parts = [unquote(p) for p in path.split("/")[1:]]
+        upstream_action = parts[:1] == ["upstreams"] and len(parts) == 3
+        if upstream_action or parts == ["cache", "purge"]:
+            if method != b"POST":
+                request.setHeader(b"allow", b"POST")
+                return _json(request, 405, {"error": "use POST"})
+            if upstream_action:
+                return self._control(request, parts[1], parts[2])
+            return self._purge(request)
+        page = {
+            "": self._root,
+            "metrics": self._metrics,
+            "status": self._status,
+            "status.json": self._status_json,
+            "healthz": self._healthz,
+            "ready": self._ready,
+        }.get(path[1:])
+        if page is None:
+            return _json(request, 404, {"error": f"no such admin page: {path}"})
+        if method not in (b"GET", b"HEAD"):
+            request.setHeader(b"allow", b"GET, HEAD")
+            return _json(request, 405, {"error": "use GET"})
+        return page(request)
+
+    def _root(self, request: Request) -> bytes:
+        request.setHeader(b"location", b"/status")
+        return _reply(request, 302, b"see /status\n")
+
+    def _healthz(self, request: Request) -> bytes:
+        return _reply(request, 200, b"ok\n")
+
+    def _ready(self, request: Request) -> bytes:
+        reason = self._not_ready_reason()
+        if reason is None:
+            return _reply(request, 200, b"ready\n")
+        return _reply(request, 503, f"not ready: {reason}\n".encode())
+
+    def _not_ready_reason(self) -> str | None:
+        raise NotImplementedError
+
+    def _metrics(self, request: Request) -> bytes | int:
+        raise NotImplementedError
+
+    def _status(self, request: Request) -> bytes | int:
+        raise NotImplementedError
+
+    def _status_json(self, request: Request) -> bytes | int:
+        raise NotImplementedError
+
+    def _control(self, request: Request, name: str, action: str) -> bytes:
+        raise NotImplementedError
+
+    def _purge(self, request: Request) -> bytes | int:
+        raise NotImplementedError
 
 
-def redirect_to_status(request: Request) -> bytes:
-    """
-    The admin's C{/}: a redirect to the status page.
-    """
-    request.setHeader(b"location", b"/status")
-    return _reply(request, 302, b"see /status\n")
-
-
-class AdminResource(Resource):
+class AdminResource(AdminPages):
     """
     Every admin path, dispatched on the request's path and method.
     """
 
-    isLeaf = True
     log = Logger()
 
     def __init__(self, service: BalancerService, registry: CollectorRegistry) -> None:
         super().__init__()
         self._service = service
         self._registry = registry
-
-    def render(self, request: Request) -> bytes | int:
-        """
-        Answer one admin request.
-        """
-        pages: dict[str, Page] = {
-            "": redirect_to_status,
-            "metrics": self._metrics,
-            "status": self._status,
-            "status.json": self._status_json,
-            "healthz": self._healthz,
-            "ready": self._ready,
-        }
-        return dispatch(request, pages, self._control, self._purge)
 
     def _metrics(self, request: Request) -> bytes:
         return _reply(request, 200, exposition(self._registry), CONTENT_TYPE.encode("ascii"))
@@ -139,14 +155,8 @@ class AdminResource(Resource):
     def _status_json(self, request: Request) -> bytes:
         return _json(request, 200, status_data(self._service))
 
-    def _healthz(self, request: Request) -> bytes:
-        return _reply(request, 200, b"ok\n")
-
-    def _ready(self, request: Request) -> bytes:
-        reason = self._service.not_ready_reason()
-        if reason is None:
-            return _reply(request, 200, b"ready\n")
-        return _reply(request, 503, f"not ready: {reason}\n".encode())
+    def _not_ready_reason(self) -> str | None:
+        return self._service.not_ready_reason()
 
     def _control(self, request: Request, name: str, action: str) -> bytes:
         state = ACTIONS.get(action)

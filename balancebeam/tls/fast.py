@@ -51,22 +51,21 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
 
 from balancebeam.relay.transport import StreamTransport
-from balancebeam.twisted_internals import TWISTED_VERSION, fallback_reason, send_now
+from balancebeam.twisted_internals import (
+    SEND_NOW_CHECKED_VERSIONS,
+    TWISTED_VERSION,
+    fallback_reason,
+    send_now,
+)
 
 log = Logger()
 
-TWISTED_CHECKED_VERSIONS: tuple[str, ...] = (
-    "24.7.0",
-    "24.10.0",
-    "24.11.0",
-    "25.5.0",
-    "26.4.0",
-    "26.10.0",
-)
+TWISTED_CHECKED_VERSIONS: tuple[str, ...] = SEND_NOW_CHECKED_VERSIONS
 """
-The Twisted releases whose C{TLSMemoryBIOProtocol} was checked: the methods
-named above, C{dataReceived}, C{_flushReceiveBIO}, C{_flushSendBIO},
-C{write}, C{_write} and C{connectionLost} are the same code in all of them.
+The Twisted releases (the same as L{send_now}'s) whose
+C{TLSMemoryBIOProtocol} was checked: the methods named above,
+C{dataReceived}, C{_flushReceiveBIO}, C{_flushSendBIO}, C{write}, C{_write}
+and C{connectionLost} are the same code in all of them.
 """
 
 PYOPENSSL_CHECKED_VERSIONS: tuple[str, ...] = (
