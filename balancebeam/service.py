@@ -69,7 +69,7 @@ from balancebeam.registry import UpstreamRegistry
 from balancebeam.relay.deadlines import DeadlineTimer, resolution_for
 from balancebeam.relay.factory import RelayFactory
 from balancebeam.routing import Dispatcher
-from balancebeam.stats import ReloadCounts, Stats
+from balancebeam.stats import ReloadCounts, Stats, new_request_id_prefix
 from balancebeam.strategies import build_strategy
 from balancebeam.systemd import SystemdService
 from balancebeam.upstream_endpoints import UpstreamEndpoints
@@ -130,7 +130,7 @@ class BalancerService(UpstreamEndpoints, BalancerOperations, _SequentialMultiSer
         self.upstream_tls: UpstreamTLS | None = None
         self.certificates, self.upstream_tls = _load_tls(reactor, config)
         active = config.active_health_check_interval > 0
-        self.stats = Stats()
+        self.stats = Stats(request_id_prefix=new_request_id_prefix())
         self.registry = UpstreamRegistry(config.upstreams, reactor)
         self.pool = UpstreamPool(
             reactor,

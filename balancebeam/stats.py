@@ -4,13 +4,23 @@ Counters describing what the balancer has done, cheap to update on the hot path.
 
 from __future__ import annotations
 
+import os
 from bisect import bisect_left
+from collections.abc import Callable
 
 #: Upper bounds, in seconds, of the request-duration histogram's buckets
 #: (Prometheus C{le}); a last bucket holds the longer ones.
 DURATION_BOUNDS: tuple[float, ...] = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )
+
+
+def new_request_id_prefix(random_bytes: Callable[[int], bytes] = os.urandom) -> str:
+    """
+    A fresh L{Stats.request_id_prefix}: 8 random hexadecimal digits and a
+    dash (C{"9b1e07c2-"}), drawn once per process.
+    """
+    return random_bytes(4).hex() + "-"
 
 
 class Stats:
@@ -35,6 +45,10 @@ class Stats:
         L{DURATION_BOUNDS} plus one for longer (not cumulative); from the
         parsed head to the end of the response (tunnels are not counted).
     @ivar duration_sum: the seconds those requests took, in total.
+    @ivar request_id_prefix: what a request id starts with, before the
+        request's number (L{requests} when it began) in hexadecimal: a tag
+        of this process, so that ids from several worker processes, or from
+        before and after a restart, do not collide in the logs.
     """
 
     __slots__ = (
@@ -53,9 +67,10 @@ class Stats:
         "client_connections",
         "durations",
         "duration_sum",
+        "request_id_prefix",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, request_id_prefix: str = "") -> None:
         self.requests = 0
         self.by_class = [0, 0, 0, 0, 0, 0]
         self.rate_limited = 0
@@ -71,6 +86,7 @@ class Stats:
         self.client_connections = 0
         self.durations = [0] * (len(DURATION_BOUNDS) + 1)
         self.duration_sum = 0.0
+        self.request_id_prefix = request_id_prefix
 
     def count_status(self, status: int) -> None:
         """

@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from balancebeam.config import Timeouts
 from balancebeam.relay.exchange_core import log_safe
+from balancebeam.stats import new_request_id_prefix
 from tests.helpers import Harness
 
 GET = b"GET /file HTTP/1.1\r\nHost: h\r\n\r\n"
@@ -48,6 +49,33 @@ class AccessLogTests(SynchronousTestCase):
         self.assertRegex(line, r'^127\.0\.0\.1 "GET /file" 200 upstream=127\.0\.0\.1:8081 '
                                r"[0-9.]+ms$")
         self.assertEqual(sum(harness.stats.durations), 1)
+
+    def test_request_ids_carry_the_process_tag(self) -> None:
+        """
+        A request id is the process's tag then the request's number in
+        hexadecimal, so that the ids of several workers do not collide.
+        """
+        harness = _access_harness()
+        harness.stats.request_id_prefix = "0a1b2c3d-"
+        with capturedLogs() as events:
+            client, _ = harness.client()
+            client.dataReceived(GET)
+            upstream, _, _ = harness.accept()
+            upstream.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            # The second request goes over the same, pooled, upstream connection.
+            client.dataReceived(GET)
+            upstream.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertEqual([e["request_id"] for e in events if "latency_ms" in e],
+                         ["0a1b2c3d-1", "0a1b2c3d-2"])
+
+    def test_new_request_id_prefix(self) -> None:
+        """
+        A process's tag is 8 hexadecimal digits drawn from the random source,
+        and a dash.
+        """
+        drawn = bytes([0x9B, 0x1E, 0x07, 0xC2])
+        self.assertEqual(new_request_id_prefix(lambda size: drawn[:size]), "9b1e07c2-")
+        self.assertRegex(new_request_id_prefix(), r"^[0-9a-f]{8}-$")
 
     def test_response_cut_mid_body(self) -> None:
         """

@@ -172,9 +172,11 @@ class ExchangeCore:
     @property
     def request_id(self) -> str:
         """
-        The request's number in this process, in hexadecimal.
+        The process's tag and the request's number in this process, in
+        hexadecimal (C{9b1e07c2-3f}; see L{Stats.request_id_prefix
+        <balancebeam.stats.Stats.request_id_prefix>}).
         """
-        return f"{self.number:x}"
+        return f"{self.relay.stats.request_id_prefix}{self.number:x}"
 
     @property
     def method_text(self) -> str:
