@@ -129,7 +129,8 @@ class AnswerTests(SynchronousTestCase):
         client.dataReceived(GET)
         self.assertEqual(
             transport.value(),
-            b"HTTP/1.1 403 Forbidden\r\nX-Why: policy\r\nContent-Length: 10\r\n"
+            b"HTTP/1.1 403 Forbidden\r\nX-Why: policy\r\n"
+            b"Date: Thu, 01 Jan 1970 00:00:00 GMT\r\nContent-Length: 10\r\n"
             b"Connection: keep-alive\r\n\r\nforbidden\n",
         )
         self.assertEqual(harness.pending_connects(), 0)

@@ -27,6 +27,8 @@ def connection_done() -> Failure:
 
 
 GET = b"GET /first_url HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\r\n"
+# The Date the balancer adds to a response that has none, at the harness clock's start.
+EPOCH_DATE = b"Date: Thu, 01 Jan 1970 00:00:00 GMT\r\n"
 
 
 def _upstream_request(transport: StringTransport) -> bytes:
@@ -70,7 +72,8 @@ class RelayTests(SynchronousTestCase):
         protocol.dataReceived(response(b"hello"))
         self.assertEqual(
             client_transport.value(),
-            b"HTTP/1.1 200 OK\r\nVia: 1.1 balancebeam\r\nContent-Length: 5\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\nVia: 1.1 balancebeam\r\n" + EPOCH_DATE
+            + b"Content-Length: 5\r\n\r\nhello",
         )
         client_transport.clear()
         client.dataReceived(GET)
@@ -149,7 +152,8 @@ class RelayTests(SynchronousTestCase):
         )
         self.assertEqual(
             client_transport.value(),
-            b"HTTP/1.1 200 OK\r\nVia: 1.1 balancebeam\r\nConnection: close\r\n\r\nabcde",
+            b"HTTP/1.1 200 OK\r\nVia: 1.1 balancebeam\r\n" + EPOCH_DATE
+            + b"Connection: close\r\n\r\nabcde",
         )
         self.assertTrue(client_transport.disconnecting)
 
@@ -166,7 +170,8 @@ class RelayTests(SynchronousTestCase):
         protocol.connectionLost(connection_done())
         self.assertEqual(
             client_transport.value(),
-            b"HTTP/1.1 200 OK\r\nVia: 1.0 balancebeam\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nVia: 1.0 balancebeam\r\n" + EPOCH_DATE
+            + b"Transfer-Encoding: chunked\r\n\r\n"
             b"a\r\nsome bytes\r\n0\r\n\r\n",
         )
         self.assertFalse(client_transport.disconnecting)
@@ -183,7 +188,8 @@ class RelayTests(SynchronousTestCase):
         protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n")
         self.assertEqual(
             client_transport.value(),
-            b"HTTP/1.1 200 OK\r\nVia: 1.1 balancebeam\r\nContent-Length: 1234\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nVia: 1.1 balancebeam\r\n" + EPOCH_DATE
+            + b"Content-Length: 1234\r\n\r\n",
         )
         client_transport.clear()
         client.dataReceived(GET)
@@ -240,6 +246,73 @@ class RelayTests(SynchronousTestCase):
         self.assertNotIn(b"Expect", upstream.value())
         client.dataReceived(b"abc")
         self.assertTrue(upstream.value().endswith(b"\r\n\r\nabc"))
+
+
+class DateTests(SynchronousTestCase):
+    """
+    RFC 9110 section 6.6.1: the balancer adds a C{Date} to upstream
+    responses without one, and to the responses it writes itself.
+    """
+
+    def _relay(self, harness: Harness, upstream_response: bytes) -> bytes:
+        client, client_transport = harness.client()
+        client.dataReceived(GET)
+        upstream, _, _ = harness.accept()
+        upstream.dataReceived(upstream_response)
+        return client_transport.value()
+
+    def test_added_when_missing_from_the_clock(self) -> None:
+        """
+        A response without C{Date} gets one, from the injected clock.
+        """
+        harness = Harness()
+        harness.reactor.advance(1_764_566_400)
+        value = self._relay(harness, response(b"ok"))
+        self.assertEqual(value.count(b"\r\nDate: "), 1)
+        self.assertIn(b"\r\nDate: Mon, 01 Dec 2025 05:20:00 GMT\r\n", value)
+
+    def test_upstream_date_kept(self) -> None:
+        """
+        An upstream's own C{Date}, in any letter case, is forwarded alone.
+        """
+        for field in (b"Date: Mon, 30 Nov 2026 10:00:00 GMT\r\n",
+                      b"date: Mon, 30 Nov 2026 10:00:00 GMT\r\n"):
+            value = self._relay(Harness(), response(b"ok", extra=field))
+            self.assertEqual(value.lower().count(b"\r\ndate: "), 1)
+            self.assertIn(b"\r\n" + field, value)
+
+    def test_not_added_to_interim_responses(self) -> None:
+        """
+        A forwarded 103 is left as it came; the final response gets the Date.
+        """
+        value = self._relay(
+            Harness(), b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + response(b"ok")
+        )
+        interim, final = value.split(b"\r\n\r\n", 1)
+        self.assertNotIn(b"Date:", interim)
+        self.assertIn(EPOCH_DATE, final)
+
+    def test_balancer_answers_dated(self) -> None:
+        """
+        The balancer's own answers carry a Date: a 502, a 400, a filter's
+        answer and a 503 over the connection limit.
+        """
+        harness = Harness()
+        client, client_transport = harness.client()
+        client.dataReceived(GET)
+        harness.refuse()
+        harness.refuse()
+        self.assertIn(EPOCH_DATE, client_transport.value())
+        client, client_transport = harness.client()
+        client.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+        self.assertTrue(client_transport.value().startswith(b"HTTP/1.1 400 "))
+        self.assertIn(EPOCH_DATE, client_transport.value())
+        harness.factory.max_connections = 1
+        protocol = harness.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40001))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 503 "))
+        self.assertIn(EPOCH_DATE, transport.value())
 
 
 class FailoverTests(SynchronousTestCase):

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from balancebeam.http1.dates import DateField
 from balancebeam.http1.framing import (
     LAST_CHUNK,
     BodyReader,
@@ -34,6 +35,7 @@ from balancebeam.http1.heads import (
 from balancebeam.http1.rewrite import (
     HOP_BY_HOP,
     error_response,
+    render_response,
     request_head_for_upstream,
     response_head_for_client,
 )
@@ -1144,6 +1146,38 @@ class RequestForUpstreamTests(SynchronousTestCase):
             },
         )
         self.assertEqual(upstream_head(spellings[0]), upstream_head(spellings[3]))
+
+
+class DateFieldTests(SynchronousTestCase):
+    """
+    The C{Date} line: formatted from the clock once per second, added to a
+    response the balancer writes unless it already has one.
+    """
+
+    def test_formatted_once_per_second(self) -> None:
+        now = [1_764_566_400.25]
+        date = DateField(lambda: now[0])
+        first = date.line()
+        self.assertEqual(first, b"Date: Mon, 01 Dec 2025 05:20:00 GMT")
+        now[0] += 0.5
+        self.assertIs(date.line(), first)
+        now[0] += 1
+        self.assertEqual(date.line(), b"Date: Mon, 01 Dec 2025 05:20:01 GMT")
+
+    def test_render_response_keeps_a_given_date(self) -> None:
+        given = ((b"date", b"Sun, 30 Nov 2025 00:00:00 GMT"),)
+        rendered = render_response(200, None, given, b"x", True, False, date=b"Date: now")
+        self.assertEqual(rendered.lower().count(b"\r\ndate: "), 1)
+        self.assertIn(b"\r\ndate: Sun, 30 Nov 2025 00:00:00 GMT\r\n", rendered)
+        rendered = render_response(200, None, (), b"x", True, False, date=b"Date: now")
+        self.assertIn(b"\r\nDate: now\r\n", rendered)
+
+    def test_error_response_dated(self) -> None:
+        self.assertTrue(
+            error_response(400, "bad", False, date=b"Date: now").startswith(
+                b"HTTP/1.1 400 Bad Request\r\nDate: now\r\n"
+            )
+        )
 
 
 class BodyReaderLengthTests(SynchronousTestCase):

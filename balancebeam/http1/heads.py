@@ -201,9 +201,11 @@ class ResponseHead(_Head):
     @ivar reusable: whether the upstream connection may carry another request
         once this response is complete.
     @ivar keep_alive_timeout: seconds from C{Keep-Alive: timeout=N}, if sent.
+    @ivar has_date: whether the head has a C{Date} field (when C{False}, the
+        balancer adds one before forwarding it).
     """
 
-    __slots__ = ("status", "status_line", "reusable", "keep_alive_timeout")
+    __slots__ = ("status", "status_line", "reusable", "keep_alive_timeout", "has_date")
 
     def __init__(
         self,
@@ -220,6 +222,7 @@ class ResponseHead(_Head):
         self.status_line = status_line
         self.reusable = minor >= 1
         self.keep_alive_timeout: float | None = None
+        self.has_date = True
 
 
 def _split_head(
@@ -492,6 +495,8 @@ def parse_response_head(
         fields,
         spans,
     )
+    # The usual spelling first; the lower-cased head only when it is not there.
+    response.has_date = b"\r\nDate:" in head or b"\r\ndate:" in head.lower()
     # One pass sorts the few special fields; lists are made only when needed.
     connection: list[bytes] = []
     has_codings = has_length = False

@@ -424,7 +424,9 @@ class ClientConnection(Protocol):
             reason=error.reason,
         )
         factory.stats.count_status(error.status)
-        self._out.append(error_response(error.status, error.reason, False))
+        self._out.append(
+            error_response(error.status, error.reason, False, date=factory.settings.date.line())
+        )
         self.close()
 
     # IPushProducer: the client's receive side

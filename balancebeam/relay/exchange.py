@@ -314,12 +314,14 @@ class Exchange(ExchangeEvents):
                 keep_alive = False
         self.keep_alive = keep_alive
         self._chunked = chunked
-        head = response_head_for_client(response, request.minor, keep_alive, chunked)
+        relay = self.relay
+        head = response_head_for_client(
+            response, request.minor, keep_alive, chunked, relay.date.line()
+        )
         if self._extra:
             head = head[:-2] + self._extra + CRLF
         # _enter, inlined: once per request.
         state = self.state = _RECEIVE_BLOCKED if client.writes_paused else _RECEIVING
-        relay = self.relay
         client.deadline = relay.clock.seconds() + relay.deadlines[state]
         client.write(head)
 

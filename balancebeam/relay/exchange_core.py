@@ -329,7 +329,7 @@ class ExchangeCore:
         self.client.write(
             render_response(
                 status, answer.reason, answer.fields, answer.body, keep_alive, head_only,
-                self._extra,
+                self._extra, self.relay.date.line(),
             )
         )
 

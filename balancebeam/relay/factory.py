@@ -137,7 +137,7 @@ class RelayFactory(Factory):
         self.stats.client_connections += 1
         if self.max_connections and self.open_connections() >= self.max_connections:
             self.stats.refused_connections += 1
-            return _OverCapacity(self.retry_after)
+            return _OverCapacity(self.retry_after, self.settings.date.line())
         return ClientConnection(self)
 
     def drain(self, grace: float) -> Deferred[None]:
@@ -184,8 +184,9 @@ class _OverCapacity(Protocol):
     Answers 503 to a connection beyond the connection limit, and closes it.
     """
 
-    def __init__(self, retry_after: int) -> None:
+    def __init__(self, retry_after: int, date: bytes) -> None:
         self._retry_after = retry_after
+        self._date = date
 
     def connectionMade(self) -> None:
         """
@@ -198,6 +199,7 @@ class _OverCapacity(Protocol):
                 "too many client connections",
                 False,
                 (("Retry-After", str(self._retry_after)),),
+                self._date,
             )
         )
         transport.loseConnection()

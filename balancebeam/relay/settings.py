@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from twisted.internet.interfaces import IReactorTime
 
 from balancebeam.config import Limits, Timeouts
+from balancebeam.http1.dates import DateField
 from balancebeam.interfaces import IRequestFilter
 from balancebeam.relay.detached import DetachedClient
 from balancebeam.relay.filtering import FilterChain
@@ -43,6 +44,8 @@ class RelaySettings:
     @ivar progress: how many bytes a connection's peer has acknowledged
         (L{balancebeam.relay.transport.acked_bytes}; C{-1}: unknown): a
         slow reader that still reads is not cut at a blocked state's deadline.
+    @ivar date: the C{Date} line of the balancer's own responses and of
+        upstream responses that come without one.
     """
 
     __slots__ = (
@@ -56,6 +59,7 @@ class RelaySettings:
         "access_log",
         "detached",
         "progress",
+        "date",
     )
 
     def __init__(
@@ -80,3 +84,4 @@ class RelaySettings:
         self.access_log = access_log
         self.detached = detached
         self.progress = progress
+        self.date = DateField(clock.seconds)
