@@ -278,3 +278,45 @@ class SendAgainTests(SynchronousTestCase):
         again.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         self.assertTrue(transport.value().endswith(b"\r\n\r\nok"))
         self.assertEqual(watcher.events[-3:], [200, b"ok", "complete"])
+
+
+class TargetKeyTests(SynchronousTestCase):
+    """
+    The cache keys a response on the target the upstream received: a
+    client cannot store the answer to one target under another.
+    """
+
+    def test_dot_segments_and_encodings_do_not_alias(self) -> None:
+        late = _LateFilter()
+        harness = Harness(upstream_count=1, filters=[late])
+        harness.reactor.advance(EPOCH)
+        cache = late.target = CacheFilter(harness.reactor, 1 << 20, 1 << 20, 5.0)
+        client, transport = harness.client()
+        upstream = None
+        for target in (b"/attacker/../victim", b"/attacker/%2e%2e/victim", b"/x/./victim",
+                       b"/%76ictim", b"/victim"):
+            transport.clear()
+            client.dataReceived(b"GET " + target + b" HTTP/1.1\r\nHost: example.com\r\n\r\n")
+            if upstream is None:
+                upstream, upstream_transport, _ = harness.accept()
+            self.assertIn(b"GET " + target + b" HTTP/1.1\r\n", upstream_transport.value())
+            upstream_transport.clear()
+            body = b"answer for " + target
+            upstream.dataReceived(
+                b"HTTP/1.1 200 OK\r\nCache-Control: max-age=300\r\nDate: "
+                + http_date(harness.reactor.seconds())
+                + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+            )
+            self.assertTrue(transport.value().endswith(body), target)
+        self.assertEqual(cache.counters.stored, 5)
+        transport.clear()
+        client.dataReceived(b"GET /victim HTTP/1.1\r\nHost: example.com\r\n\r\n")
+        self.assertTrue(transport.value().endswith(b"answer for /victim"))
+        self.assertEqual(upstream_transport.value(), b"")
+
+    def test_fragment_in_the_target_refused(self) -> None:
+        harness = Harness(upstream_count=1)
+        client, transport = harness.client()
+        client.dataReceived(b"GET /victim#x HTTP/1.1\r\nHost: example.com\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 Bad Request\r\n"))
+        self.assertEqual(harness.pending_connects(), 0)

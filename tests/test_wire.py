@@ -735,6 +735,19 @@ class RequestFramingTests(WireTestCase):
         ):
             self.assert_request_rejected(400, get(*fields, line=b"POST / HTTP/1.1"))
 
+    def test_forwarding_header_lookalikes(self) -> None:
+        """
+        Underscore spellings of the forwarding headers the balancer sets are
+        a 400: a WSGI upstream would read a client's C{X_Forwarded_Proto}
+        as the balancer's C{X-Forwarded-Proto}.
+        """
+        for field in (b"X_Forwarded_Proto: https", b"x_forwarded_for: 6.6.6.6",
+                      b"X_FORWARDED_FOR: 6.6.6.6"):
+            self.assert_request_rejected(400, get(field))
+        # Other names with underscores are forwarded as they are.
+        request = parse(get(b"X_Custom: 1"))
+        self.assertIn(b"X_Custom: 1", request_head_for_upstream(request, "127.0.0.1", "u:80"))
+
     def test_transfer_encoding_http10(self) -> None:
         """
         Transfer-Encoding in an HTTP/1.0 request is a 400.

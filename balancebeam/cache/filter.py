@@ -9,7 +9,7 @@ A request goes through these steps (RFC 9111 section 4):
      unsafe one (C{POST}, C{PUT}, C{DELETE}, C{PATCH}, ...) invalidates the
      stored responses for its URI, C{Location} and C{Content-Location} once
      it succeeds (L{balancebeam.cache.invalidation}).
-  2. The primary key (scheme, host, normalised target) and then the
+  2. The primary key (scheme, host, target as sent upstream) and then the
      secondary key (the fields named by the stored C{Vary}) select an entry.
   3. A fresh entry the request's directives accept is a hit: an L{Answer}
      built from the entry's precomputed fields and body, with C{Age} and

@@ -1,12 +1,14 @@
 """
-Cache keys: the primary key of a request (scheme, host and normalised target)
-and the secondary key built from the request fields a response's C{Vary}
-names (RFC 9111 sections 2 and 4.1).
+Cache keys: the primary key of a request (scheme, host and target) and the
+secondary key built from the request fields a response's C{Vary} names
+(RFC 9111 sections 2 and 4.1).
 
-Normalisation is syntax-based (RFC 3986 section 6.2.2): host case, default
-port, percent-encoding case, percent-encoded unreserved characters and dot
-segments. Targets that differ only in these ways share an entry; the query
-is kept in its order, since reordering it may change what it means.
+Only the host is normalised (its case, the scheme's default port). The
+target is the one sent upstream, byte for byte, as nginx's
+C{$request_uri} key: normalising it (dot segments, percent-encodings) would
+let a client store the upstream's answer to C{/x/../victim} under
+C{/victim} for every other client, wherever the upstream does not resolve
+the target exactly as the normalisation does.
 """
 
 from __future__ import annotations
@@ -32,62 +34,7 @@ CASE_INSENSITIVE_VALUES: Final = frozenset(
 """Fields whose values are compared case-insensitively (their tokens are)."""
 
 _DEFAULT_PORTS: Final = {b"http": b":80", b"https": b":443"}
-_NEEDS_NORMALISING: Final = re.compile(rb"[%#]|/\.|^[^/]").search
 _MAYBE_DEFAULT_PORT: Final = re.compile(rb":(?:80|443)?\Z").search
-_PERCENT: Final = re.compile(rb"%([0-9A-Fa-f]{2})")
-_UNRESERVED: Final = frozenset(
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
-)
-
-
-def _percent(matched: re.Match[bytes]) -> bytes:
-    code = int(matched[1], 16)
-    if code in _UNRESERVED:
-        return bytes((code,))
-    return b"%" + matched[1].upper()
-
-
-def remove_dot_segments(path: bytes) -> bytes:
-    """
-    RFC 3986 section 5.2.4 on an absolute path.
-    """
-    output: list[bytes] = []
-    segments = path.split(b"/")
-    # segments[0] is the empty string before the leading slash.
-    for index, segment in enumerate(segments[1:], start=1):
-        last = index == len(segments) - 1
-        if segment == b".":
-            if last:
-                output.append(b"")
-        elif segment == b"..":
-            if output:
-                output.pop()
-            if last:
-                output.append(b"")
-        else:
-            output.append(segment)
-    return b"/" + b"/".join(output)
-
-
-def normalise_target(target: bytes) -> bytes:
-    """
-    An origin-form target in normal form: no fragment, upper-case
-    percent-encodings, unreserved characters decoded, no dot segments, and a
-    non-empty path.
-    """
-    if _NEEDS_NORMALISING(target) is None:
-        return target
-    target = target.partition(b"#")[0]
-    path, question, query = target.partition(b"?")
-    if b"%" in path:
-        path = _PERCENT.sub(_percent, path)
-    if path[:1] != b"/":
-        path = b"/" + path
-    if b"/." in path:
-        path = remove_dot_segments(path)
-    if b"%" in query:
-        query = _PERCENT.sub(_percent, query)
-    return path + question + query
 
 
 def normalise_host(scheme: bytes, host: bytes | None) -> bytes:
@@ -108,7 +55,8 @@ def normalise_host(scheme: bytes, host: bytes | None) -> bytes:
 
 def primary_key(scheme: bytes, host: bytes | None, target: bytes) -> bytes:
     """
-    The primary cache key of a request: C{scheme://host/target}, normalised.
+    The primary cache key of a request: C{scheme://host/target}, the host
+    normalised (L{normalise_host}), the target as it is sent upstream.
     """
     if host:
         host = host.lower()
@@ -116,8 +64,6 @@ def primary_key(scheme: bytes, host: bytes | None, target: bytes) -> bytes:
             host = normalise_host(scheme, host)
     else:
         host = b""
-    if _NEEDS_NORMALISING(target) is not None:
-        target = normalise_target(target)
     return b"%s://%s%s" % (scheme, host, target)
 
 

@@ -25,15 +25,18 @@ BODY_CHUNKED: Final = 2
 BODY_UNTIL_CLOSE: Final = 3
 
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([^\x00-\x20\x7f]+) HTTP/([0-9])\.([0-9])")
+_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([^\x00-\x20\x7f#]+) HTTP/([0-9])\.([0-9])")
 _STATUS_LINE = re.compile(rb"HTTP/([0-9])\.([0-9]) ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
 _HEADER_LINE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
 # RFC 9110 section 7.2: uri-host [ ":" port ]; reg-name without the comma,
 # which some servers read as a list separator.
 _HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+;=%]*)(?::[0-9]*)?")
-# Names some upstreams (CGI/WSGI style) fold into the framing headers.
+# Names some upstreams (CGI/WSGI style) fold into the framing headers, and
+# into the forwarding headers the balancer vouches for (a client's
+# X_Forwarded_Proto would reach a WSGI application as X-Forwarded-Proto).
 _FRAMING_LOOKALIKES = frozenset({b"content_length", b"transfer_encoding"})
+_FORWARDING_LOOKALIKES = frozenset({b"x_forwarded_for", b"x_forwarded_proto"})
 # A whole header block (each line preceded by CRLF) checked in one regex
 # call: a token, a colon, then only HTAB, visible ASCII, SP and obs-text.
 _FIELD_BLOCK = re.compile(rb"(?:\r\n" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*)*")
@@ -43,7 +46,8 @@ _HOP_NAMES += rb"|proxy-authenticate|proxy-authorization|content-length"
 # every other line is forwarded as it came, without being looked at again.
 _REQUEST_SPECIAL = re.compile(
     rb"\r\n(" + _HOP_NAMES + rb"|host|expect|via|x-forwarded-for|x-forwarded-proto"
-    rb"|idempotency-key|content_length|transfer_encoding):[ \t]*([^\r]*)"
+    rb"|idempotency-key|content_length|transfer_encoding|x_forwarded_for|x_forwarded_proto)"
+    rb":[ \t]*([^\r]*)"
 )
 _RESPONSE_SPECIAL = re.compile(rb"\r\n(" + _HOP_NAMES + rb"):[ \t]*([^\r]*)")
 
@@ -362,8 +366,11 @@ def parse_request_head(head: bytes, max_fields: int) -> RequestHead:
         raise HTTPError(400, "more than one Host header")
     if hosts and _HOST.fullmatch(hosts[0]) is None:
         raise HTTPError(400, "invalid Host header")
-    if any(name in _FRAMING_LOOKALIKES for name, _, _ in fields):
-        raise HTTPError(400, "underscore in a framing header name")
+    for name, _, _ in fields:
+        if name in _FRAMING_LOOKALIKES:
+            raise HTTPError(400, "underscore in a framing header name")
+        if name in _FORWARDING_LOOKALIKES:
+            raise HTTPError(400, "underscore in a forwarding header name")
     if hosts:
         request.host = hosts[0]
     elif request.minor >= 1:
