@@ -30,7 +30,9 @@ call L{load_config} and nothing else until it succeeds.
 from __future__ import annotations
 
 import difflib
+import os
 import re
+import stat
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -257,6 +259,43 @@ def _locate(values: FileValues, text: str) -> None:
             values.item_lines.setdefault(key, elements)
 
 
+MAX_CONFIG_BYTES = 1 << 20
+"""The largest configuration file read (1 MiB; real ones are a few KiB)."""
+
+
+def _read_bounded(path: str, limit: int) -> bytes:
+    """
+    The bytes of the regular file C{path}, at most C{limit} of them.
+
+    Opened without blocking, so that a FIFO or a device is refused at once
+    instead of waiting for a writer or reading without end.
+
+    @raise OSError: when the file cannot be opened or read.
+    @raise ValueError: for a file that is not regular or is larger than
+        C{limit}, saying which.
+    """
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if stat.S_ISDIR(mode):
+            raise OSError(21, os.strerror(21))
+        if not stat.S_ISREG(mode):
+            raise ValueError("is not a regular file")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(descriptor, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise ValueError(f"is larger than {limit // 1024} KiB")
+        return b"".join(chunks)
+    finally:
+        os.close(descriptor)
+
+
 def read_config_file(path: str) -> FileValues:
     """
     Read and check a configuration file: TOML, known keys, values of the
@@ -267,10 +306,11 @@ def read_config_file(path: str) -> FileValues:
         has an unknown key or a value of the wrong type.
     """
     try:
-        with open(path, "rb") as file:
-            raw = file.read()
+        raw = _read_bounded(path, MAX_CONFIG_BYTES)
     except OSError as e:
         raise ConfigFileError(path, None, None, f"cannot be read: {e.strerror}") from None
+    except ValueError as e:
+        raise ConfigFileError(path, None, None, str(e)) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -15,7 +15,12 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from balancebeam import tap
 from balancebeam.config import BalancerConfig, ConfigError, UpstreamSpec
-from balancebeam.configfile import ConfigFileError, load_config, read_config_file
+from balancebeam.configfile import (
+    MAX_CONFIG_BYTES,
+    ConfigFileError,
+    load_config,
+    read_config_file,
+)
 
 GOOD = """\
 # A comment.
@@ -247,6 +252,27 @@ class ErrorTests(SynchronousTestCase):
         self.assertEqual(
             str(error), "/nonexistent/bb.toml: cannot be read: No such file or directory"
         )
+
+    def test_not_a_regular_file_or_too_large(self) -> None:
+        """
+        A device, a FIFO or a file over 1 MiB is refused at once with one
+        line, without reading it all or waiting for a writer.
+        """
+        error = self.assertRaises(ConfigFileError, read_config_file, "/dev/zero")
+        self.assertEqual(str(error), "/dev/zero: is not a regular file")
+        fifo = self.mktemp()
+        os.mkfifo(fifo)
+        error = self.assertRaises(ConfigFileError, read_config_file, fifo)
+        self.assertEqual(str(error), f"{fifo}: is not a regular file")
+        big = self.mktemp()
+        with open(big, "wb") as file:
+            file.write(b"# " + b"x" * MAX_CONFIG_BYTES + b"\n")
+        error = self.assertRaises(ConfigFileError, read_config_file, big)
+        self.assertEqual(str(error), f"{big}: is larger than 1024 KiB")
+        directory = self.mktemp()
+        os.mkdir(directory)
+        error = self.assertRaises(ConfigFileError, read_config_file, directory)
+        self.assertEqual(str(error), f"{directory}: cannot be read: Is a directory")
 
     def test_strings_with_brackets_and_comments(self) -> None:
         """
