@@ -7,8 +7,10 @@ L{balancebeam.workers.master.Master}, which makes the decisions):
   - B{Sockets}: the listening sockets and the seat table, bound in
     C{privilegedStartService} (before twistd drops privileges) or taken
     from systemd, and closed last.
-  - B{Generations}: the one serving, the one starting on a reload, those
-    draining, and the health (L{balancebeam.workers.health}) each follows.
+  - B{Generations}: the one serving, the one starting on a reload (and the
+    reload asked for meanwhile, L{balancebeam.workers.pending_reload}),
+    those draining, and the health (L{balancebeam.workers.health}) each
+    follows.
   - B{Stopping workers}: C{SIGTERM}, then C{SIGKILL} after
     C{--shutdown-timeout} and
     L{KILL_GRACE <balancebeam.workers.supervision.KILL_GRACE>}; a generation
@@ -46,6 +48,7 @@ from balancebeam.workers.launch import (
     worker_environment,
     worker_values,
 )
+from balancebeam.workers.pending_reload import PendingReload
 from balancebeam.workers.processes import Generation, WorkerProcess
 from balancebeam.workers.sockets import (
     ListenerSpec,
@@ -148,6 +151,7 @@ class WorkerFleet(Service):
         self.generation: Generation | None = None
         self._pending: Generation | None = None
         self._reloaded: Deferred[bool] | None = None
+        self._reload_later = PendingReload(reactor, self.log)
         self._retiring: list[Generation] = []
         self._stopping = False
         self._stopped: Deferred[None] | None = None

@@ -16,6 +16,8 @@ and supervises the worker processes, and serves no request itself.
     ready, the old ones stop accepting and drain; those still running after
     C{--shutdown-timeout} (and L{KILL_GRACE}) are killed. If a new worker
     fails first, the new generation is stopped and the old one serves on.
+    A SIGHUP while a generation starts is deferred until that start is
+    over, then runs once (L{balancebeam.workers.pending_reload}).
   - B{SIGTERM} (C{stopService}): every worker drains (up to
     C{--shutdown-timeout}, then it is killed), then the master exits.
   - B{Health}: the master probes the upstreams and sends their state to the
@@ -58,6 +60,7 @@ from balancebeam.workers.launch import (
     twistd_log_options,
     worker_values,
 )
+from balancebeam.workers.pending_reload import relay
 from balancebeam.workers.processes import Generation, WorkerProcess, WorkerStatus
 from balancebeam.workers.spec import ListenerFd, WorkerSpec
 from balancebeam.workers.supervision import (
@@ -338,21 +341,36 @@ class Master(WorkerFleet):
         Start a new generation of workers on the same sockets, and once all
         of them are ready, stop the current one (it drains).
 
+        Asked while a generation is starting, the reload waits for that
+        start to be over (ready, or failed and rolled back), then runs once
+        however many times it was asked meanwhile, on the configuration read
+        then (L{balancebeam.workers.pending_reload}).
+
         @param values: the option values of the new generation; by default
-            those C{reload_values} gives.
+            those C{reload_values} gives (read when the reload starts).
         @return: fires with whether the new generation took over (C{False}
             when the values are bad, change what needs a restart, or a new
             worker failed before it was ready; the current generation then
-            serves on).
+            serves on; or when the master stops before a deferred reload
+            runs).
         """
-        if self._stopping or self.generation is None:
+        current = self.generation
+        if self._stopping or current is None:
             return succeed(False)
         if self._pending is not None:
-            self.log.warn(
-                "reload asked while generation {generation} is starting: ignored",
-                generation=self._pending.number,
-            )
-            return succeed(False)
+            return self._reload_later.ask(self._pending.number, values)
+        # A reload still due from the last start (its turn has not come
+        # yet): this one reads the configuration now, so it stands for it.
+        joined = self._reload_later.take()
+        return relay(self._start_reload(current, values), joined)
+
+    def _start_reload(
+        self, current: Generation, values: Mapping[str, object] | None
+    ) -> Deferred[bool]:
+        """
+        Read the configuration and start its generation beside C{current}
+        (L{reload}, when no generation is starting).
+        """
         try:
             new_values = dict(self._reload_values() if values is None else values)
             config = build_config(new_values)
@@ -367,7 +385,7 @@ class Master(WorkerFleet):
             self.reloads_failed += 1
             return succeed(False)
         generation = self._new_generation(config.workers, new_values)
-        if generation.health is not self.generation.health:
+        if generation.health is not current.health:
             generation.health.startService()
         self._values = new_values
         self._pending = generation
@@ -414,6 +432,7 @@ class Master(WorkerFleet):
         reloaded, self._reloaded = self._reloaded, None
         if reloaded is not None:
             reloaded.callback(True)
+        self._reload_later.start_over(pending.number, "is ready", self.reload)
 
     def _abort_reload(self, why: str) -> None:
         pending = self._pending
@@ -437,6 +456,8 @@ class Master(WorkerFleet):
         reloaded, self._reloaded = self._reloaded, None
         if reloaded is not None:
             reloaded.callback(False)
+        if not self._stopping:
+            self._reload_later.start_over(pending.number, "failed", self.reload)
 
     # Stopping
 
@@ -451,6 +472,7 @@ class Master(WorkerFleet):
         if self._stopping:
             return succeed(None)
         self._stopping = True
+        self._reload_later.drop("the master is stopping")
         if self._pending is not None:
             self._abort_reload("the master is stopping")
         workers = [w for g in self._generations() for w in g.live()]
