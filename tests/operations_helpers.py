@@ -68,6 +68,7 @@ class AdminResponse:
     """
 
     def __init__(self, raw: bytes) -> None:
+        self.raw = raw
         head, _, self.body = raw.partition(b"\r\n\r\n")
         lines = head.split(b"\r\n")
         self.status = int(lines[0].split(b" ")[1])
@@ -217,9 +218,12 @@ class ServiceHarness:
         method: bytes = b"GET",
         headers: Sequence[tuple[bytes, bytes]] = (),
         site: AdminSite | None = None,
+        host: bytes | None = b"127.0.0.1:9100",
     ) -> AdminResponse:
         """
         One request to the admin listener, through its HTTP channel.
+
+        @param host: its C{Host}, or C{None} for none.
         """
         site = site if site is not None else self.admin_site()
         address = IPv4Address("TCP", "127.0.0.1", 50000)
@@ -229,7 +233,8 @@ class ServiceHarness:
             peerAddress=address, hostAddress=IPv4Address("TCP", "127.0.0.1", 9100)
         )
         channel.makeConnection(transport)
-        lines = [method + b" " + path.encode("ascii") + b" HTTP/1.1", b"Host: 127.0.0.1:9100"]
+        lines = [method + b" " + path.encode("ascii") + b" HTTP/1.1"]
+        lines += [b"Host: " + host] if host is not None else []
         lines += [name + b": " + value for name, value in headers]
         lines += [b"Connection: close", b"Content-Length: 0"]
         channel.dataReceived(b"\r\n".join(lines) + b"\r\n\r\n")

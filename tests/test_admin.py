@@ -398,7 +398,7 @@ class PurgeTests(SynchronousTestCase):
         transport = StringTransport()
         channel.makeConnection(transport)
         channel.dataReceived(
-            b"POST /cache/purge?url=/a HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+            b"POST /cache/purge?url=/a HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n"
         )
         self.assertEqual(transport.value(), b"")
         assert purger.later is not None
@@ -415,6 +415,181 @@ class PurgeTests(SynchronousTestCase):
         harness.service.purger = purger
         self.assertEqual(harness.admin("/cache/purge", b"POST").status, 400)
         self.assertEqual(purger.urls, [])
+
+    def test_invalid_url(self) -> None:
+        """
+        A URL that is not UTF-8, cannot be parsed, or is neither absolute
+        nor a path is 400 saying so, without calling the purger or logging
+        a failure.
+        """
+        events = EventLoggingObserver.createWithCleanup(
+            self,  # type: ignore[arg-type]  # trial's TestCase, only addCleanup is called
+            globalLogPublisher,
+        )
+        harness = admin_harness()
+        purger = RecordingPurger()
+        harness.service.purger = purger
+        for query, reason in [
+            ("%ff%fe", "it is not UTF-8"),
+            ("http://[::1", "cannot be parsed: Invalid IPv6 URL"),
+            ("relative-no-slash", "is not an absolute http(s) URL or a path"),
+            ("ftp%3A%2F%2Fsite%2Fa", "is not an absolute http(s) URL or a path"),
+            ("http%3A%2F%2Fa..b%2F", "cannot be parsed"),
+        ]:
+            answer = harness.admin(f"/cache/purge?url={query}", b"POST")
+            self.assertEqual(answer.status, 400, query)
+            error = json.loads(answer.body)["error"]
+            self.assertTrue(error.startswith("invalid URL to purge: "), error)
+            self.assertIn(reason, error)
+        self.assertEqual(purger.urls, [])
+        self.assertEqual([e for e in events if "log_failure" in e], [])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_one_url(self) -> None:
+        """
+        Two C{url} arguments are 400 rather than a purge of the first.
+        """
+        harness = admin_harness()
+        purger = RecordingPurger()
+        harness.service.purger = purger
+        answer = harness.admin("/cache/purge?url=/a&url=/b", b"POST")
+        self.assertEqual(answer.status, 400)
+        self.assertEqual(json.loads(answer.body), {"error": "give one url to purge, not 2"})
+        self.assertEqual(purger.urls, [])
+
+
+REBOUND = b"attacker.example:9100"
+"""The C{Host} a browser sends to a page that rebinds its name to 127.0.0.1."""
+
+
+class RebindingTests(SynchronousTestCase):
+    """
+    Without a token, the admin answers only requests for a loopback host:
+    DNS rebinding cannot lend a web page the operator's browser.
+    """
+
+    def test_rebound_get_refused(self) -> None:
+        """
+        A GET of any page but the probes, for another host, is 421 and
+        shows nothing.
+        """
+        harness = admin_harness()
+        for path in ("/status.json", "/status", "/metrics", "/", "/nowhere"):
+            answer = harness.admin(path, host=REBOUND)
+            self.assertEqual(answer.status, 421, path)
+            self.assertIn(b"HTTP/1.1 421 Misdirected Request\r\n", answer.raw)
+            self.assertEqual(
+                answer.body,
+                b"without a token, the admin answers requests for localhost, 127.0.0.1 or"
+                b" [::1] only\n",
+            )
+            self.assertNotIn(b"127.0.0.1:9001", answer.body)
+
+    def test_rebound_post_refused(self) -> None:
+        """
+        A same-origin POST from a rebound page is 421 and drains nothing.
+        """
+        harness = admin_harness()
+        headers = [
+            (b"Origin", b"http://" + REBOUND),
+            (b"Sec-Fetch-Site", b"same-origin"),
+        ]
+        for action in ("drain", "disable"):
+            answer = harness.admin(
+                f"/upstreams/127.0.0.1:9001/{action}", b"POST", headers, host=REBOUND
+            )
+            self.assertEqual(answer.status, 421)
+        purger = RecordingPurger()
+        harness.service.purger = purger
+        self.assertEqual(harness.admin("/cache/purge?url=/a", b"POST", host=REBOUND).status, 421)
+        self.assertTrue(harness.service.registry.upstreams[0].serving)
+        self.assertEqual(purger.urls, [])
+
+    def test_other_hosts_refused(self) -> None:
+        """
+        Names that merely start like a loopback one, malformed values,
+        non-loopback addresses, and two C{Host} fields are refused.
+        """
+        harness = admin_harness()
+        for host in (
+            b"127.0.0.1.attacker.example",
+            b"localhost.attacker.example:9100",
+            b"127.0.0.1:9100@attacker.example",
+            b"127.0.0.1:x",
+            b"[::1",
+            b"[127.0.0.1]",
+            b"[::2]:9100",
+            b"10.0.0.5:9100",
+            b"0.0.0.0:9100",
+            b"2130706433",
+            b"",
+        ):
+            self.assertEqual(harness.admin("/status.json", host=host).status, 421, host)
+        twice = [(b"Host", REBOUND)]
+        self.assertEqual(harness.admin("/status.json", headers=twice).status, 421)
+
+    def test_loopback_hosts_accepted(self) -> None:
+        """
+        C{localhost} in any case and loopback literals, with any port or
+        none, are answered, and a request without C{Host}.
+        """
+        harness = admin_harness()
+        for host in (
+            b"127.0.0.1:9100",
+            b"localhost:9100",
+            b"[::1]:9100",
+            b"LOCALHOST",
+            b"LocalHost.:8080",
+            b"127.0.0.2",
+            b"127.255.0.1:1",
+            b"[::1]",
+            b"[0:0:0:0:0:0:0:1]:9100",
+            None,
+        ):
+            self.assertEqual(harness.admin("/status.json", host=host).status, 200, host)
+        answer = harness.admin(
+            "/upstreams/127.0.0.1:9001/drain",
+            b"POST",
+            [(b"Origin", b"http://[::1]:9100")],
+            host=b"[::1]:9100",
+        )
+        self.assertEqual(answer.status, 200)
+        self.assertFalse(harness.service.registry.upstreams[0].serving)
+
+    def test_probes_answer_any_host(self) -> None:
+        """
+        C{/healthz} and C{/ready} answer whatever the C{Host}: probes may
+        ask by any name.
+        """
+        harness = admin_harness()
+        self.assertEqual(harness.admin("/healthz", host=REBOUND).body, b"ok\n")
+        self.assertEqual(harness.admin("/ready", host=b"10.0.0.5:9100").status, 200)
+
+    def test_token_allows_any_host(self) -> None:
+        """
+        With a token, a request carrying it is answered whatever its
+        C{Host} (a scrape by name or by the bound address); one without it
+        is 401, as before.
+        """
+        harness = admin_harness(token_file(self))
+        bearer = [(b"Authorization", b"Bearer " + TOKEN.encode())]
+        for host in (b"10.0.0.5:9100", b"admin.example.com", REBOUND, b"127.0.0.1:9100"):
+            self.assertEqual(harness.admin("/metrics", headers=bearer, host=host).status, 200)
+            self.assertEqual(harness.admin("/metrics", host=host).status, 401)
+        self.assertEqual(harness.admin("/healthz", host=b"10.0.0.5:9100").status, 401)
+        answer = harness.admin(
+            "/upstreams/127.0.0.1:9001/drain", b"POST", bearer, host=b"10.0.0.5:9100"
+        )
+        self.assertEqual(answer.status, 200)
+
+    def test_token_removed_by_reload(self) -> None:
+        """
+        Once a reload takes the token away, the C{Host} is checked.
+        """
+        harness = admin_harness(token_file(self))
+        harness.admin_site().token.replace(None)
+        self.assertEqual(harness.admin("/status.json", host=REBOUND).status, 421)
+        self.assertEqual(harness.admin("/status.json").status, 200)
 
 
 class TokenTests(SynchronousTestCase):

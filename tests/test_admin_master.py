@@ -128,6 +128,7 @@ class Exchange:
         path: str,
         method: bytes = b"GET",
         headers: Sequence[tuple[bytes, bytes]] = (),
+        host: bytes = b"127.0.0.1:9100",
     ) -> None:
         address = IPv4Address("TCP", "127.0.0.1", 50000)
         self.channel = site.buildProtocol(address)
@@ -136,7 +137,7 @@ class Exchange:
             peerAddress=address, hostAddress=IPv4Address("TCP", "127.0.0.1", 9100)
         )
         self.channel.makeConnection(self.transport)
-        lines = [method + b" " + path.encode("ascii") + b" HTTP/1.1", b"Host: 127.0.0.1:9100"]
+        lines = [method + b" " + path.encode("ascii") + b" HTTP/1.1", b"Host: " + host]
         lines += [name + b": " + value for name, value in headers]
         lines += [b"Connection: close", b"Content-Length: 0"]
         self.channel.dataReceived(b"\r\n".join(lines) + b"\r\n\r\n")
@@ -157,12 +158,16 @@ class Exchange:
 
 
 def ask(
-    site: AdminSite, path: str, method: bytes = b"GET", headers: Sequence[tuple[bytes, bytes]] = ()
+    site: AdminSite,
+    path: str,
+    method: bytes = b"GET",
+    headers: Sequence[tuple[bytes, bytes]] = (),
+    host: bytes = b"127.0.0.1:9100",
 ) -> AdminResponse:
     """
-    One request answered at once.
+    One request answered at once, with C{Host: host}.
     """
-    return Exchange(site, path, method, headers).response()
+    return Exchange(site, path, method, headers, host).response()
 
 
 class MetricsTests(SynchronousTestCase):
@@ -383,6 +388,49 @@ class TokenTests(SynchronousTestCase):
         self.assertEqual(answer.status, 403)
         self.assertEqual(fleet.workers[0].sent, [])
 
+    def test_rebound_host_refused(self) -> None:
+        """
+        Without a token, a request for another host (DNS rebinding) is 421,
+        GET and POST alike: nothing is collected, nothing sent.
+        """
+        fleet = FakeFleet(Clock())
+        fleet.cache = True
+        site = master_site(fleet)
+        rebound = b"attacker.example:9100"
+        for path in ("/status.json", "/status", "/metrics"):
+            self.assertEqual(ask(site, path, host=rebound).status, 421, path)
+        headers = [(b"Origin", b"http://attacker.example:9100")]
+        answer = ask(site, f"/upstreams/{UP}/drain", b"POST", headers, host=rebound)
+        self.assertEqual(answer.status, 421)
+        self.assertEqual(ask(site, "/cache/purge?url=/a", b"POST", host=rebound).status, 421)
+        self.assertEqual(fleet.collected, 0)
+        self.assertEqual(fleet.admin.states, {})
+        self.assertEqual(fleet.workers[0].sent, [])
+        self.assertEqual(ask(site, "/healthz", host=rebound).status, 200)
+        self.assertEqual(ask(site, "/ready", host=rebound).status, 200)
+
+    def test_loopback_hosts_accepted(self) -> None:
+        """
+        Without a token, loopback hosts are answered.
+        """
+        fleet = FakeFleet(Clock())
+        site = master_site(fleet)
+        for host in (b"127.0.0.1:9100", b"localhost:9100", b"[::1]:9100", b"LOCALHOST"):
+            self.assertEqual(ask(site, "/status.json", host=host).status, 200, host)
+        answer = ask(site, f"/upstreams/{UP}/drain", b"POST", host=b"localhost:9100")
+        self.assertEqual(answer.status, 200)
+
+    def test_token_allows_any_host(self) -> None:
+        """
+        With the token, any C{Host} is answered.
+        """
+        fleet = FakeFleet(Clock())
+        site = master_site(fleet, TOKEN)
+        bearer = [(b"Authorization", b"Bearer " + TOKEN.encode())]
+        for host in (b"10.0.0.5:9100", b"attacker.example:9100"):
+            self.assertEqual(ask(site, "/status.json", headers=bearer, host=host).status, 200)
+            self.assertEqual(ask(site, "/status.json", host=host).status, 401)
+
 
 class ControlTests(SynchronousTestCase):
     """
@@ -445,6 +493,22 @@ class PurgeTests(SynchronousTestCase):
         fleet = FakeFleet(Clock())
         fleet.cache = True
         self.assertEqual(ask(master_site(fleet), "/cache/purge", b"POST").status, 400)
+
+    def test_invalid_url(self) -> None:
+        """
+        A URL that cannot be purged, or two, is 400 and no worker is asked.
+        """
+        fleet = FakeFleet(Clock())
+        fleet.cache = True
+        site = master_site(fleet)
+        for query in ("%ff%fe", "http://[::1", "relative-no-slash"):
+            answer = ask(site, f"/cache/purge?url={query}", b"POST")
+            self.assertEqual(answer.status, 400, query)
+            self.assertIn("invalid URL to purge", json.loads(answer.body)["error"])
+        answer = ask(site, "/cache/purge?url=/a&url=/b", b"POST")
+        self.assertEqual(json.loads(answer.body), {"error": "give one url to purge, not 2"})
+        self.assertEqual([w.sent for w in fleet.workers], [[], []])
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_summed(self) -> None:
         """

@@ -67,3 +67,5 @@ class PurgeTests(SynchronousTestCase):
         """
         self.assertRaises(ValueError, self.purger.purge, "ftp://x/y")
         self.assertRaises(ValueError, self.purger.purge, "page")
+        self.assertRaises(ValueError, self.purger.purge, "http://[::1")
+        self.assertRaises(ValueError, self.purger.purge, "http://a..b/")

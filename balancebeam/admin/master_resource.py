@@ -14,7 +14,8 @@ workers:
   - C{POST /cache/purge?url=URL}: purged in every worker; the answer is the
     sum of what they removed.
 
-The same L{AdminSite} guards it (token, cross-site posts, no request log).
+The same L{AdminSite} guards it (token, loopback C{Host} without a token,
+cross-site posts, no request log).
 """
 
 from __future__ import annotations
@@ -34,7 +35,14 @@ from balancebeam.admin.master_status import (
     not_ready_reason,
     render_master_page,
 )
-from balancebeam.admin.resources import ACTIONS, AdminPages, AdminSite, _json, _reply
+from balancebeam.admin.resources import (
+    ACTIONS,
+    AdminPages,
+    AdminSite,
+    _json,
+    _reply,
+    purge_url,
+)
 from balancebeam.metrics import CONTENT_TYPE
 from balancebeam.workers.counters import MasterSnapshot
 from balancebeam.workers.fleet_admin import FleetAdmin, PurgeFailed
@@ -141,11 +149,10 @@ class MasterAdminResource(AdminPages):
     def _purge(self, request: Request) -> bytes | int:
         if not self._fleet.has_cache():
             return _json(request, 404, {"error": "no cache is configured"})
-        arguments: dict[bytes, list[bytes]] = request.args or {}
-        urls = arguments.get(b"url")
-        if not urls or not urls[0]:
-            return _json(request, 400, {"error": "give the URL to purge: /cache/purge?url=URL"})
-        url = urls[0].decode("utf-8", "replace")
+        try:
+            url = purge_url(request)
+        except ValueError as error:
+            return _json(request, 400, {"error": str(error)})
 
         def answer(count: int) -> bytes:
             return _json(request, 200, {"url": url, "purged": count})

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
@@ -49,10 +51,52 @@ class IPurger(Interface):
 
     def purge(url: str) -> int | Deferred[int]:
         """
-        Remove the responses stored for C{url} (an absolute URL or a path).
+        Remove the responses stored for C{url} (an absolute URL or a path:
+        the admin passes only URLs that L{parse_purge_url} accepts).
 
         @return: how many were removed, or a L{Deferred} firing with it.
         """
+
+
+@dataclass(frozen=True)
+class PurgeURL:
+    """
+    What a purge names: one resource of one host, or a path on every host.
+
+    @ivar scheme: C{b"http"} or C{b"https"}; C{b""} for a path.
+    @ivar host: the host (and port) in ASCII (IDNA); C{b""} for a path.
+    @ivar target: the path (C{b"/"} when an absolute URL has none) and
+        query, UTF-8.
+    """
+
+    scheme: bytes
+    host: bytes
+    target: bytes
+
+
+def parse_purge_url(url: str) -> PurgeURL:
+    """
+    Check and split the URL of a purge: an absolute C{http} or C{https} URL
+    with a host (C{https://example.com/a?b}), or a path (C{/a?b}).
+
+    @raise ValueError: saying why, when C{url} is neither or cannot be
+        parsed.
+    """
+    if url.startswith("/"):
+        scheme, host, target = "", "", url
+    else:
+        try:
+            parts = urlsplit(url)
+        except ValueError as error:
+            raise ValueError(f"{url!r} cannot be parsed: {error}") from None
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"{url!r} is not an absolute http(s) URL or a path")
+        scheme, host = parts.scheme, parts.netloc
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    try:
+        return PurgeURL(scheme.encode("ascii"), host.encode("idna"), target.encode("utf-8"))
+    except UnicodeError as error:
+        raise ValueError(f"{url!r} cannot be parsed: {error}") from None
 
 
 def check_name(name: str) -> str:

@@ -11,7 +11,10 @@ The admin listener's HTTP side: one L{AdminSite} serving
   - C{POST /cache/purge?url=URL}, when a cache is configured (else 404).
 
 With a token (C{--admin-token-file}) every request must carry it
-(L{balancebeam.admin.auth}), or gets 401. Requests to the admin are not
+(L{balancebeam.admin.auth}), or gets 401. Without one (a loopback admin),
+a request whose C{Host} is not a loopback one gets 421, except on
+C{/healthz} and C{/ready} (L{balancebeam.admin.browsers}: DNS rebinding). A
+browser's post from another site gets 403. Requests to the admin are not
 logged (a scrape every few seconds would drown the log); the token never is.
 """
 
@@ -31,7 +34,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from balancebeam.admin.auth import AdminToken
+from balancebeam.admin.browsers import PROBE_PATHS, cross_site, names_loopback
 from balancebeam.admin.page import render_page
+from balancebeam.admin.providers import parse_purge_url
 from balancebeam.admin.status import status_data
 from balancebeam.metrics import CONTENT_TYPE, build_registry, exposition
 from balancebeam.registry import DISABLED, DRAINING, ENABLED, REMOVED
@@ -43,6 +48,10 @@ ACTIONS: dict[str, str] = {"drain": DRAINING, "disable": DISABLED, "enable": ENA
 """The control actions on an upstream, and the admin state each sets."""
 
 _CHALLENGE = [b'Bearer realm="balancebeam admin"', b'Basic realm="balancebeam admin"']
+
+_NOT_LOOPBACK = (
+    b"without a token, the admin answers requests for localhost, 127.0.0.1 or [::1] only\n"
+)
 
 
 def _reply(
@@ -57,6 +66,31 @@ def _reply(
 def _json(request: Request, status: int, data: Any) -> bytes:
     body = json.dumps(data, indent=1, sort_keys=True).encode("utf-8") + b"\n"
     return _reply(request, status, body, b"application/json")
+
+
+def purge_url(request: Request) -> str:
+    """
+    The URL a C{POST /cache/purge?url=URL} names, once: an absolute http(s)
+    URL or a path (L{parse_purge_url}).
+
+    @raise ValueError: saying what is wrong, when there is no URL, more than
+        one, or one that is not UTF-8 or not such a URL.
+    """
+    arguments: dict[bytes, list[bytes]] = request.args or {}
+    urls = arguments.get(b"url") or []
+    if len(urls) > 1:
+        raise ValueError(f"give one url to purge, not {len(urls)}")
+    if not urls or not urls[0]:
+        raise ValueError("give the URL to purge: /cache/purge?url=URL")
+    try:
+        url = urls[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("invalid URL to purge: it is not UTF-8") from None
+    try:
+        parse_purge_url(url)
+    except ValueError as error:
+        raise ValueError(f"invalid URL to purge: {error}") from None
+    return url
 
 
 class AdminPages(Resource):
@@ -188,11 +222,10 @@ class AdminResource(AdminPages):
         purger = self._service.purger
         if purger is None:
             return _json(request, 404, {"error": "no cache is configured"})
-        arguments: dict[bytes, list[bytes]] = request.args or {}
-        urls = arguments.get(b"url")
-        if not urls or not urls[0]:
-            return _json(request, 400, {"error": "give the URL to purge: /cache/purge?url=URL"})
-        url = urls[0].decode("utf-8", "replace")
+        try:
+            url = purge_url(request)
+        except ValueError as error:
+            return _json(request, 400, {"error": str(error)})
         purge: Callable[[str], Any] = purger.purge
         purging: Deferred[int] = maybeDeferred(purge, url)
         answers: list[bytes] = []
@@ -218,8 +251,9 @@ class AdminResource(AdminPages):
 
 class AdminSite(Site):
     """
-    The admin's site: checks the token before anything else, refuses
-    cross-site browser posts, and logs no request.
+    The admin's site: checks the token before anything else, or without a
+    token that the request names a loopback host; refuses cross-site
+    browser posts; logs no request.
     """
 
     noisy = False
@@ -230,12 +264,16 @@ class AdminSite(Site):
 
     def getResourceFor(self, request: Request) -> Resource:
         """
-        The admin resource, or one answering 401 (no or a wrong token) or 403
-        (a browser's post from another site).
+        The admin resource, or one answering 401 (no or a wrong token), 421
+        (no token is configured and the C{Host} is not a loopback one: DNS
+        rebinding) or 403 (a browser's post from another site).
         """
-        if not self.token.allows(request):
-            return _Refused(401, b"a bearer token is required\n", _CHALLENGE)
-        if request.method == b"POST" and _cross_site(request):
+        if self.token.required:
+            if not self.token.allows(request):
+                return _Refused(401, b"a bearer token is required\n", _CHALLENGE)
+        elif request.path not in PROBE_PATHS and not names_loopback(request):
+            return _Refused(421, _NOT_LOOPBACK, [], b"Misdirected Request")
+        if request.method == b"POST" and cross_site(request):
             return _Refused(403, b"cross-site requests are refused\n", [])
         resource: Resource = super().getResourceFor(request)
         return resource
@@ -246,33 +284,25 @@ class AdminSite(Site):
         """
 
 
-def _cross_site(request: Request) -> bool:
-    """
-    Whether a browser sent C{request} from another site (a form or script
-    on a page elsewhere aiming at a loopback admin).
-    """
-    if request.getHeader(b"sec-fetch-site") in (b"cross-site", b"same-site"):
-        return True
-    origin = request.getHeader(b"origin")
-    if origin is None or origin == b"null":
-        return origin == b"null"
-    host = request.getHeader(b"host") or b""
-    return origin.partition(b"://")[2] != host
-
-
 class _Refused(Resource):
     isLeaf = True
 
-    def __init__(self, status: int, body: bytes, challenges: list[bytes]) -> None:
+    def __init__(
+        self, status: int, body: bytes, challenges: list[bytes], message: bytes | None = None
+    ) -> None:
         super().__init__()
         self._status = status
         self._body = body
         self._challenges = challenges
+        self._message = message
 
     def render(self, request: Request) -> bytes:
         for challenge in self._challenges:
             request.responseHeaders.addRawHeader(b"www-authenticate", challenge)
-        return _reply(request, self._status, self._body)
+        body = _reply(request, self._status, self._body)
+        if self._message is not None:
+            request.setResponseCode(self._status, self._message)
+        return body
 
 
 def build_admin_site(

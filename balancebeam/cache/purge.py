@@ -5,11 +5,9 @@ the admin listener): L{CachePurger}.
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from zope.interface import implementer
 
-from balancebeam.admin.providers import IPurger
+from balancebeam.admin.providers import IPurger, parse_purge_url
 from balancebeam.cache.keys import primary_key
 from balancebeam.cache.store import CacheStore
 
@@ -30,20 +28,14 @@ class CachePurger:
         (C{/a?b}) names it on every host and scheme the cache holds it for.
 
         @return: how many stored responses were dropped.
-        @raise ValueError: when C{url} is neither.
+        @raise ValueError: when C{url} is neither (L{parse_purge_url}).
         """
-        parts = urlsplit(url)
-        if parts.scheme in ("http", "https") and parts.netloc:
-            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            key = primary_key(
-                parts.scheme.encode("ascii"), parts.netloc.encode("idna"), target.encode()
-            )
-            return self._store.invalidate(key)
-        if url.startswith("/"):
-            path = primary_key(b"http", b"", url.encode())[len(b"http://") :]
-            return sum(
-                self._store.invalidate(key)
-                for key in self._store.keys()
-                if key.endswith(path) and key[: -len(path)].count(b"/") == 2
-            )
-        raise ValueError(f"{url!r} is not an absolute http(s) URL or a path")
+        named = parse_purge_url(url)
+        if named.host:
+            return self._store.invalidate(primary_key(named.scheme, named.host, named.target))
+        path = primary_key(b"http", b"", named.target)[len(b"http://") :]
+        return sum(
+            self._store.invalidate(key)
+            for key in self._store.keys()
+            if key.endswith(path) and key[: -len(path)].count(b"/") == 2
+        )
