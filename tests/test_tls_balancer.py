@@ -359,7 +359,9 @@ class ListenerTests(TLSBalancerTestCase):
         C{Connection: close}, and when an idle connection's time is up.
         """
         upstream = self.start_upstream("plain-upstream")
-        self.start_tls_balancer([upstream], options={"timeouts": Timeouts(client_idle=0.3)})
+        # The idle timeout also runs from the handshake to the first request:
+        # long enough for a loaded machine to send it, short enough to wait out.
+        self.start_tls_balancer([upstream], options={"timeouts": Timeouts(client_idle=2.0)})
         client = await self.connect_tls()
         headers = [HOST, (b"Connection", b"close")]
         answer = await self.fetch_tls(build_request(headers=headers), client)
@@ -368,7 +370,7 @@ class ListenerTests(TLSBalancerTestCase):
         self.assertTrue(client.is_closed)
         idle = await self.connect_tls()
         self.assertEqual((await self.fetch_tls(build_request(), idle)).status, 200)
-        await idle.wait_for(lambda: idle.is_closed, timeout=5)
+        await idle.wait_for(lambda: idle.is_closed, timeout=15)
         self.assertTrue(idle.is_closed)
 
     async def test_stalled_handshake_gets_the_header_timeout(self) -> None:
