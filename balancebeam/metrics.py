@@ -19,7 +19,8 @@ address or path is ever a label. The full list is in C{doc/operations.md}.
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import (
@@ -35,7 +36,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 import balancebeam
 import twisted
 from balancebeam.admin.providers import check_name
-from balancebeam.admin.status import CLASSES, requests_in_flight
+from balancebeam.admin.status import CLASSES, client_connections_open, requests_in_flight
 from balancebeam.registry import ADMIN_STATES, ENABLED, UpstreamState
 from balancebeam.stats import DURATION_BOUNDS
 
@@ -81,6 +82,198 @@ def process_families(started_at: float | None) -> Iterator[Metric]:
         yield started
 
 
+UPSTREAM_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("connect_failures", "upstream_connection_errors", "Failed connects to the upstream"),
+    (
+        "response_errors",
+        "upstream_response_errors",
+        "Upstream connections that failed before the response was complete",
+    ),
+    ("timeouts", "upstream_timeouts", "Requests the upstream did not answer in time (504)"),
+    (
+        "retries",
+        "upstream_retries",
+        "Requests sent again after the upstream failed before answering",
+    ),
+    ("check_failures", "upstream_check_failures", "Failed active health checks"),
+    ("state_changes", "upstream_state_changes", "Health state changes (up to down and back)"),
+    ("connections_opened", "upstream_connection_attempts", "Connections opened to the upstream"),
+    (
+        "connections_reused",
+        "upstream_connection_reuses",
+        "Requests sent on an idle pooled connection",
+    ),
+)
+"""Each upstream's counters besides its requests and responses: the
+attribute of L{UpstreamState}, the metric name (without the C{balancebeam_}
+prefix and C{_total}), its help."""
+
+
+@dataclass(frozen=True)
+class UpstreamMetrics:
+    """
+    What C{/metrics} shows of one upstream, from one process or summed over
+    the workers (L{balancebeam.admin.master_metrics}).
+
+    @ivar name: C{host:port}.
+    @ivar weight: its weight.
+    @ivar in_flight: requests assigned to it now.
+    @ivar idle: idle pooled connections to it.
+    @ivar open: connections to it, open or being opened.
+    @ivar since: when its health or admin state last changed (Unix time).
+    @ivar requests: requests sent to it.
+    @ivar responses: response heads from it, by class (C{1xx} to C{5xx},
+        and C{other}).
+    @ivar counters: the others, by attribute of L{UPSTREAM_COUNTERS}.
+    """
+
+    name: str
+    weight: float
+    in_flight: int
+    idle: int
+    open: int
+    since: float
+    requests: int
+    responses: Mapping[str, int]
+    counters: Mapping[str, int]
+
+
+def upstream_families(upstreams: Sequence[UpstreamMetrics]) -> Iterator[Metric]:
+    """
+    The per-upstream gauges and counters (all but the state gauges of
+    L{upstream_state_families}), one process and the master alike.
+    """
+    labels = ["upstream"]
+    weight = _gauge("upstream_weight", "The upstream's weight", labels)
+    in_flight = _gauge(
+        "upstream_requests_in_flight", "Requests assigned to the upstream now", labels
+    )
+    idle = _gauge("upstream_idle_connections", "Idle pooled connections to the upstream", labels)
+    open_ = _gauge(
+        "upstream_open_connections",
+        "Connections to the upstream, open or being opened (idle and busy)",
+        labels,
+    )
+    since = _gauge(
+        "upstream_last_state_change_timestamp_seconds",
+        "When the upstream's health or admin state last changed (Unix time)",
+        labels,
+    )
+    requests = _counter("upstream_requests", "Requests sent to the upstream", labels)
+    responses = _counter(
+        "upstream_responses",
+        "Responses from the upstream, by status class",
+        ["upstream", "code"],
+    )
+    counters = {
+        attribute: _counter(name, documentation, labels)
+        for attribute, name, documentation in UPSTREAM_COUNTERS
+    }
+    for upstream in upstreams:
+        name = [upstream.name]
+        weight.add_metric(name, upstream.weight)
+        in_flight.add_metric(name, upstream.in_flight)
+        idle.add_metric(name, upstream.idle)
+        open_.add_metric(name, upstream.open)
+        since.add_metric(name, upstream.since)
+        requests.add_metric(name, upstream.requests)
+        for code in (*CLASSES, "other"):
+            responses.add_metric([upstream.name, code], upstream.responses.get(code, 0))
+        for attribute, family in counters.items():
+            family.add_metric(name, upstream.counters.get(attribute, 0))
+    yield from (weight, in_flight, idle, open_, since, requests, responses)
+    yield from counters.values()
+
+
+def upstream_classes(counts: Sequence[int]) -> dict[str, int]:
+    """
+    An upstream's responses (L{UpstreamState.responses}) by class: C{1xx}
+    to C{5xx}, and C{other} for the statuses beyond 599.
+    """
+    classes = {name: counts[index + 1] for index, name in enumerate(CLASSES)}
+    classes["other"] = sum(counts[6:])
+    return classes
+
+
+def duration_family(counts: Sequence[int], total: float) -> Metric:
+    """
+    C{balancebeam_http_request_duration_seconds} from the count of requests
+    in each bucket of L{DURATION_BOUNDS} and beyond (not cumulative), and
+    the seconds they took in all.
+    """
+    buckets: list[tuple[str, float]] = []
+    cumulative = 0
+    for bound, count in zip(DURATION_BOUNDS, counts):
+        cumulative += count
+        buckets.append((repr(float(bound)), cumulative))
+    cumulative += counts[len(DURATION_BOUNDS)] if len(counts) > len(DURATION_BOUNDS) else 0
+    buckets.append(("+Inf", cumulative))
+    return HistogramMetricFamily(
+        PREFIX + "http_request_duration_seconds",
+        "Time from a request head to the end of its response (tunnels excluded)",
+        buckets=buckets,
+        sum_value=total,
+    )
+
+
+def load_gauges(in_flight: int, connections: int) -> Iterator[Metric]:
+    """
+    C{balancebeam_http_requests_in_flight} and
+    C{balancebeam_client_connections_open}.
+    """
+    for name, value, documentation in (
+        ("http_requests_in_flight", in_flight, "Client requests being served"),
+        ("client_connections_open", connections, "Open client connections"),
+    ):
+        gauge = _gauge(name, documentation)
+        gauge.add_metric([], value)
+        yield gauge
+
+
+def reload_families(
+    success: int, failure: int, last_ok: bool, last_success_at: float | None
+) -> Iterator[Metric]:
+    """
+    C{balancebeam_config_reloads_total{result}},
+    C{balancebeam_config_last_reload_successful} and, once a reload applied,
+    C{balancebeam_config_last_reload_success_timestamp_seconds}.
+    """
+    total = _counter("config_reloads", "Configuration reloads, by result", ["result"])
+    total.add_metric(["success"], success)
+    total.add_metric(["failure"], failure)
+    yield total
+    last = _gauge(
+        "config_last_reload_successful", "Whether the last reload succeeded (1 with none yet)"
+    )
+    last.add_metric([], 1 if last_ok else 0)
+    yield last
+    if last_success_at is not None:
+        when = _gauge(
+            "config_last_reload_success_timestamp_seconds",
+            "When the configuration was last reloaded successfully (Unix time)",
+        )
+        when.add_metric([], last_success_at)
+        yield when
+
+
+def feature_family(name: str, key: str, value: float) -> Metric:
+    """
+    One feature's counter (C{key} ending in C{_total}) or gauge, as
+    C{balancebeam_<name>_<key>}.
+
+    @raise ValueError: when C{name} or C{key} is not a metric name part.
+    """
+    prefix = check_name(name) + "_"
+    check_name(key)
+    family: CounterMetricFamily | GaugeMetricFamily
+    if key.endswith("_total"):
+        family = _counter(prefix + key[: -len("_total")], f"{name}: {key}")
+    else:
+        family = _gauge(prefix + key, f"{name}: {key}")
+    family.add_metric([], value)
+    return family
+
+
 class BalancerCollector(Collector):
     """
     Collects every balancebeam metric from a running L{BalancerService}.
@@ -115,35 +308,8 @@ class BalancerCollector(Collector):
             responses.add_metric([name], stats.by_class[index + 1])
         responses.add_metric(["other"], stats.by_class[0])
         yield responses
-        buckets: list[tuple[str, float]] = []
-        cumulative = 0
-        for bound, count in zip(DURATION_BOUNDS, stats.durations):
-            cumulative += count
-            buckets.append((repr(float(bound)), cumulative))
-        cumulative += stats.durations[-1]
-        buckets.append(("+Inf", cumulative))
-        duration = HistogramMetricFamily(
-            PREFIX + "http_request_duration_seconds",
-            "Time from a request head to the end of its response (tunnels excluded)",
-            buckets=buckets,
-            sum_value=stats.duration_sum,
-        )
-        yield duration
-        for name, value, documentation in (
-            (
-                "http_requests_in_flight",
-                requests_in_flight(service),
-                "Client requests being served",
-            ),
-            (
-                "client_connections_open",
-                len(service.factory.connections),
-                "Open client connections",
-            ),
-        ):
-            gauge = _gauge(name, documentation)
-            gauge.add_metric([], value)
-            yield gauge
+        yield duration_family(stats.durations, stats.duration_sum)
+        yield from load_gauges(requests_in_flight(service), client_connections_open(service))
         for name, value, documentation in (
             ("client_connections", stats.client_connections, "Client connections accepted"),
             (
@@ -177,79 +343,29 @@ class BalancerCollector(Collector):
         service = self._service
         registry = service.registry
         upstreams: list[UpstreamState] = list(registry.upstreams) + list(registry.retiring)
-        labels = ["upstream"]
-        weight = _gauge("upstream_weight", "The upstream's weight", labels)
-        in_flight = _gauge(
-            "upstream_requests_in_flight", "Requests assigned to the upstream now", labels
-        )
-        idle = _gauge(
-            "upstream_idle_connections", "Idle pooled connections to the upstream", labels
-        )
-        open_ = _gauge(
-            "upstream_open_connections",
-            "Connections to the upstream, open or being opened (idle and busy)",
-            labels,
-        )
-        since = _gauge(
-            "upstream_last_state_change_timestamp_seconds",
-            "When the upstream's health or admin state last changed (Unix time)",
-            labels,
-        )
-        requests = _counter("upstream_requests", "Requests sent to the upstream", labels)
-        responses = _counter(
-            "upstream_responses",
-            "Responses from the upstream, by status class",
-            ["upstream", "code"],
-        )
-        counters = {
-            "connect_failures": _counter(
-                "upstream_connection_errors", "Failed connects to the upstream", labels
-            ),
-            "response_errors": _counter(
-                "upstream_response_errors",
-                "Upstream connections that failed before the response was complete",
-                labels,
-            ),
-            "timeouts": _counter(
-                "upstream_timeouts", "Requests the upstream did not answer in time (504)", labels
-            ),
-            "retries": _counter(
-                "upstream_retries",
-                "Requests sent again after the upstream failed before answering",
-                labels,
-            ),
-            "check_failures": _counter(
-                "upstream_check_failures", "Failed active health checks", labels
-            ),
-            "state_changes": _counter(
-                "upstream_state_changes", "Health state changes (up to down and back)", labels
-            ),
-            "connections_opened": _counter(
-                "upstream_connection_attempts", "Connections opened to the upstream", labels
-            ),
-            "connections_reused": _counter(
-                "upstream_connection_reuses", "Requests sent on an idle pooled connection", labels
-            ),
-        }
         pool = service.pool
         yield from upstream_state_families(
             (upstream.name, upstream.alive, upstream.admin_state) for upstream in upstreams
         )
-        for upstream in upstreams:
-            name = [upstream.name]
-            weight.add_metric(name, upstream.weight)
-            in_flight.add_metric(name, upstream.in_flight)
-            idle.add_metric(name, pool.idle_count(upstream))
-            open_.add_metric(name, pool.open_count(upstream))
-            since.add_metric(name, upstream.state_since)
-            requests.add_metric(name, upstream.requests)
-            for index, code in enumerate(CLASSES):
-                responses.add_metric([upstream.name, code], upstream.responses[index + 1])
-            responses.add_metric([upstream.name, "other"], sum(upstream.responses[6:]))
-            for attribute, family in counters.items():
-                family.add_metric(name, getattr(upstream, attribute))
-        yield from (weight, in_flight, idle, open_, since, requests, responses)
-        yield from counters.values()
+        yield from upstream_families(
+            [
+                UpstreamMetrics(
+                    name=upstream.name,
+                    weight=upstream.weight,
+                    in_flight=upstream.in_flight,
+                    idle=pool.idle_count(upstream),
+                    open=pool.open_count(upstream),
+                    since=upstream.state_since,
+                    requests=upstream.requests,
+                    responses=upstream_classes(upstream.responses),
+                    counters={
+                        attribute: getattr(upstream, attribute)
+                        for attribute, _, _ in UPSTREAM_COUNTERS
+                    },
+                )
+                for upstream in upstreams
+            ]
+        )
         health = service.health
         probes = _counter("health_checks", "Active health probes sent")
         failed = _counter("health_check_failures", "Active health probes that failed")
@@ -260,35 +376,14 @@ class BalancerCollector(Collector):
 
     def _operations(self) -> Iterator[Metric]:
         reloads = self._service.reloads
-        total = _counter("config_reloads", "Configuration reloads, by result", ["result"])
-        total.add_metric(["success"], reloads.success)
-        total.add_metric(["failure"], reloads.failure)
-        yield total
-        last = _gauge(
-            "config_last_reload_successful", "Whether the last reload succeeded (1 with none yet)"
+        yield from reload_families(
+            reloads.success, reloads.failure, reloads.last_ok, reloads.last_success_at
         )
-        last.add_metric([], 1 if reloads.last_ok else 0)
-        yield last
-        if reloads.last_success_at is not None:
-            when = _gauge(
-                "config_last_reload_success_timestamp_seconds",
-                "When the configuration was last reloaded successfully (Unix time)",
-            )
-            when.add_metric([], reloads.last_success_at)
-            yield when
 
     def _features(self) -> Iterator[Metric]:
         for provider in self._service.feature_counters:
-            prefix = check_name(provider.name) + "_"
             for key, value in sorted(provider.snapshot().items()):
-                check_name(key)
-                family: CounterMetricFamily | GaugeMetricFamily
-                if key.endswith("_total"):
-                    family = _counter(prefix + key[: -len("_total")], f"{provider.name}: {key}")
-                else:
-                    family = _gauge(prefix + key, f"{provider.name}: {key}")
-                family.add_metric([], value)
-                yield family
+                yield feature_family(provider.name, key, value)
 
 
 def upstream_state_families(states: Iterable[tuple[str, bool, str]]) -> list[Metric]:

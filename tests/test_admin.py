@@ -24,6 +24,7 @@ from balancebeam.admin.auth import AdminToken, read_token_file
 from balancebeam.admin.page import render_page
 from balancebeam.admin.providers import IPurger
 from balancebeam.admin.rate import RequestRate
+from balancebeam.admin.status import client_connections_open, requests_in_flight
 from balancebeam.registry import DISABLED, DRAINING, ENABLED
 from tests.helpers import response
 from tests.operations_helpers import ServiceHarness, harness_config, metric, parse_metrics
@@ -701,3 +702,50 @@ class RequestRateTests(SynchronousTestCase):
         self.assertEqual(rate.per_second(), 2.0)
         rate.stopService()
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class LoadGaugeTests(SynchronousTestCase):
+    """
+    The requests in flight and open connections count the HTTPS listeners'
+    clients too.
+    """
+
+    def test_gauges_of_every_listener(self) -> None:
+        """
+        Requests in flight and connections open are read from every relay
+        factory (plain and HTTPS), not only the plain one.
+        """
+        plain = _Factory([_Connection(busy=True), _Connection(busy=False)], detached=1)
+        https = _Factory([_Connection(busy=True)])
+        service: Any = _Service((plain, https))
+        self.assertEqual(requests_in_flight(service), 3)
+        self.assertEqual(client_connections_open(service), 3)
+
+
+class _Connection:
+    """
+    A client connection as the gauges read it: serving a request or not.
+    """
+
+    def __init__(self, busy: bool) -> None:
+        self.exchange = object() if busy else None
+
+
+class _Factory:
+    """
+    A relay factory as the gauges read it: its connections, and the
+    requests whose client has gone (C{detached}).
+    """
+
+    def __init__(self, connections: list[_Connection], detached: int = 0) -> None:
+        self.connections = set(connections)
+        self.detached = {object() for _ in range(detached)}
+
+
+class _Service:
+    """
+    A balancer as the gauges read it: its relay factories.
+    """
+
+    def __init__(self, factories: tuple[_Factory, ...]) -> None:
+        self.relay_factories = factories

@@ -7,6 +7,7 @@ admin site's HTTP channel on memory transports.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -206,12 +207,28 @@ class MetricsTests(SynchronousTestCase):
     def test_features_and_gauges(self) -> None:
         """
         A feature's counter keeps the single process's name; the cache's
-        gauges (whose sum would keep workers gone) are left out.
+        gauges are the sums of the live workers' gauges, never of counters
+        (whose sum would keep workers gone); the status shows them by
+        feature, as the single process does.
         """
         fleet = FakeFleet(Clock(), {"requests": 1, "waf_blocked": 4, "cache_entries": 9})
-        samples = parse_metrics(ask(master_site(fleet), "/metrics").body)
+        site = master_site(fleet)
+        samples = parse_metrics(ask(site, "/metrics").body)
         self.assertEqual(metric(samples, "balancebeam_waf_blocked_total"), 4)
         self.assertFalse([n for n, _ in samples if "cache_entries" in n])
+        fleet.current = dataclasses.replace(
+            fleet.current,
+            counters={"cache_hits": 3, "cache_entries": 9},
+            gauges={"features": {"cache": {"bytes": 10, "entries": 2}, "waf": {}}},
+        )
+        samples = parse_metrics(ask(site, "/metrics").body)
+        self.assertEqual(metric(samples, "balancebeam_cache_entries"), 2)
+        self.assertEqual(metric(samples, "balancebeam_cache_bytes"), 10)
+        self.assertEqual(metric(samples, "balancebeam_cache_hits_total"), 3)
+        features = json.loads(ask(site, "/status.json").body)["features"]
+        self.assertEqual(
+            features, {"cache": {"hits_total": 3, "bytes": 10, "entries": 2}, "waf": {}}
+        )
 
     def test_workers_and_upstreams(self) -> None:
         """
@@ -305,6 +322,32 @@ class StatusTests(SynchronousTestCase):
         self.assertIn(b"<td>102</td><td>1</td>", answer.body)
         self.assertIn(b"x&lt;b&gt;", answer.body)
         self.assertNotIn(b"x<b>", answer.body)
+
+    def test_status_page_upstreams(self) -> None:
+        """
+        The page shows the requests in flight and connections, and per
+        upstream its workers' view, in-flight requests, pool, requests,
+        responses and failures, as the single process's page does; the
+        per-upstream counters are not repeated in the counters table.
+        """
+        fleet = FakeFleet(Clock())
+        fleet.current = dataclasses.replace(
+            fleet.current,
+            counters={
+                "requests": 3,
+                "upstreams": {UP: {"requests": 3, "responses": {"2xx": 3}, "timeouts": 1}},
+            },
+            gauges={
+                "requests_in_flight": 2,
+                "client_connections_open": 5,
+                "upstreams": {UP: {"in_flight": 2, "pool_idle": 1, "pool_open": 4}},
+            },
+        )
+        body = ask(master_site(fleet), "/status").body
+        self.assertIn(b"<td>3</td><td>-</td><td>2</td><td>5</td>", body)
+        self.assertIn(b"<td>1/4</td><td>3</td><td>0</td><td>3</td>", body)
+        self.assertIn(b"<td>1 / 0</td>", body)
+        self.assertNotIn(b"upstreams.", body)
 
     def test_read_only(self) -> None:
         """

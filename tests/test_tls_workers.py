@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+from typing import Any
 
 import trustme
 from twisted.trial.unittest import SynchronousTestCase
@@ -162,13 +163,29 @@ class WorkerHTTPSTests(SynchronousTestCase):
     def test_connections_counted_over_both_factories(self) -> None:
         """
         The connections a worker reports (and publishes for balanced
-        accepting) are its plain and HTTPS ones together.
+        accepting), and its gauges of open connections and requests in
+        flight, are its plain and HTTPS ones together.
         """
         scenario, _ = self.https_scenario()
         scenario.health()
         service = scenario.service
         assert service.https_factory is not None
-        service.https_factory.connections.add(object())  # type: ignore[arg-type]
-        service.factory.connections.add(object())  # type: ignore[arg-type]
+        busy: Any = _Connection(busy=True)
+        idle: Any = _Connection(busy=False)
+        service.https_factory.connections.add(busy)
+        service.factory.connections.add(idle)
         scenario.send({"type": REPORT, "serial": 1})
-        self.assertEqual(scenario.received(STATS)[-1]["connections"], 2)
+        stats = scenario.received(STATS)[-1]
+        self.assertEqual(stats["connections"], 2)
+        self.assertEqual(stats["gauges"]["client_connections_open"], 2)
+        self.assertEqual(stats["gauges"]["requests_in_flight"], 1)
+
+
+class _Connection:
+    """
+    A client connection as the worker's counts read it: serving a request
+    or not.
+    """
+
+    def __init__(self, busy: bool) -> None:
+        self.exchange = object() if busy else None

@@ -8,6 +8,7 @@ C{make_master_service} (L{balancebeam.workers.master_admin}).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -15,7 +16,10 @@ import tempfile
 from typing import Any
 
 from twisted.application.service import MultiService
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
@@ -23,10 +27,11 @@ from zope.interface import implementer
 from balancebeam.admin.providers import IPurger
 from balancebeam.admin.resources import AdminSite
 from balancebeam.registry import DISABLED, DRAINING, ENABLED
-from balancebeam.workers.control import ADMIN, PURGE, PURGED
+from balancebeam.workers.control import ADMIN, PURGE, PURGED, REPORT
 from balancebeam.workers.master import Master, make_master_service
 from balancebeam.workers.master_admin import master_admin_service
 from tests.test_tap import PortAssigningReactor, parse
+from tests.test_workers_fakes import Launched
 from tests.test_workers_master import UPSTREAMS, MasterScenario
 from tests.test_workers_worker import WorkerScenario
 
@@ -283,6 +288,60 @@ class MasterAdminServiceTests(SynchronousTestCase):
         with self.assertRaises(SystemExit) as raised:
             master_admin_service(master, master.config, PortAssigningReactor(), True)
         self.assertIn("--admin-token-file", str(raised.exception))
+
+
+class MasterAdminStatusTests(SynchronousTestCase):
+    """
+    The master's admin listener measures what its status shows beside the
+    counters: the request rate and its own address.
+    """
+
+    def test_rate_and_address(self) -> None:
+        """
+        While it listens, the status shows the workers' requests per second
+        over the last minute and where the admin listens; once stopped, it
+        measures no more.
+        """
+        scenario = MasterScenario(self, **{"admin-bind": "127.0.0.1:9100"})
+        listener: Any = master_admin_service(
+            scenario.master, scenario.master.config, scenario.reactor
+        )
+        workers = scenario.start()
+        listener.privilegedStartService()
+        listener.startService()
+        [(port, _, _, interface)] = scenario.reactor.tcpServers
+        self.assertEqual((port, interface), (9100, "127.0.0.1"))
+        workers[0].stats(10)
+        scenario.reactor.advance(10)
+        workers[1].stats(20)
+        data = _status_json(listener.factory, workers, {0: 10, 1: 20})
+        self.assertEqual(data["requests_per_second"], 3.0)
+        # The memory reactor's port says it listens on 0.0.0.0.
+        self.assertEqual(data["admin"], ["0.0.0.0:9100"])
+        self.assertEqual(data["requests"], 30)
+        self.successResultOf(listener.stopService())
+        data = _status_json(listener.factory, workers, {0: 10, 1: 20})
+        self.assertIsNone(data["requests_per_second"])
+
+
+def _status_json(site: AdminSite, workers: list[Launched], requests: dict[int, int]) -> Any:
+    """
+    C{GET /status.json} of C{site}, each worker answering the master's
+    request for counters with its C{requests}; parsed.
+    """
+    address = IPv4Address("TCP", "127.0.0.1", 50000)
+    channel = site.buildProtocol(address)
+    assert channel is not None
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(
+        b"GET /status.json HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    for index, worker in enumerate(workers):
+        worker.stats(requests[index], serial=worker.received_of(REPORT)[-1]["serial"])
+    body = transport.value().partition(b"\r\n\r\n")[2]
+    channel.connectionLost(Failure(ConnectionError("done")))
+    return json.loads(body)
 
 
 def _allows(site: AdminSite, token: str) -> bool:

@@ -21,6 +21,8 @@ from tests.operations_helpers import metric, parse_metrics
 from tests.test_workers_integration import alive, reactor, request
 from tests.upstreams import RawClient, RawResponse, _ClientFactory, start_upstream
 
+HISTOGRAM = "balancebeam_http_request_duration_seconds"
+
 
 async def admin(port: int, path: str, method: bytes = b"GET") -> RawResponse:
     """
@@ -59,8 +61,10 @@ class MasterAdminIntegrationTests(TestCase):
     async def test_master_admin(self) -> None:
         """
         Both workers stay up (the master alone binds the admin), the
-        metrics count every request, the status lists both workers, and a
-        drain on the admin takes the upstream out in both workers.
+        metrics count every request (in the request duration histogram
+        too, and per upstream as each upstream saw them), the status lists
+        both workers, and a drain on the admin takes the upstream out in
+        both workers.
         """
         other = start_upstream(self, reactor, "other")
         admin_port = unused_port()
@@ -73,18 +77,45 @@ class MasterAdminIntegrationTests(TestCase):
         requests = 10
         statuses = [await request(port, b"/n/%d" % i) for i in range(requests)]
         self.assertEqual(statuses, ["200"] * requests)
+        counted = ("balancebeam_http_requests_total", HISTOGRAM + "_count")
         deadline = time.monotonic() + 10
         while True:
             answer = await admin(admin_port, "/metrics")
-            counted = metric(parse_metrics(answer.body), "balancebeam_http_requests_total")
-            if counted == requests:
+            samples = parse_metrics(answer.body)
+            counts = [metric(samples, name) for name in counted]
+            if counts == [requests, requests]:
                 break
-            self.assertLess(time.monotonic(), deadline, f"requests_total stuck at {counted}")
+            self.assertLess(time.monotonic(), deadline, f"{counted} stuck at {counts}")
             await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(metric(samples, HISTOGRAM + "_bucket", le="+Inf"), requests)
+        self.assertEqual(metric(samples, "balancebeam_http_requests_in_flight"), 0)
+        for each in (upstream, other):
+            self.assertEqual(
+                metric(samples, "balancebeam_upstream_requests_total", upstream=each.address),
+                len(each.client_requests),
+            )
+            answered = metric(
+                samples,
+                "balancebeam_upstream_responses_total",
+                upstream=each.address,
+                code="2xx",
+            )
+            self.assertEqual(answered, len(each.client_requests))
+            self.assertEqual(
+                metric(samples, "balancebeam_upstream_workers_up", upstream=each.address), 2
+            )
+        self.assertEqual(len(upstream.client_requests) + len(other.client_requests), requests)
         status = json.loads((await admin(admin_port, "/status.json")).body)
         self.assertEqual(sorted(w["pid"] for w in status["workers"]), pids)
         self.assertEqual(sorted(w["slot"] for w in status["workers"]), [0, 1])
         self.assertEqual(sum(w["requests"] for w in status["workers"]), requests)
+        self.assertEqual(
+            {u["name"]: u["requests"] for u in status["upstreams"]},
+            {
+                upstream.address: len(upstream.client_requests),
+                other.address: len(other.client_requests),
+            },
+        )
         drained = await admin(admin_port, f"/upstreams/{upstream.address}/drain", b"POST")
         self.assertEqual(drained.status, 200)
         self.assertEqual(json.loads(drained.body)["admin_state"], "draining")

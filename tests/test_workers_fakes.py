@@ -26,12 +26,15 @@ from balancebeam.registry import UpstreamState
 from balancebeam.workers.control import READY, STATS, Message, MessageDecoder, encode
 from balancebeam.workers.sockets import ListenerSpec
 from balancebeam.workers.worker import WorkerSpec
+from balancebeam.workers.worker_admin import report_counters, report_gauges
 
 _pids = itertools.count(1000)
 _fds = itertools.count(40)
 
 if TYPE_CHECKING:
     import trustme
+
+    from balancebeam.service import BalancerService
 
 
 @implementer(IProcessTransport)
@@ -161,19 +164,38 @@ class Launched:
         connections: int = 0,
         serial: int = 0,
         final: bool = False,
+        gauges: Mapping[str, object] | None = None,
         **counters: object,
     ) -> None:
         """
-        Report counters.
+        Report counters (and gauges, when given).
+        """
+        message: dict[str, object] = {
+            "type": STATS,
+            "counters": {"requests": requests, **counters},
+            "requests": requests,
+            "connections": connections,
+            "serial": serial,
+            "final": final,
+        }
+        if gauges is not None:
+            message["gauges"] = dict(gauges)
+        self.send(message)
+
+    def report(self, service: BalancerService, serial: int = 0) -> None:
+        """
+        Report what a real balancer counts, as a worker running it does
+        (L{report_counters}, L{report_gauges}).
         """
         self.send(
             {
                 "type": STATS,
-                "counters": {"requests": requests, **counters},
-                "requests": requests,
-                "connections": connections,
+                "counters": report_counters(service),
+                "gauges": report_gauges(service),
+                "requests": service.stats.requests,
+                "connections": len(service.factory.connections),
                 "serial": serial,
-                "final": final,
+                "final": False,
             }
         )
 

@@ -3,18 +3,34 @@
 The master's Prometheus metrics (C{--workers N}), from a
 L{MasterSnapshot <balancebeam.workers.counters.MasterSnapshot>}.
 
-The sums of the workers' counters keep the names the single process gives
-the same counters (L{balancebeam.metrics}): C{balancebeam_http_requests_total}
-is the requests of every worker, those of workers gone included, so it
-never goes down when a worker is replaced. What only the master has:
-C{balancebeam_worker_starts_total}, C{balancebeam_worker_crashes_total},
-C{balancebeam_workers}, C{balancebeam_generation} and one series per live
-worker (C{balancebeam_worker_requests{slot,pid,generation}}, ...).
+Every metric the single process exports (L{balancebeam.metrics}) is here
+under the same name and labels, made from the workers' reports:
+
+  - counters, the request duration histogram (bucket by bucket, with its
+    sum and count) and each upstream's counters are the sums over every
+    worker, those of workers gone included, so none goes down when a
+    worker is replaced: C{balancebeam_http_requests_total} is the requests
+    of every worker;
+  - the gauges that count things (requests in flight, client connections,
+    each upstream's requests in flight and pooled connections, the cache's
+    bytes and entries) are the sums over the live workers;
+  - an upstream's health (C{balancebeam_upstream_up}) is 1 only when the
+    master's health has it up and no live worker reports it down; its
+    failed probes and state changes are the master's, which probes and
+    tells the workers; its weight and last change are the master's.
+
+What only the master has: C{balancebeam_worker_starts_total},
+C{balancebeam_worker_crashes_total}, C{balancebeam_workers},
+C{balancebeam_generation}, one series per live worker
+(C{balancebeam_worker_requests{slot,pid,generation}}, ...), and per
+upstream the workers that see it up and down
+(C{balancebeam_upstream_workers_up}, C{balancebeam_upstream_workers_down}).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from bisect import bisect_left
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from prometheus_client.core import Metric
@@ -24,14 +40,22 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from balancebeam.admin.providers import NAME
 from balancebeam.admin.status import CLASSES
 from balancebeam.metrics import (
+    UPSTREAM_COUNTERS,
+    UpstreamMetrics,
     _counter,
     _gauge,
+    duration_family,
     exposition,
+    feature_family,
+    load_gauges,
     process_families,
+    reload_families,
+    upstream_families,
     upstream_state_families,
 )
-from balancebeam.registry import ENABLED
-from balancebeam.workers.counters import MasterSnapshot
+from balancebeam.registry import ENABLED, REMOVED
+from balancebeam.stats import DURATION_BOUNDS
+from balancebeam.workers.counters import MasterSnapshot, UpstreamStatus
 
 SUMMED: tuple[tuple[str, str, str], ...] = (
     ("requests", "http_requests", "Client request heads received"),
@@ -73,11 +97,14 @@ SUMMED: tuple[tuple[str, str, str], ...] = (
 C{balancebeam_} prefix and C{_total}), its help."""
 
 GAUGES = frozenset({"cache_bytes", "cache_entries"})
-"""Per-worker gauges in the counters: not shown (a sum would keep the
-values of workers gone)."""
+"""Gauges that earlier workers reported among their counters: not shown
+from there (a sum would keep the values of workers gone); the live workers'
+gauges have them now."""
 
 _HANDLED = frozenset(
-    {key for key, _, _ in SUMMED} | {"responses", "reloads", "reloads_failed"} | GAUGES
+    {key for key, _, _ in SUMMED}
+    | {"responses", "reloads", "reloads_failed", "durations", "duration_sum", "upstreams"}
+    | GAUGES
 )
 
 
@@ -108,6 +135,7 @@ class MasterCollector(Collector):
         yield from self._sums(self._snapshot.counters)
         yield from self._workers()
         yield from self._upstreams()
+        yield from self._features()
 
     def _sums(self, counters: Mapping[str, Any]) -> Iterator[Metric]:
         for key, name, documentation in SUMMED:
@@ -117,15 +145,24 @@ class MasterCollector(Collector):
         responses = _counter(
             "http_responses", "Responses sent to clients, by status class", ["code"]
         )
-        by_class = counters.get("responses")
-        classes = by_class if isinstance(by_class, Mapping) else {}
-        for code in CLASSES:
+        classes = _mapping(counters.get("responses"))
+        for code in (*CLASSES, "other"):
             responses.add_metric([code], _int(classes.get(code)))
         yield responses
-        reloads = _counter("config_reloads", "Configuration reloads, by result", ["result"])
-        reloads.add_metric(["success"], _int(counters.get("reloads")))
-        reloads.add_metric(["failure"], _int(counters.get("reloads_failed")))
-        yield reloads
+        yield duration_family(
+            duration_counts(counters.get("durations")), _number(counters.get("duration_sum"))
+        )
+        gauges = self._snapshot.gauges
+        yield from load_gauges(
+            _int(gauges.get("requests_in_flight")), _int(gauges.get("client_connections_open"))
+        )
+        last = self._snapshot.last_reload
+        yield from reload_families(
+            _int(counters.get("reloads")),
+            _int(counters.get("reloads_failed")),
+            last.ok,
+            last.success_at,
+        )
         for key in sorted(counters):
             value = counters[key]
             if key in _HANDLED or not NAME.fullmatch(key) or isinstance(value, bool):
@@ -164,22 +201,108 @@ class MasterCollector(Collector):
         yield from (requests, connections, started)
 
     def _upstreams(self) -> Iterator[Metric]:
-        states = self._states
+        snapshot = self._snapshot
+        rows = snapshot.upstream_states()
         yield from upstream_state_families(
-            (name, alive, states.get(name, ENABLED)) for name, alive in _upstreams(self._snapshot)
+            (row.name, row.alive, admin_state(row, self._states)) for row in rows
         )
+        yield from upstream_families([upstream_metrics(snapshot, row) for row in rows])
+        labels = ["upstream"]
+        up = _gauge(
+            "upstream_workers_up", "Live workers whose last report has the upstream up", labels
+        )
+        down = _gauge(
+            "upstream_workers_down",
+            "Live workers whose last report has the upstream down",
+            labels,
+        )
+        for row in rows:
+            up.add_metric([row.name], len(row.workers_up))
+            down.add_metric([row.name], len(row.workers_down))
+        yield from (up, down)
+
+    def _features(self) -> Iterator[Metric]:
+        features = _mapping(self._snapshot.gauges.get("features"))
+        for name in sorted(features):
+            values = _mapping(features[name])
+            for key in sorted(values):
+                value = values[key]
+                if not NAME.fullmatch(name) or not NAME.fullmatch(key):
+                    continue
+                if key.endswith("_total") or isinstance(value, bool):
+                    continue
+                if isinstance(value, (int, float)):
+                    yield feature_family(name, key, value)
 
 
-def _upstreams(snapshot: MasterSnapshot) -> Sequence[tuple[str, bool]]:
+def admin_state(row: UpstreamStatus, states: Mapping[str, str]) -> str:
     """
-    Each upstream's name and health, in the snapshot's order.
+    The admin state of an upstream: C{removed} for one only a draining
+    generation has, else the one the master's admin set (C{enabled} unless
+    set).
     """
-    up = [(name, True) for name in snapshot.upstreams_up]
-    return up + [(name, False) for name in snapshot.upstreams_down]
+    return REMOVED if row.removed else states.get(row.name, ENABLED)
+
+
+def upstream_metrics(snapshot: MasterSnapshot, row: UpstreamStatus) -> UpstreamMetrics:
+    """
+    What C{/metrics} and the status show of one upstream: its counters
+    summed over every worker (those gone included; its failed probes and
+    state changes are the master's), its gauges summed over the live
+    workers, its weight and last change from the master.
+    """
+    counters = _mapping(_mapping(snapshot.counters.get("upstreams")).get(row.name))
+    gauges = _mapping(_mapping(snapshot.gauges.get("upstreams")).get(row.name))
+    responses = _mapping(counters.get("responses"))
+    return UpstreamMetrics(
+        name=row.name,
+        weight=row.weight,
+        in_flight=_int(gauges.get("in_flight")),
+        idle=_int(gauges.get("pool_idle")),
+        open=_int(gauges.get("pool_open")),
+        since=row.since,
+        requests=_int(counters.get("requests")),
+        responses={code: _int(responses.get(code)) for code in (*CLASSES, "other")},
+        counters={
+            attribute: _int(counters.get(attribute)) for attribute, _, _ in UPSTREAM_COUNTERS
+        },
+    )
+
+
+def duration_counts(buckets: object) -> list[int]:
+    """
+    The request duration histogram's counts in each bucket of
+    L{DURATION_BOUNDS} and beyond (not cumulative), from the summed reports
+    (counts by upper bound, C{"0.001"} to C{"+Inf"}). A bound this version
+    does not have (from a worker of another version) counts in the next
+    one up, so that every bucket still counts requests at most that long.
+    """
+    counts = [0] * (len(DURATION_BOUNDS) + 1)
+    for bound, count in _mapping(buckets).items():
+        if bound == "+Inf":
+            counts[-1] += _int(count)
+            continue
+        try:
+            limit = float(bound)
+        except (TypeError, ValueError):
+            continue
+        if limit == limit:  # not NaN
+            counts[bisect_left(DURATION_BOUNDS, limit)] += _int(count)
+    return counts
 
 
 def _int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0.0
+    return float(value)
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
 
 
 def master_exposition(

@@ -6,7 +6,8 @@ workers:
 
   - C{GET /metrics}, C{/status}, C{/status.json}: from fresh counters
     (L{AdminFleet.collect}: every worker is asked, for at most
-    L{COLLECT_TIMEOUT} seconds), summed;
+    L{COLLECT_TIMEOUT} seconds), summed, under the single process's names
+    and keys;
   - C{GET /healthz}: 200; C{GET /ready}: 200 when a worker is ready and an
     upstream takes requests, else 503 with the reason;
   - C{POST /upstreams/HOST:PORT/drain}, C{/disable}, C{/enable}: applied in
@@ -20,7 +21,7 @@ cross-site posts, no request log).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred
@@ -35,6 +36,7 @@ from balancebeam.admin.master_status import (
     not_ready_reason,
     render_master_page,
 )
+from balancebeam.admin.rate import RequestRate
 from balancebeam.admin.resources import (
     ACTIONS,
     AdminPages,
@@ -85,15 +87,26 @@ class MasterAdminResource(AdminPages):
 
     log = Logger()
 
-    def __init__(self, fleet: AdminFleet, clock: Any, process_metrics: bool = True) -> None:
+    def __init__(
+        self,
+        fleet: AdminFleet,
+        clock: Any,
+        process_metrics: bool = True,
+        rate: RequestRate | None = None,
+        addresses: Sequence[str] = (),
+    ) -> None:
         """
         @param clock: C{IReactorTime}, for the status's times.
         @param process_metrics: also export the master process's metrics.
+        @param rate: the request rate the status shows, if measured.
+        @param addresses: where the admin listens (filled in once it does).
         """
         super().__init__()
         self._fleet = fleet
         self._clock = clock
         self._process_metrics = process_metrics
+        self._rate = rate
+        self._addresses = addresses
 
     def _metrics(self, request: Request) -> bytes | int:
         def answer(snapshot: MasterSnapshot) -> bytes:
@@ -105,8 +118,14 @@ class MasterAdminResource(AdminPages):
         return _later(request, self._fleet.collect(COLLECT_TIMEOUT), answer)
 
     def _data(self, snapshot: MasterSnapshot) -> dict[str, Any]:
+        rate = self._rate
         return master_status_data(
-            snapshot, self._fleet.admin.states, self._clock.seconds(), self._fleet.started_at
+            snapshot,
+            self._fleet.admin.states,
+            self._clock.seconds(),
+            self._fleet.started_at,
+            rate.per_second() if rate is not None and rate.running else None,
+            self._addresses,
         )
 
     def _status(self, request: Request) -> bytes | int:
@@ -203,9 +222,16 @@ def _later(
 
 
 def build_master_admin_site(
-    fleet: AdminFleet, token: AdminToken, clock: Any, process_metrics: bool = True
+    fleet: AdminFleet,
+    token: AdminToken,
+    clock: Any,
+    process_metrics: bool = True,
+    rate: RequestRate | None = None,
+    addresses: Sequence[str] = (),
 ) -> AdminSite:
     """
-    The master's admin site over C{fleet}.
+    The master's admin site over C{fleet} (see L{MasterAdminResource} for
+    the parameters).
     """
-    return AdminSite(MasterAdminResource(fleet, clock, process_metrics), token, reactor=clock)
+    resource = MasterAdminResource(fleet, clock, process_metrics, rate, addresses)
+    return AdminSite(resource, token, reactor=clock)

@@ -74,12 +74,21 @@ def upstream_data(service: BalancerService, upstream: UpstreamState, now: float)
 
 def requests_in_flight(service: BalancerService) -> int:
     """
-    Client requests being served now (read at request time, never counted
-    per request).
+    Client requests being served now, on the plain and HTTPS listeners
+    (read at request time, never counted per request).
     """
-    factory = service.factory
-    busy = sum(1 for connection in factory.connections if connection.exchange is not None)
-    return busy + len(factory.detached)
+    total = 0
+    for factory in service.relay_factories:
+        total += sum(1 for connection in factory.connections if connection.exchange is not None)
+        total += len(factory.detached)
+    return total
+
+
+def client_connections_open(service: BalancerService) -> int:
+    """
+    Client connections open now, on the plain and HTTPS listeners.
+    """
+    return sum(len(factory.connections) for factory in service.relay_factories)
 
 
 def runtime_data(now: float, started: float) -> dict[str, Any]:
@@ -121,7 +130,7 @@ def status_data(service: BalancerService) -> dict[str, Any]:
         "requests_per_second": rate.per_second() if rate is not None else None,
         "responses": _classes(stats.by_class),
         "requests_in_flight": requests_in_flight(service),
-        "client_connections": len(service.factory.connections),
+        "client_connections": client_connections_open(service),
         "rate_limited": stats.rate_limited,
         "retries": stats.retries,
         "no_upstream": stats.no_upstream,

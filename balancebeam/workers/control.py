@@ -16,9 +16,12 @@ Every message has a C{"type"}. From the master to a worker:
     and answer with L{PURGED}.
 From a worker to the master:
   - L{READY}: C{{"pid": PID}}, it accepts connections;
-  - L{STATS}: C{{"counters": {...}, "requests": N, "connections": N,
-    "serial": N, "final": BOOL}}, its counters since it started (sent every
-    second, on request, and a last time after it drained);
+  - L{STATS}: C{{"counters": {...}, "gauges": {...}, "requests": N,
+    "connections": N, "serial": N, "final": BOOL}}, its counters since it
+    started and what it holds now
+    (L{balancebeam.workers.worker_admin.report_counters},
+    L{report_gauges <balancebeam.workers.worker_admin.report_gauges>}; sent
+    every second, on request, and a last time after it drained);
   - L{DOWN}: C{{"upstream": NAME, "reason": TEXT}}, connecting to an
     upstream failed here (passive health);
   - L{PURGED}: C{{"serial": N, "purged": COUNT}} (or C{"error": TEXT}),
@@ -45,7 +48,8 @@ PURGE = "purge"
 PURGED = "purged"
 
 MAX_LINE = 1 << 20
-"""The longest line accepted, in bytes (a L{STATS} message is a few KiB)."""
+"""The longest line accepted, in bytes (a L{STATS} message is a few KiB,
+about 400 bytes more per upstream)."""
 
 Message = dict[str, Any]
 

@@ -15,9 +15,10 @@ L{balancebeam.workers.master.Master}, which makes the decisions):
     C{--shutdown-timeout} and
     L{KILL_GRACE <balancebeam.workers.supervision.KILL_GRACE>}; a generation
     is forgotten once its workers are all gone.
-  - B{Counters}: each worker reports its counters every second;
-    L{WorkerFleet.snapshot} adds them up, with those of the workers gone, so
-    no sum ever goes down; L{WorkerFleet.collect} asks for fresh ones first.
+  - B{Counters}: each worker reports its counters and gauges every
+    second; L{WorkerFleet.snapshot} adds the counters up, with those of the
+    workers gone, so no sum ever goes down, and the gauges of the live
+    workers only; L{WorkerFleet.collect} asks for fresh ones first.
 """
 
 from __future__ import annotations
@@ -36,10 +37,15 @@ from twisted.logger import Logger
 
 from balancebeam.config import BalancerConfig, build_config
 from balancebeam.health.checker import Probe
-from balancebeam.registry import REMOVED
+from balancebeam.registry import REMOVED, UpstreamRegistry
 from balancebeam.workers.accept import SeatTable
 from balancebeam.workers.control import REPORT, Message
-from balancebeam.workers.counters import MasterSnapshot, add_counters
+from balancebeam.workers.counters import (
+    LastReload,
+    MasterSnapshot,
+    UpstreamStatus,
+    add_counters,
+)
 from balancebeam.workers.fleet_admin import FleetAdmin
 from balancebeam.workers.health import SharedHealth
 from balancebeam.workers.launch import (
@@ -80,6 +86,7 @@ class WorkerFleet(Service):
         workers start; each may refuse it (C{ValueError}) or return what to
         apply once the new generation takes over (the admin token).
     @ivar started_at: clock time the master started, or C{None}.
+    @ivar last_reload: how the last reload went.
     """
 
     log = Logger()
@@ -157,6 +164,7 @@ class WorkerFleet(Service):
         self._stopped: Deferred[None] | None = None
         self._retired: dict[str, Any] = {}
         self._retired_probes = [0, 0]
+        self._retired_health: dict[str, Any] = {}
         self._serial = 0
         self._generation_count = 0
         self._collecting: list[tuple[int, Deferred[MasterSnapshot], IDelayedCall]] = []
@@ -168,6 +176,7 @@ class WorkerFleet(Service):
         self.worker_crashes = 0
         self.reloads = 0
         self.reloads_failed = 0
+        self.last_reload = LastReload()
 
     # Sockets
 
@@ -381,6 +390,7 @@ class WorkerFleet(Service):
         if health.checker is not None:
             self._retired_probes[0] += health.checker.probes_sent
             self._retired_probes[1] += health.checker.probes_failed
+        add_counters(self._retired_health, _health_counters(health.registry))
         return done
 
     def _finish_stopping(self) -> Deferred[None]:
@@ -395,6 +405,24 @@ class WorkerFleet(Service):
 
     # Counters and status
 
+    def _reload_ended(self, error: str | None) -> None:
+        """
+        Count a reload that applied (C{error} is C{None}) or failed.
+        """
+        now = self._reactor.seconds()
+        if error is None:
+            self.reloads += 1
+            self.last_reload = LastReload(True, now, now, None)
+        else:
+            self.reloads_failed += 1
+            self.last_reload = LastReload(False, now, self.last_reload.success_at, error)
+
+    def listening_on(self) -> list[str]:
+        """
+        C{host:port} of each listening socket the workers share.
+        """
+        return [describe_socket(opened[0]) for opened in self.sockets if opened]
+
     def has_cache(self) -> bool:
         """
         Whether the serving generation's workers have a response cache.
@@ -406,6 +434,9 @@ class WorkerFleet(Service):
         counters = message.get("counters")
         if isinstance(counters, dict):
             worker.counters = counters
+        gauges = message.get("gauges")
+        if isinstance(gauges, dict):
+            worker.gauges = gauges
         for name in ("requests", "connections", "serial"):
             value = message.get(name)
             if isinstance(value, int) and not isinstance(value, bool):
@@ -417,19 +448,26 @@ class WorkerFleet(Service):
         """
         The sums of every worker's counters as last reported (those of
         workers gone included: no sum goes down when a worker is replaced),
-        and one L{WorkerStatus} per live worker.
+        the sums of the live workers' gauges, one L{WorkerStatus} per live
+        worker, and each upstream's state as the master and each worker
+        see it.
         """
         counters: dict[str, Any] = {}
         add_counters(counters, self._retired)
         live = self.workers()
+        gauges: dict[str, Any] = {}
         for worker in live:
             add_counters(counters, worker.counters)
+            add_counters(gauges, worker.gauges)
         sent, failed = self._retired_probes
         healths = {id(g.health): g.health for g in self._generations()}
+        add_counters(counters, {"upstreams": self._retired_health})
         for health in healths.values():
             if health.running and health.checker is not None:
                 sent += health.checker.probes_sent
                 failed += health.checker.probes_failed
+            if health.running:
+                add_counters(counters, {"upstreams": _health_counters(health.registry)})
         counters.update(
             worker_starts=self.worker_starts,
             worker_crashes=self.worker_crashes,
@@ -447,7 +485,61 @@ class WorkerFleet(Service):
             generation=generation.number if generation is not None else 0,
             upstreams_up=tuple(u.name for u in upstreams if u.alive),
             upstreams_down=tuple(u.name for u in upstreams if not u.alive),
+            gauges=gauges,
+            upstreams=self._upstream_states(live),
+            last_reload=self.last_reload,
+            listeners=tuple(self.listening_on()),
+            strategy=generation.config.strategy if generation is not None else "",
+            draining=self._stopping,
         )
+
+    def _upstream_states(self, live: Sequence[WorkerProcess]) -> tuple[UpstreamStatus, ...]:
+        """
+        Each upstream of the serving generation as the master's health has
+        it, then those only draining generations have (C{removed}), each
+        with the live workers following that health that report it up and
+        down.
+        """
+        seen: dict[tuple[int, str], tuple[list[int], list[int]]] = {}
+        for worker in live:
+            reported = worker.gauges.get("upstreams")
+            if not isinstance(reported, Mapping):
+                continue
+            followed = id(worker.generation.health)
+            for name, values in reported.items():
+                alive = values.get("alive") if isinstance(values, Mapping) else None
+                if isinstance(alive, bool):
+                    up, down = seen.setdefault((followed, name), ([], []))
+                    (up if alive else down).append(worker.pid)
+        generations = [self.generation, *self._retiring]
+        rows: dict[str, UpstreamStatus] = {}
+        for index, generation in enumerate(generations):
+            if generation is None:
+                continue
+            health = generation.health
+            checker = health.checker
+            for upstream in health.registry.upstreams:
+                if upstream.name in rows:
+                    continue
+                result = checker.last_results.get(upstream.name) if checker else None
+                up, down = seen.get((id(health), upstream.name), ([], []))
+                if index > 0 and not up and not down:
+                    continue
+                rows[upstream.name] = UpstreamStatus(
+                    name=upstream.name,
+                    healthy=upstream.alive,
+                    weight=upstream.weight,
+                    since=upstream.state_since,
+                    last_probe=(
+                        {"healthy": result.healthy, "reason": result.reason, "at": result.at}
+                        if result is not None
+                        else None
+                    ),
+                    workers_up=tuple(up),
+                    workers_down=tuple(down),
+                    removed=index > 0,
+                )
+        return tuple(rows.values())
 
     def collect(self, timeout: float = 1.0) -> Deferred[MasterSnapshot]:
         """
@@ -492,6 +584,20 @@ def _set_admin_state(health: SharedHealth, name: str, state: str) -> None:
     upstream = health.registry.get(name)
     if upstream is not None and upstream.admin_state != REMOVED:
         health.registry.set_admin_state(upstream, state, "asked on the master's admin")
+
+
+def _health_counters(registry: UpstreamRegistry) -> dict[str, Any]:
+    """
+    The counters the master's health keeps for each upstream: its failed
+    probes and its state changes (the workers follow them).
+    """
+    return {
+        upstream.name: {
+            "check_failures": upstream.check_failures,
+            "state_changes": upstream.state_changes,
+        }
+        for upstream in registry.upstreams
+    }
 
 
 def _then(_: object, call: Callable[..., Any], *args: Any) -> Any:

@@ -271,6 +271,7 @@ class Master(WorkerFleet):
             self.table.release(worker.seat)
         add_counters(self._retired, worker.counters)
         worker.counters = {}
+        worker.gauges = {}
         status = describe_exit(reason)
         fields = {
             "slot": worker.slot,
@@ -377,12 +378,12 @@ class Master(WorkerFleet):
             self._reload_applies = [check(config) for check in self.reload_checks]
         except ValueError as error:
             self.log.error("reload refused: {error}; the workers serve on", error=str(error))
-            self.reloads_failed += 1
+            self._reload_ended(str(error))
             return succeed(False)
         problem = self._needs_restart(config)
         if problem is not None:
             self.log.error("reload refused: {problem}; the workers serve on", problem=problem)
-            self.reloads_failed += 1
+            self._reload_ended(problem)
             return succeed(False)
         generation = self._new_generation(config.workers, new_values)
         if generation.health is not current.health:
@@ -413,7 +414,7 @@ class Master(WorkerFleet):
         assert pending is not None and old is not None
         self._pending = None
         self.generation = pending
-        self.reloads += 1
+        self._reload_ended(None)
         applies, self._reload_applies = self._reload_applies, []
         for apply in applies:
             apply()
@@ -439,7 +440,7 @@ class Master(WorkerFleet):
         if pending is None:
             return
         self._pending = None
-        self.reloads_failed += 1
+        self._reload_ended(why)
         pending.cancel_restarts()
         current = self.generation
         self.log.error(

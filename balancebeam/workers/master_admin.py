@@ -3,7 +3,8 @@
 The master's admin listener (C{--workers N} with C{--admin-bind}): the
 workers bind none; the master listens on C{--admin-bind}, with the token of
 C{--admin-token-file}, and serves L{balancebeam.admin.master_resource} over
-all its workers.
+all its workers, measuring the requests per second its status shows while
+it listens.
 """
 
 from __future__ import annotations
@@ -16,20 +17,40 @@ from twisted.internet.endpoints import serverFromString
 
 from balancebeam.admin.auth import AdminToken, read_token_file
 from balancebeam.admin.master_resource import AdminFleet, build_master_admin_site
+from balancebeam.admin.rate import RequestRate
 from balancebeam.config import BalancerConfig
-from balancebeam.listeners import ListenerService, ListenFailed, _AdminEndpoint
+from balancebeam.listeners import ListenerService, ListenFailed, _AdminEndpoint, describe_port
 from balancebeam.workers.fleet import WorkerFleet
 
 
 class _AdminListener(ListenerService):
     """
     The admin listener; a failure to listen ends twistd with one line when
-    C{exit_on_failure}.
+    C{exit_on_failure}. It starts and stops the request rate the status
+    shows with it.
     """
 
-    def __init__(self, endpoint: Any, factory: Any, exit_on_failure: bool) -> None:
+    def __init__(
+        self, endpoint: Any, factory: Any, exit_on_failure: bool, rate: RequestRate
+    ) -> None:
         super().__init__(endpoint, factory)
         self._exit_on_failure = exit_on_failure
+        self.rate = rate
+
+    def startService(self) -> None:
+        """
+        Listen, and measure the request rate.
+        """
+        super().startService()
+        self.rate.startService()
+
+    def stopService(self) -> Any:
+        """
+        Stop measuring, and stop listening.
+        """
+        if self.rate.running:
+            self.rate.stopService()
+        return super().stopService()
 
     def privilegedStartService(self) -> None:
         """
@@ -86,12 +107,22 @@ def master_admin_service(
     admin_token = AdminToken(token)
     if token is not None and isinstance(fleet, WorkerFleet):
         fleet.reload_checks.append(_token_reload(admin_token, config.admin_token_file))
-    site = build_master_admin_site(fleet, admin_token, reactor)
+    rate = RequestRate(reactor, lambda: _requests(fleet))
+    addresses: list[str] = []
+    site = build_master_admin_site(fleet, admin_token, reactor, rate=rate, addresses=addresses)
     endpoint = _AdminEndpoint(
         serverFromString(reactor, config.admin_bind),
         f"--admin-bind ({config.admin_bind})",
-        lambda port: None,
+        lambda port: addresses.append(describe_port(port)),
     )
-    listener = _AdminListener(endpoint, site, exit_on_failure)
+    listener = _AdminListener(endpoint, site, exit_on_failure, rate)
     listener.setName("admin listener")
     return listener
+
+
+def _requests(fleet: AdminFleet) -> int:
+    """
+    The requests of every worker, as last reported.
+    """
+    requests = fleet.snapshot().counters.get("requests")
+    return requests if isinstance(requests, int) and not isinstance(requests, bool) else 0

@@ -74,6 +74,8 @@ class WorkerProcess(ProcessProtocol):
     @ivar state: C{starting} (until it says it is ready), C{ready},
         C{stopping} (asked to stop) or C{gone}.
     @ivar counters: its counters as of its last report.
+    @ivar gauges: what it held as of its last report (requests in flight,
+        connections, each upstream's state; not kept once it exits).
     @ivar stop_requested: whether the master asked it to stop (so its exit
         is no crash).
     """
@@ -88,6 +90,7 @@ class WorkerProcess(ProcessProtocol):
         self.ready_at: float | None = None
         self.state = "starting"
         self.counters: dict[str, Any] = {}
+        self.gauges: dict[str, Any] = {}
         self.requests = 0
         self.connections = 0
         self.serial = 0

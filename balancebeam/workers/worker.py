@@ -65,7 +65,12 @@ from balancebeam.workers.control import (
 from balancebeam.workers.control_protocol import ControlProtocol
 from balancebeam.workers.spec import ListenerFd, WorkerSpec
 from balancebeam.workers.startup import install_reactor, make_observer, worker_observer
-from balancebeam.workers.worker_admin import apply_admin_states, purge
+from balancebeam.workers.worker_admin import (
+    apply_admin_states,
+    purge,
+    report_counters,
+    report_gauges,
+)
 
 __all__ = [
     "FINAL_FLUSH_TIMEOUT",
@@ -366,15 +371,10 @@ class Worker:
 
     def counters(self) -> dict[str, Any]:
         """
-        The balancer's counters (without its lists of upstreams up and down,
-        which are the master's to say).
+        The balancer's counters, its request duration histogram and each
+        upstream's counters (L{report_counters}).
         """
-        values = self.service.snapshot()
-        return {
-            name: value
-            for name, value in values.items()
-            if isinstance(value, (int, dict)) and not isinstance(value, bool)
-        }
+        return report_counters(self.service)
 
     def send_stats(self, final: bool = False) -> None:
         """
@@ -387,6 +387,7 @@ class Worker:
             {
                 "type": STATS,
                 "counters": self.counters(),
+                "gauges": report_gauges(service),
                 "requests": service.stats.requests,
                 "connections": _connections(service),
                 "serial": self._last_serial,
