@@ -16,7 +16,7 @@ from twisted.internet.endpoints import serverFromString
 
 from balancebeam.admin.auth import AdminToken, read_token_file
 from balancebeam.admin.master_resource import AdminFleet, build_master_admin_site
-from balancebeam.config import BalancerConfig
+from balancebeam.config import BalancerConfig, with_backlog
 from balancebeam.listeners import ListenerService, ListenFailed, _AdminEndpoint
 from balancebeam.workers.fleet import WorkerFleet
 
@@ -88,7 +88,7 @@ def master_admin_service(
         fleet.reload_checks.append(_token_reload(admin_token, config.admin_token_file))
     site = build_master_admin_site(fleet, admin_token, reactor)
     endpoint = _AdminEndpoint(
-        serverFromString(reactor, config.admin_bind),
+        serverFromString(reactor, with_backlog(config.admin_bind, config.listen_backlog)),
         f"--admin-bind ({config.admin_bind})",
         lambda port: None,
     )
