@@ -45,12 +45,14 @@ from balancebeam.config_addresses import (
     parse_upstream,
     parse_weight,
     validate_endpoint,
+    with_backlog,
 )
 from balancebeam.config_build import build_config
 from balancebeam.config_numbers import (
     MAX_WORKERS,
     count_parser,
     parse_count,
+    parse_listen_backlog,
     parse_max_body_size,
     parse_non_negative,
     parse_positive,
@@ -122,6 +124,7 @@ __all__ = [
     "parse_file_path",
     "parse_health_check_path",
     "parse_host_port",
+    "parse_listen_backlog",
     "parse_max_body_size",
     "parse_non_negative",
     "parse_positive",
@@ -140,4 +143,5 @@ __all__ = [
     "parse_workers",
     "usable_cpus",
     "validate_endpoint",
+    "with_backlog",
 ]

@@ -196,6 +196,66 @@ def bind_to_endpoint(text: str) -> str:
     return f"tcp:{port}:interface={escaped}"
 
 
+_BACKLOG_POSITIONS: dict[str, int] = {"tcp": 3, "tcp6": 2, "ssl": 6, "unix": 3}
+"""
+The endpoint types whose listen queue length C{with_backlog} sets, each with
+the position its C{backlog} argument would have among the positional ones
+(the type is at 0): C{tcp:PORT:INTERFACE:BACKLOG},
+C{tcp6:PORT:BACKLOG}, C{ssl:PORT:KEY:CERT:METHOD:INTERFACE:BACKLOG},
+C{unix:PATH:MODE:BACKLOG}, as Twisted's parsers take them.
+"""
+
+
+def _endpoint_arguments(description: str) -> tuple[list[str], set[str]]:
+    """
+    Split an endpoint description as Twisted's C{serverFromString} does:
+    arguments separated by C{:}, C{name=value} for keyword ones, a
+    backslash escaping the next character.
+
+    @return: the positional arguments (the endpoint type first) and the
+        names of the keyword arguments.
+    """
+    positional: list[str] = []
+    keywords: set[str] = set()
+    current = ""
+    key: str | None = None
+    characters = iter(description)
+    for character in characters:
+        if character == "\\":
+            current += next(characters, "")
+        elif character == ":":
+            if key is None:
+                positional.append(current)
+            else:
+                keywords.add(key)
+            current, key = "", None
+        elif character == "=" and key is None:
+            key, current = current, ""
+        else:
+            current += character
+    if key is None:
+        positional.append(current)
+    else:
+        keywords.add(key)
+    return positional, keywords
+
+
+def with_backlog(description: str, backlog: int) -> str:
+    """
+    The endpoint description C{description} listening with a queue of
+    C{backlog} connections (C{--listen-backlog}): C{:backlog=N} is added to
+    the endpoint types that take one (C{tcp}, C{tcp6}, C{ssl}, C{unix}),
+    unless the description gives its own backlog, which wins. Other types
+    are left as they are: a C{systemd:} socket is already listening, with
+    the backlog systemd gave it.
+    """
+    positional, keywords = _endpoint_arguments(description)
+    position = _BACKLOG_POSITIONS.get(positional[0])
+    if position is None or "backlog" in keywords or len(positional) > position:
+        return description
+    return f"{description}:backlog={backlog}"
+
+
 _PARSE_ONLY_REACTOR: Any = object()
 """
 Stands in for a reactor when C{--listen} values are checked: endpoint

@@ -117,6 +117,27 @@ def count_parser(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+# --listen-backlog.
+
+MAX_LISTEN_BACKLOG = 65535
+"""The largest C{--listen-backlog}; the kernel caps it lower still
+(C{net.core.somaxconn} on Linux)."""
+
+
+def parse_listen_backlog(text: str) -> int:
+    """
+    Parse C{--listen-backlog}: the length of a listening socket's queue of
+    connections not yet accepted, a whole number from 1 to
+    L{MAX_LISTEN_BACKLOG}.
+
+    @raise ValueError: on anything else.
+    """
+    stripped = text.strip()
+    if not _is_digits(stripped) or not 1 <= int(stripped) <= MAX_LISTEN_BACKLOG:
+        raise ValueError(f"must be a whole number from 1 to {MAX_LISTEN_BACKLOG}")
+    return int(stripped)
+
+
 # --workers (issue 14).
 
 MAX_WORKERS = 256

@@ -27,6 +27,7 @@ from balancebeam.config_addresses import (
 )
 from balancebeam.config_numbers import (
     count_parser,
+    parse_listen_backlog,
     parse_max_body_size,
     parse_non_negative,
     parse_positive,
@@ -126,6 +127,7 @@ OPTIONS: Mapping[str, Option] = MappingProxyType({option.name: option for option
     # Listening. The default of bind applies only when no listen is given.
     Option("bind", VALUE, bind_to_endpoint, DEFAULT_BIND),
     Option("listen", LIST, validate_endpoint),
+    Option("listen-backlog", VALUE, parse_listen_backlog, "511", "listen_backlog"),
     # HTTPS listeners.
     Option("tls-bind", LIST, bind_to_endpoint, field="tls.listen"),
     Option("tls-cert", LIST, parse_readable_file, field="tls.certificates"),
@@ -165,6 +167,8 @@ OPTIONS: Mapping[str, Option] = MappingProxyType({option.name: option for option
     Option("max-header-count", VALUE, count_parser(1), "100", "limits.max_header_count"),
     Option("max-body-size", VALUE, parse_max_body_size, None, "limits.max_body_size"),
     Option("max-client-connections", VALUE, count_parser(0), "10000", "max_client_connections"),
+    Option("max-connections-per-client", VALUE, count_parser(0), "0",
+           "max_connections_per_client"),
     # Shutdown.
     Option("shutdown-timeout", VALUE, parse_non_negative, "10", "shutdown_timeout"),
     # Rate limiting.

@@ -193,6 +193,12 @@ class BalancerConfig:
     access_log: bool = False
     shutdown_timeout: float = _default("shutdown-timeout")
     max_client_connections: int = _default("max-client-connections")
+    #: The most client connections one client IP address may hold open at
+    #: once (in this process), or 0 for no such limit.
+    max_connections_per_client: int = _default("max-connections-per-client")
+    #: The listen queue length of every socket balancebeam listens on
+    #: (L{balancebeam.config_addresses.with_backlog}).
+    listen_backlog: int = _default("listen-backlog")
     #: The admin listener's endpoint (from C{--admin-bind HOST:PORT}), or
     #: C{None} for none (see L{balancebeam.admin}).
     admin_bind: str | None = None

@@ -41,6 +41,7 @@ from balancebeam.config_addresses import (
 from balancebeam.config_numbers import (
     count_parser,
     parse_count,
+    parse_listen_backlog,
     parse_max_body_size,
     parse_non_negative,
     parse_positive,
@@ -69,6 +70,7 @@ __all__ = [
     "parse_file_path",
     "parse_health_check_path",
     "parse_host_port",
+    "parse_listen_backlog",
     "parse_max_body_size",
     "parse_non_negative",
     "parse_port",

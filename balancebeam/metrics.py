@@ -317,6 +317,11 @@ class BalancerCollector(Collector):
                 stats.refused_connections,
                 "Client connections refused (503) over --max-client-connections",
             ),
+            (
+                "client_connections_refused_per_client",
+                stats.refused_per_client,
+                "Client connections refused (503) over --max-connections-per-client",
+            ),
             ("client_errors", stats.client_errors, "Malformed, over-limit or too slow requests"),
             ("rate_limited_requests", stats.rate_limited, "Requests answered 429 (rate limited)"),
             ("retries", stats.retries, "Requests sent again after an upstream failed"),

@@ -21,16 +21,18 @@ What changes, and how:
   - rate limiting: a new limiter and filter for new requests (only when its
     settings changed, so that counts survive a reload that does not touch
     them); the old limiter is closed once no request still waits on it;
-  - timeouts, limits, the access log, the connection limit: new requests
-    take them (L{balancebeam.relay.factory.RelayFactory.reconfigure});
+  - timeouts, limits, the access log, the connection limits (in all and
+    per client): new requests and connections take them
+    (L{balancebeam.relay.factory.RelayFactory.reconfigure},
+    L{balancebeam.relay.factory.RelayFactory.limit_connections_per_client});
     requests in flight finish on the settings they started with;
   - pool settings: in place (L{balancebeam.pool.UpstreamPool.reconfigure});
   - the admin token: re-read from its file.
 
 Listener addresses (C{bind}, C{listen}, C{admin-bind}, the C{--tls-*}
-listener settings) and the process model (C{--workers}, C{--reuse-port})
-cannot change: the reload applies the rest and logs that a restart is
-needed. The firewall and the cache are rebuilt when their settings change
+listener settings), C{listen-backlog} and the process model (C{--workers},
+C{--reuse-port}) cannot change: the reload applies the rest and logs that a
+restart is needed. The firewall and the cache are rebuilt when their settings change
 (L{balancebeam.reload_features}); certificates are read again on every
 C{SIGHUP}.
 """
@@ -75,11 +77,18 @@ replaces it in C{service.filters} when applied; the relay then takes the new
 filter list for new requests.
 """
 
-RESTART_FIELDS: tuple[str, ...] = ("listen", "admin_bind", "tls", "workers", "reuse_port")
+RESTART_FIELDS: tuple[str, ...] = (
+    "listen",
+    "admin_bind",
+    "tls",
+    "listen_backlog",
+    "workers",
+    "reuse_port",
+)
 """
 Fields a reload cannot change: the listeners (plain, admin and HTTPS with
-their certificate files; the certificates' contents do reload), and the
-process model.
+their certificate files; the certificates' contents do reload; the listen
+queue's length), and the process model.
 """
 
 RATE_LIMIT_FIELDS: tuple[str, ...] = (
@@ -303,6 +312,7 @@ class Reloader:
                     service.dispatcher, new.timeouts, new.limits, service.filters, new.access_log
                 )
                 factory.max_connections = new.max_client_connections
+                factory.limit_connections_per_client(new.max_connections_per_client)
                 factory.retry_after = _retry_after(new)
             if resolution_for(old.timeouts) != resolution_for(new.timeouts):
                 old_timer = service.getServiceNamed("deadlines")

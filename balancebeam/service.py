@@ -39,7 +39,11 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IStreamClientEndpoint,
+    IStreamServerEndpoint,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -49,7 +53,7 @@ from balancebeam.admin.providers import IFeatureCounters, IPurger
 from balancebeam.admin.rate import RequestRate
 from balancebeam.admin.resources import build_admin_site
 from balancebeam.compiled import describe_build
-from balancebeam.config import BalancerConfig, UpstreamSpec
+from balancebeam.config import BalancerConfig, UpstreamSpec, with_backlog
 from balancebeam.features import _load_tls, build_cache_filter, build_waf_service
 from balancebeam.health.checker import HealthChecker
 from balancebeam.health.probe import HTTPProbe
@@ -178,6 +182,7 @@ class BalancerService(UpstreamEndpoints, BalancerOperations, _SequentialMultiSer
             access_log=config.access_log,
             retry_after=retry_after,
             max_connections=config.max_client_connections,
+            max_connections_per_client=config.max_connections_per_client,
         )
         self.https_factory: RelayFactory | None = None
         if self.certificates is not None:
@@ -192,6 +197,7 @@ class BalancerService(UpstreamEndpoints, BalancerOperations, _SequentialMultiSer
                 access_log=config.access_log,
                 retry_after=retry_after,
                 max_connections=config.max_client_connections,
+                max_connections_per_client=config.max_connections_per_client,
             )
             self.https_factory.share_connection_cap(self.factory)
         self.ports: list[IListeningPort] = []
@@ -233,13 +239,23 @@ class BalancerService(UpstreamEndpoints, BalancerOperations, _SequentialMultiSer
         self._register_features()
         for description in config.listen:
             endpoint = _ReportingEndpoint(
-                serverFromString(reactor, description), description, self._port_listening
+                self._server_endpoint(description), description, self._port_listening
             )
             listener = ListenerService(endpoint, self.factory)
             listener.setName(f"listener {description}")
             listener.setServiceParent(self)
         if self.certificates is not None and self.https_factory is not None:
             self._add_tls_listeners(reactor, self.certificates, self.https_factory)
+
+    def _server_endpoint(self, description: str) -> IStreamServerEndpoint:
+        """
+        The server endpoint of C{description}, listening with a queue of
+        C{--listen-backlog} connections unless it gives its own backlog (or
+        is a socket systemd made: see L{with_backlog}).
+        """
+        return serverFromString(
+            self._reactor, with_backlog(description, self.config.listen_backlog)
+        )
 
     @property
     def relay_factories(self) -> tuple[RelayFactory, ...]:
@@ -261,7 +277,7 @@ class BalancerService(UpstreamEndpoints, BalancerOperations, _SequentialMultiSer
 
         for description in self.config.tls.listen:
             tls_endpoint = tls_server_endpoint(
-                reactor, store, serverFromString(reactor, description)
+                reactor, store, self._server_endpoint(description)
             )
             endpoint = _ReportingEndpoint(
                 tls_endpoint, f"{description} (HTTPS)", self.tls_ports.append, tls=True
@@ -352,7 +368,7 @@ class BalancerService(UpstreamEndpoints, BalancerOperations, _SequentialMultiSer
             self.request_rate.setServiceParent(self)
             site = build_admin_site(self, self.admin_token)
             endpoint = _AdminEndpoint(
-                serverFromString(reactor, config.admin_bind),
+                self._server_endpoint(config.admin_bind),
                 f"--admin-bind ({config.admin_bind})",
                 self._admin_listening,
             )

@@ -38,6 +38,8 @@ class Stats:
     @ivar reuse_retries: of those, retries after the keep-alive race on a reused connection.
     @ivar client_errors: malformed or over-limit requests (400, 408, 413, 431, ...).
     @ivar refused_connections: client connections answered 503 over the connection limit.
+    @ivar refused_per_client: client connections answered 503 over the limit
+        of connections from one client address.
     @ivar filter_errors: request filters that raised or failed (see
         L{IRequestFilter.fail_open <balancebeam.interfaces.IRequestFilter>}).
     @ivar client_connections: client connections accepted (refused ones included).
@@ -63,6 +65,7 @@ class Stats:
         "reuse_retries",
         "client_errors",
         "refused_connections",
+        "refused_per_client",
         "filter_errors",
         "client_connections",
         "durations",
@@ -82,6 +85,7 @@ class Stats:
         self.reuse_retries = 0
         self.client_errors = 0
         self.refused_connections = 0
+        self.refused_per_client = 0
         self.filter_errors = 0
         self.client_connections = 0
         self.durations = [0] * (len(DURATION_BOUNDS) + 1)
@@ -118,6 +122,7 @@ class Stats:
             "reuse_retries": self.reuse_retries,
             "client_errors": self.client_errors,
             "refused_connections": self.refused_connections,
+            "refused_per_client": self.refused_per_client,
             "filter_errors": self.filter_errors,
             "client_connections": self.client_connections,
             "responses": {f"{n}xx": count for n, count in enumerate(self.by_class) if n},

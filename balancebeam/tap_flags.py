@@ -203,6 +203,18 @@ OPT_PARAMETERS: list[list[Any]] = [
         "closed. 0 = unlimited (then the process's file limit applies).",
     ),
     _parameter(
+        "max-connections-per-client",
+        "Most client connections one client IP address may hold open at once "
+        "(per process: per worker with --workers); more are answered 503 and "
+        "closed, as nginx's limit_conn. 0 = unlimited.",
+    ),
+    _parameter(
+        "listen-backlog",
+        "Length of the queue of connections not yet accepted on every listening "
+        "socket (--bind, --listen, --tls-bind, --admin-bind); the kernel caps it "
+        "at net.core.somaxconn. Sockets from systemd keep their own. Needs a restart.",
+    ),
+    _parameter(
         "shutdown-timeout",
         "Seconds requests in progress may take to finish when the balancer "
         "stops; idle connections close at once, the rest are aborted after this.",

@@ -230,6 +230,22 @@ class MetricsTests(SynchronousTestCase):
             features, {"cache": {"hits_total": 3, "bytes": 10, "entries": 2}, "waf": {}}
         )
 
+    def test_per_client_refusals_summed(self) -> None:
+        """
+        The workers' refusals over C{--max-connections-per-client}, summed,
+        are exported under the single process's name, beside those over
+        C{--max-client-connections}.
+        """
+        fleet = FakeFleet(
+            Clock(), {"requests": 1, "refused_connections": 2, "refused_per_client": 9}
+        )
+        samples = parse_metrics(ask(master_site(fleet), "/metrics").body)
+        self.assertEqual(
+            metric(samples, "balancebeam_client_connections_refused_per_client_total"), 9
+        )
+        self.assertEqual(metric(samples, "balancebeam_client_connections_refused_total"), 2)
+        self.assertFalse([n for n, _ in samples if n.startswith("balancebeam_refused_")])
+
     def test_workers_and_upstreams(self) -> None:
         """
         One series per live worker, and each upstream's health and admin

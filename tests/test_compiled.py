@@ -156,7 +156,7 @@ class StatsTests(SynchronousTestCase):
             for name in dir(stats)
             if not name.startswith("_") and isinstance(getattr(stats, name), int)
         ]
-        self.assertEqual(len(names), 12)
+        self.assertEqual(len(names), 13)
         for value, name in enumerate(names, 1):
             setattr(stats, name, value)
         stats.count_status(204)

@@ -12,6 +12,9 @@ import dataclasses
 import os
 from collections.abc import Callable, Mapping
 
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory
+from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
 from balancebeam import config
@@ -29,6 +32,7 @@ from balancebeam.config import (
     UpstreamSpec,
     WafConfig,
     build_config,
+    with_backlog,
 )
 from balancebeam.config_values import (
     default_health_check_timeout,
@@ -218,6 +222,14 @@ GOOD_VALUES: list[tuple[str, Mapping[str, object], Callable[[BalancerConfig], ob
         lambda c: c.max_client_connections,
         0,
     ),
+    (
+        "max-connections-per-client",
+        {"max-connections-per-client": "8"},
+        lambda c: c.max_connections_per_client,
+        8,
+    ),
+    ("listen-backlog", {"listen-backlog": "4096"}, lambda c: c.listen_backlog, 4096),
+    ("listen-backlog", {"listen-backlog": "1"}, lambda c: c.listen_backlog, 1),
     ("shutdown-timeout", {"shutdown-timeout": "2.5"}, lambda c: c.shutdown_timeout, 2.5),
     (
         "max-requests-per-minute",
@@ -578,6 +590,26 @@ BAD_VALUES: list[tuple[str, Mapping[str, object], str]] = [
         "--max-client-connections 'many' must be a whole number of at least 0",
     ),
     (
+        "max-connections-per-client",
+        {"max-connections-per-client": "-1"},
+        "--max-connections-per-client '-1' must be a whole number of at least 0",
+    ),
+    (
+        "listen-backlog",
+        {"listen-backlog": "0"},
+        "--listen-backlog '0' must be a whole number from 1 to 65535",
+    ),
+    (
+        "listen-backlog",
+        {"listen-backlog": "65536"},
+        "--listen-backlog '65536' must be a whole number from 1 to 65535",
+    ),
+    (
+        "listen-backlog",
+        {"listen-backlog": "1.5"},
+        "--listen-backlog '1.5' must be a whole number from 1 to 65535",
+    ),
+    (
         "shutdown-timeout",
         {"shutdown-timeout": "-1"},
         "--shutdown-timeout '-1' must be a finite number",
@@ -842,6 +874,8 @@ class OptionTableTests(SynchronousTestCase):
                 queue_timeout=10.0,
                 access_log=False,
                 max_client_connections=10000,
+                max_connections_per_client=0,
+                listen_backlog=511,
                 shutdown_timeout=10.0,
             ),
         )
@@ -1261,6 +1295,62 @@ class ParserTests(SynchronousTestCase):
             [default_health_check_timeout(i) for i in (10.0, 2.0, 0.5, 0.0)],
             [2.0, 2.0, 0.5, 2.0],
         )
+
+
+class ListenBacklogTests(SynchronousTestCase):
+    """
+    L{with_backlog} gives endpoint descriptions the C{--listen-backlog}.
+    """
+
+    def listened_backlog(self, description: str) -> int:
+        """
+        The backlog Twisted listens with for C{description}.
+        """
+        reactor = MemoryReactor()
+        serverFromString(reactor, description).listen(Factory())
+        servers = reactor.tcpServers + reactor.unixServers
+        [(_, _, backlog, *_)] = servers
+        return int(backlog)
+
+    def test_added(self) -> None:
+        """
+        The endpoint types that take a backlog get it, escaped arguments
+        included; Twisted then listens with it.
+        """
+        for description, expected in [
+            ("tcp:1100:interface=0.0.0.0", "tcp:1100:interface=0.0.0.0:backlog=511"),
+            ("tcp6:1100:interface=\\:\\:1", "tcp6:1100:interface=\\:\\:1:backlog=511"),
+            ("unix:/run/bb.sock:mode=660", "unix:/run/bb.sock:mode=660:backlog=511"),
+            (
+                "ssl:443:privateKey=C\\:/key.pem:certKey=cert.pem",
+                "ssl:443:privateKey=C\\:/key.pem:certKey=cert.pem:backlog=511",
+            ),
+        ]:
+            self.assertEqual(with_backlog(description, 511), expected)
+        for description in ("tcp:1100:interface=127.0.0.1", "tcp6:1100", "unix:/nonexistent/a"):
+            self.assertEqual(self.listened_backlog(with_backlog(description, 700)), 700)
+
+    def test_own_backlog_kept(self) -> None:
+        """
+        An endpoint that gives its own backlog, by name or by position,
+        keeps it.
+        """
+        for description, own in [
+            ("tcp:1100:backlog=64", 64),
+            ("tcp:1100:127.0.0.1:64", 64),
+            ("tcp6:1100:64", 64),
+            ("unix:/nonexistent/a:600:64", 64),
+        ]:
+            self.assertEqual(with_backlog(description, 511), description)
+            self.assertEqual(self.listened_backlog(with_backlog(description, 511)), own)
+
+    def test_other_types_left_alone(self) -> None:
+        """
+        A C{systemd:} socket is already listening (systemd chose its
+        backlog), and endpoint types this does not know are left as given.
+        """
+        for description in ("systemd:domain=INET:index=0", "onion:443", "TCP:1100"):
+            self.assertEqual(with_backlog(description, 511), description)
 
 
 class DocumentationTests(SynchronousTestCase):

@@ -73,6 +73,15 @@ class LoadTests(SynchronousTestCase):
             (UpstreamSpec("10.0.0.11", 8080, 3), UpstreamSpec("2001:db8::7", 8081, 1)),
         )
 
+    def test_connection_limits(self) -> None:
+        """
+        C{max-connections-per-client} and C{listen-backlog} are read from
+        the file, as numbers or strings.
+        """
+        text = 'upstream = "a:1"\nmax-connections-per-client = 8\nlisten-backlog = "1024"\n'
+        config = load_config(write(self, text), {})
+        self.assertEqual((config.max_connections_per_client, config.listen_backlog), (8, 1024))
+
     def test_upstream_strings(self) -> None:
         """
         C{upstream} may be an array of strings, with C{upstream-weight} as on
@@ -145,6 +154,15 @@ class ErrorTests(SynchronousTestCase):
         self.assertEqual(
             self.error('upstream = ["a:1"]\n# x\nconnect-timeout = -1\n'),
             "FILE:3: connect-timeout '-1' must be a finite number greater than 0",
+        )
+
+    def test_bad_listen_backlog(self) -> None:
+        """
+        A C{listen-backlog} out of range is named with its line.
+        """
+        self.assertEqual(
+            self.error('upstream = ["a:1"]\nlisten-backlog = 0\n'),
+            "FILE:2: listen-backlog '0' must be a whole number from 1 to 65535",
         )
 
     def test_bad_list_element(self) -> None:

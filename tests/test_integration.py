@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -24,8 +26,10 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface import implementer
 
-from balancebeam.config import BalancerConfig, Limits, Timeouts, parse_upstream
+from balancebeam.config import BalancerConfig, Limits, Timeouts, parse_upstream, with_backlog
+from balancebeam.relay.client import ClientConnection
 from balancebeam.service import BalancerService
+from balancebeam.workers.sockets import bind_listener, inspect_listener
 from tests.helpers import unused_port
 from tests.upstreams import (
     RawClient,
@@ -1577,6 +1581,81 @@ class AddressTests(IntegrationTestCase):
         self.assertEqual(response.status, 200)
         [received] = upstream.requests
         self.assertEqual(received.header(b"host"), upstream.address.encode())
+
+
+def listen_queue(port: int) -> int:
+    """
+    The backlog of the TCP socket listening on C{127.0.0.1:port}, as the
+    kernel reports it (C{ss}'s C{Send-Q} column for a listening socket).
+    """
+    if shutil.which("ss") is None:
+        raise SkipTest("needs ss (iproute2) to read a listening socket's backlog")
+    output = subprocess.run(
+        ["ss", "-H", "-l", "-t", "-n", f"sport = :{port}"],
+        capture_output=True,
+        check=True,
+        text=True,
+        timeout=10,
+    ).stdout
+    [line] = [line for line in output.splitlines() if f"127.0.0.1:{port} " in line]
+    return int(line.split()[2])
+
+
+class ConnectionLimitTests(IntegrationTestCase):
+    """
+    C{--max-connections-per-client} and C{--listen-backlog} on real sockets.
+    """
+
+    async def test_connections_per_client(self) -> None:
+        """
+        With a limit of 2, the third connection from 127.0.0.1 gets 503 and
+        is closed while the first two are served; once one of them closes,
+        a new connection is served.
+        """
+        upstream = self.start_upstream("limited")
+        service = self.start_balancer([upstream], max_connections_per_client=2)
+        clients = [await self.connect(), await self.connect()]
+        await self.eventually(lambda: len(service.factory.connections) == 2)
+        third = await self.connect()
+        third.expect(b"GET")
+        await third.closed
+        [refused] = third.responses
+        self.assertEqual(refused.status, 503)
+        self.assertIn(b"retry-after", [name.lower() for name, _ in refused.headers])
+        self.assertEqual(service.stats.refused_per_client, 1)
+        for client in clients:
+            [served] = await self.exchange(client, build_request(target=b"/held"), b"GET")
+            self.assertEqual(served.status, 200)
+        await self.close(clients[0])
+        await self.eventually(lambda: len(service.factory.connections) == 1)
+        fourth = await self.connect()
+        [served] = await self.exchange(fourth, build_request(target=b"/again"), b"GET")
+        self.assertEqual(served.status, 200)
+        self.assertEqual(service.factory.per_client, {"127.0.0.1": 2})
+        self.assertTrue(
+            all(isinstance(c, ClientConnection) for c in service.factory.connections)
+        )
+        self.assertEqual(service.stats.refused_per_client, 1)
+
+    async def test_listen_backlog(self) -> None:
+        """
+        The balancer's and the admin's sockets listen with
+        C{--listen-backlog} (the kernel reports the queue length it was
+        given), and so does a socket a master binds for its workers.
+        """
+        upstream = self.start_upstream("queued")
+        service = self.start_balancer(
+            [upstream], listen_backlog=137, admin_bind="tcp:0:interface=127.0.0.1"
+        )
+        await self.eventually(lambda: bool(service.admin_ports))
+        admin = service.admin_ports[0].getHost()
+        assert isinstance(admin, IPv4Address)
+        self.assertEqual((listen_queue(self.port), listen_queue(admin.port)), (137, 137))
+        shared = bind_listener(
+            inspect_listener(with_backlog("tcp:0:interface=127.0.0.1", 138))
+        )
+        self.addCleanup(shared.close)
+        self.assertEqual(listen_queue(shared.getsockname()[1]), 138)
 
 
 class SnapshotTests(IntegrationTestCase):

@@ -108,6 +108,9 @@ class MetricsAfterTrafficTests(SynchronousTestCase):
         self.assertEqual(metric(samples, "balancebeam_upstream_open_connections", upstream=A), 1)
         self.assertEqual(metric(samples, "balancebeam_client_connections_open"), 1)
         self.assertEqual(metric(samples, "balancebeam_client_connections_total"), 1)
+        self.assertEqual(
+            metric(samples, "balancebeam_client_connections_refused_per_client_total"), 0
+        )
         self.assertEqual(metric(samples, "balancebeam_http_requests_in_flight"), 0)
 
     def test_in_flight_counted_while_waiting(self) -> None:

@@ -5,9 +5,11 @@ together on a memory reactor.
 
 from __future__ import annotations
 
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -16,6 +18,7 @@ from zope.interface import implementer
 from balancebeam.config import Limits, Timeouts
 from balancebeam.interfaces import IRateLimiter, RateLimitDecision
 from balancebeam.relay.client import ClientConnection
+from balancebeam.relay.factory import RelayFactory
 from tests.helpers import Harness, response
 
 
@@ -950,6 +953,191 @@ class ConnectionLimitTests(SynchronousTestCase):
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 503 Service Unavailable\r\n"))
         self.assertTrue(transport.disconnecting)
         self.assertEqual(harness.stats.refused_connections, 1)
+
+
+def connect(factory: RelayFactory, address: IAddress) -> tuple[Protocol, StringTransport]:
+    """
+    Build the protocol C{factory} gives a connection from C{address}, and
+    connect it to a transport whose peer is C{address}.
+    """
+    protocol = factory.buildProtocol(address)
+    assert isinstance(protocol, Protocol)
+    transport = StringTransport(peerAddress=address)
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def peer(host: str, port: int) -> IPv4Address:
+    """
+    A TCP client address.
+    """
+    return IPv4Address("TCP", host, port)
+
+
+class PerClientLimitTests(SynchronousTestCase):
+    """
+    The cap on simultaneous connections from one client address
+    (C{--max-connections-per-client}).
+    """
+
+    def harness(self, most: int) -> Harness:
+        """
+        A relay whose factory allows C{most} connections per client address.
+        """
+        harness = Harness()
+        harness.factory.max_connections_per_client = most
+        return harness
+
+    def test_over_limit_gets_503(self) -> None:
+        """
+        The connection beyond the limit from one address is answered 503
+        with Retry-After and closed, and counted apart from the global cap.
+        """
+        harness = self.harness(2)
+        for port in (40001, 40002):
+            protocol, _ = connect(harness.factory, peer("192.0.2.7", port))
+            self.assertIsInstance(protocol, ClientConnection)
+        refused, transport = connect(harness.factory, peer("192.0.2.7", 40003))
+        self.assertNotIsInstance(refused, ClientConnection)
+        answer = bytes(transport.value())
+        self.assertTrue(answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), answer)
+        self.assertIn(b"\r\nRetry-After: 5\r\n", answer)
+        self.assertIn(b"too many connections from your address", answer)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(harness.stats.refused_per_client, 1)
+        self.assertEqual(harness.stats.refused_connections, 0)
+        self.assertEqual(harness.stats.client_connections, 3)
+        self.assertEqual(harness.factory.per_client, {"192.0.2.7": 2})
+
+    def test_other_addresses_served(self) -> None:
+        """
+        An address at its limit does not hold back another address.
+        """
+        harness = self.harness(1)
+        connect(harness.factory, peer("192.0.2.7", 40001))
+        other, _ = connect(harness.factory, peer("192.0.2.8", 40001))
+        self.assertIsInstance(other, ClientConnection)
+        self.assertEqual(harness.factory.per_client, {"192.0.2.7": 1, "192.0.2.8": 1})
+
+    def test_closing_frees_a_place_and_forgets_the_address(self) -> None:
+        """
+        When one of its connections closes the address may open another;
+        once it has none, it is forgotten (the table holds only addresses
+        with connections open).
+        """
+        harness = self.harness(1)
+        first, _ = connect(harness.factory, peer("192.0.2.7", 40001))
+        first.connectionLost(connection_done())
+        self.assertEqual(harness.factory.per_client, {})
+        second, _ = connect(harness.factory, peer("192.0.2.7", 40002))
+        self.assertIsInstance(second, ClientConnection)
+        second.connectionLost(connection_done())
+        second.connectionLost(connection_done())
+        self.assertEqual(harness.factory.per_client, {})
+        self.assertEqual(harness.stats.refused_per_client, 0)
+
+    def test_ipv4_mapped_is_the_ipv4_address(self) -> None:
+        """
+        On a dual-stack listener an IPv4 client seen as C{::ffff:a.b.c.d}
+        counts as C{a.b.c.d}; other IPv6 addresses count one by one, not
+        by network.
+        """
+        harness = self.harness(1)
+        connect(harness.factory, peer("192.0.2.7", 40001))
+        mapped, _ = connect(harness.factory, IPv6Address("TCP", "::ffff:192.0.2.7", 40002))
+        self.assertNotIsInstance(mapped, ClientConnection)
+        for host in ("2001:db8::1", "2001:db8::2"):
+            protocol, _ = connect(harness.factory, IPv6Address("TCP", host, 40003))
+            self.assertIsInstance(protocol, ClientConnection)
+        self.assertEqual(
+            harness.factory.per_client, {"192.0.2.7": 1, "2001:db8::1": 1, "2001:db8::2": 1}
+        )
+
+    def test_unix_socket_not_limited(self) -> None:
+        """
+        Connections whose peer is no IP address (a unix socket) are neither
+        limited nor counted.
+        """
+        harness = self.harness(1)
+        for _ in range(3):
+            protocol, _ = connect(harness.factory, UNIXAddress(None))
+            self.assertIsInstance(protocol, ClientConnection)
+        self.assertEqual(harness.factory.per_client, {})
+
+    def test_off_counts_nothing(self) -> None:
+        """
+        With the limit off (0, the default), connections from one address
+        are neither refused nor counted.
+        """
+        harness = Harness()
+        self.assertEqual(harness.factory.max_connections_per_client, 0)
+        for port in range(40001, 40011):
+            protocol, _ = connect(harness.factory, peer("192.0.2.7", port))
+            self.assertIsInstance(protocol, ClientConnection)
+        self.assertEqual(harness.factory.per_client, {})
+
+    def test_global_cap_first(self) -> None:
+        """
+        A connection over C{max_connections} is refused by that cap (and
+        counted there) before the per-client limit is looked at.
+        """
+        harness = self.harness(5)
+        harness.factory.max_connections = 1
+        connect(harness.factory, peer("192.0.2.7", 40001))
+        _, transport = connect(harness.factory, peer("192.0.2.8", 40001))
+        self.assertIn(b"too many client connections", transport.value())
+        self.assertEqual(
+            (harness.stats.refused_connections, harness.stats.refused_per_client), (1, 0)
+        )
+        self.assertEqual(harness.factory.per_client, {"192.0.2.7": 1})
+
+    def test_turned_on_counts_open_connections(self) -> None:
+        """
+        Turned on while connections are open (a reload), the limit counts
+        them: an address already over it gets no new connection, and none
+        of its connections is closed; turned off, new connections are not
+        counted, and those counted are forgotten as they close.
+        """
+        harness = Harness()
+        opened = [connect(harness.factory, peer("192.0.2.7", port)) for port in (1, 2, 3)]
+        harness.factory.limit_connections_per_client(2)
+        harness.factory.limit_connections_per_client(2)
+        self.assertEqual(harness.factory.per_client, {"192.0.2.7": 3})
+        self.assertFalse(any(transport.disconnecting for _, transport in opened))
+        refused, _ = connect(harness.factory, peer("192.0.2.7", 4))
+        self.assertNotIsInstance(refused, ClientConnection)
+        opened[0][0].connectionLost(connection_done())
+        opened[1][0].connectionLost(connection_done())
+        allowed, _ = connect(harness.factory, peer("192.0.2.7", 5))
+        self.assertIsInstance(allowed, ClientConnection)
+        harness.factory.limit_connections_per_client(0)
+        unlimited = [connect(harness.factory, peer("192.0.2.7", port))[0] for port in (6, 7)]
+        self.assertEqual(harness.factory.per_client, {"192.0.2.7": 2})
+        for protocol in [opened[2][0], allowed, *unlimited]:
+            protocol.connectionLost(connection_done())
+        self.assertEqual(harness.factory.per_client, {})
+
+    def test_shared_with_other_listener(self) -> None:
+        """
+        Factories that share their connection cap (plain HTTP and HTTPS)
+        share the per-client counts too.
+        """
+        harness = self.harness(2)
+        https = RelayFactory(
+            harness.reactor,
+            harness.dispatcher,
+            harness.stats,
+            scheme=b"https",
+            max_connections_per_client=2,
+        )
+        https.share_connection_cap(harness.factory)
+        self.assertIs(https.per_client, harness.factory.per_client)
+        connect(harness.factory, peer("192.0.2.7", 1))
+        connect(https, peer("192.0.2.7", 2))
+        for factory in (harness.factory, https):
+            refused, _ = connect(factory, peer("192.0.2.7", 3))
+            self.assertNotIsInstance(refused, ClientConnection)
+        self.assertEqual(harness.stats.refused_per_client, 2)
 
 
 class EarlyRejectionTests(SynchronousTestCase):

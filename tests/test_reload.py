@@ -10,10 +10,11 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IProtocol
-from twisted.internet.testing import EventLoggingObserver
+from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -26,6 +27,7 @@ from balancebeam.interfaces import IRateLimiter, RateLimitDecision
 from balancebeam.metrics import build_registry, exposition
 from balancebeam.ratelimit.filter import RateLimitFilter
 from balancebeam.registry import REMOVED
+from balancebeam.relay.client import ClientConnection
 from balancebeam.reload import Reloader, install_sighup
 from tests.helpers import response
 from tests.operations_helpers import (
@@ -368,6 +370,33 @@ class SettingsTests(SynchronousTestCase):
         self.assertTrue(slow.closed)
         self.assertEqual(service.retired_limiters, [])
 
+    def test_connections_per_client(self) -> None:
+        """
+        A changed C{max-connections-per-client} applies to the connections
+        opened after the reload, counting those already open; set back to
+        0, it limits nothing.
+        """
+        harness, loader, reloader = reloadable()
+        harness.client(40001)
+        harness.client(40002)
+        loader.config = harness.reconfigured(max_connections_per_client=2)
+        self.assertTrue(reloader.reload())
+        address = IPv4Address("TCP", "127.0.0.1", 40003)
+        refused = harness.service.factory.buildProtocol(address)
+        self.assertNotIsInstance(refused, ClientConnection)
+        assert refused is not None
+        transport = StringTransport(peerAddress=address)
+        refused.makeConnection(transport)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 503 "))
+        samples = parse_metrics(exposition(build_registry(harness.service, process=False)))
+        self.assertEqual(
+            metric(samples, "balancebeam_client_connections_refused_per_client_total"), 1
+        )
+        loader.config = harness.reconfigured(max_connections_per_client=0)
+        self.assertTrue(reloader.reload())
+        harness.client(40004)
+        self.assertEqual(harness.service.factory.max_connections_per_client, 0)
+
     def test_strategy(self) -> None:
         """
         A new strategy takes the next choices: least connections sends a
@@ -472,6 +501,25 @@ class OutcomeTests(SynchronousTestCase):
         warnings = [e for e in events if "restart the balancer" in e.get("log_format", "")]
         self.assertEqual(len(warnings), 1)
         self.assertEqual(warnings[0]["field"], "listen")
+
+    def test_listen_backlog_needs_restart(self) -> None:
+        """
+        A changed C{listen-backlog} is logged as needing a restart and left
+        as it is; the rest of the configuration applies.
+        """
+        events = EventLoggingObserver.createWithCleanup(
+            self,  # type: ignore[arg-type]  # the method only calls addCleanup
+            globalLogPublisher,
+        )
+        harness, loader, reloader = reloadable()
+        loader.config = harness.reconfigured(listen_backlog=4096, strategy="p2c")
+        self.assertTrue(reloader.reload())
+        self.assertEqual(harness.service.config.listen_backlog, 511)
+        self.assertEqual(harness.service.config.strategy, "p2c")
+        warnings = [e for e in events if "restart the balancer" in e.get("log_format", "")]
+        self.assertEqual(
+            [(e["field"], e["old"], e["new"]) for e in warnings], [("listen-backlog", 511, 4096)]
+        )
 
     def test_admin_token_reread(self) -> None:
         """

@@ -6,6 +6,8 @@ listening that completes late, failures to listen, and the stop order
 
 from __future__ import annotations
 
+import dataclasses
+
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -106,6 +108,32 @@ class ListenerTests(SynchronousTestCase):
         service.startService()
         self.assertEqual(sorted(server[0] for server in reactor.tcpServers), [1100, 1101])
         self.assertEqual(len(service.ports), 2)
+
+    def test_listen_backlog(self) -> None:
+        """
+        Every listener, the admin's included, listens with a queue of
+        C{--listen-backlog} connections (511 by default, not Twisted's 50),
+        unless its endpoint gives its own.
+        """
+        for backlog in (None, 1024):
+            reactor = MemoryReactorClock()
+            config = dataclasses.replace(
+                _config("tcp:1100", "tcp:1101:backlog=7", "unix:/nonexistent/bb.sock"),
+                admin_bind="tcp:9100:interface=127.0.0.1",
+            )
+            if backlog is not None:
+                config = dataclasses.replace(config, listen_backlog=backlog)
+            expected = 511 if backlog is None else backlog
+            service = BalancerService(config, reactor)
+            service.privilegedStartService()
+            service.startService()
+            self.addCleanup(service.stopService)
+            self.assertEqual(
+                sorted((port, queue) for port, _, queue, _ in reactor.tcpServers),
+                [(1100, expected), (1101, 7), (9100, expected)],
+            )
+            [(path, _, queue, _, _)] = reactor.unixServers
+            self.assertEqual((path, queue), ("/nonexistent/bb.sock", expected))
 
     def test_listening_that_completes_later(self) -> None:
         """

@@ -128,6 +128,8 @@ class DefaultsTests(SynchronousTestCase):
                     "workers",
                     "reuse-port",
                     "max-client-connections",
+                    "max-connections-per-client",
+                    "listen-backlog",
                     "shutdown-timeout",
                     "active-health-check-interval",
                     "active-health-check-path",

@@ -778,6 +778,36 @@ class ServiceTreeTests(SynchronousTestCase):
         protocol.connectionLost(Failure(ConnectionDone()))
         self.successResultOf(stopped)
 
+    def test_https_listener_backlog(self) -> None:
+        """
+        The HTTPS listener's socket listens with C{--listen-backlog}, as the
+        plain one does.
+        """
+        service, reactor = self.service(listen_backlog=2048)
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(
+            sorted((port, backlog) for port, _, backlog, _ in reactor.tcpServers),
+            [(8080, 2048), (8443, 2048)],
+        )
+
+    def test_per_client_cap_is_shared(self) -> None:
+        """
+        C{max_connections_per_client} counts an address's plain and HTTPS
+        connections together.
+        """
+        service, _ = self.service(max_connections_per_client=1)
+        https = service.https_factory
+        assert https is not None
+        address = IPv4Address("TCP", "192.0.2.7", 5555)
+        protocol = service.factory.buildProtocol(address)
+        assert isinstance(protocol, ClientConnection)
+        protocol.makeConnection(StringTransport(peerAddress=address))
+        refused = https.buildProtocol(address)
+        self.assertNotIsInstance(refused, ClientConnection)
+        self.assertEqual(service.stats.refused_per_client, 1)
+
     def test_connection_cap_is_shared(self) -> None:
         """
         C{max_client_connections} counts plain and HTTPS connections

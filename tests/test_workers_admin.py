@@ -270,6 +270,24 @@ class MasterAdminServiceTests(SynchronousTestCase):
         options = parse("-u", "127.0.0.1:8081", "--workers", "2")
         self.assertIsInstance(make_master_service(options.config_values(), reactor), Master)
 
+    def test_listen_backlog(self) -> None:
+        """
+        The master's admin listener listens with C{--listen-backlog}.
+        """
+        reactor = PortAssigningReactor()
+        options = parse(
+            "-u", "127.0.0.1:8081", "--workers", "2",
+            "--admin-bind", "127.0.0.1:9100", "--listen-backlog", "300",
+        )
+        master = Master(options.config_values(), reactor)
+        listener = master_admin_service(master, master.config, reactor)
+        assert listener is not None
+        listener.privilegedStartService()
+        self.addCleanup(listener.stopService)
+        self.assertEqual(
+            [(port, backlog) for port, _, backlog, _ in reactor.tcpServers], [(9100, 300)]
+        )
+
     def test_token_file_unreadable(self) -> None:
         """
         An unreadable token file ends startup with one line naming it.

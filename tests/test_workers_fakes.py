@@ -261,9 +261,12 @@ class FakeLauncher:
 class FakeSocket:
     """
     A bound listening socket that is only a descriptor number.
+
+    @ivar spec: what it was bound for.
     """
 
     def __init__(self, spec: ListenerSpec, port: int) -> None:
+        self.spec = spec
         self.family = spec.family
         self._fd = next(_fds)
         self._port = port

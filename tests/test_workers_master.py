@@ -209,6 +209,28 @@ class StartTests(SynchronousTestCase):
         """
         self.assertRaises(ValueError, Master, {**BASE, "workers": "1"}, MemoryReactorClock())
 
+    def test_sockets_listen_with_backlog(self) -> None:
+        """
+        The sockets the master binds listen with C{--listen-backlog} (511 by
+        default), unless an endpoint gives its own; the specs keep the
+        endpoints as configured.
+        """
+        for values, expected in (
+            ({}, 511),
+            ({"listen-backlog": "2048"}, 2048),
+        ):
+            scenario = MasterScenario(
+                self, listen=["tcp:1101:interface=127.0.0.1:backlog=64"], **values
+            )
+            scenario.start(ready=False)
+            self.assertEqual(
+                [(s.spec.description, s.spec.backlog) for s in scenario.binder.opened],
+                [
+                    ("tcp:1100:interface=127.0.0.1", expected),
+                    ("tcp:1101:interface=127.0.0.1:backlog=64", 64),
+                ],
+            )
+
     def test_workers_started_with_sockets_and_pipes(self) -> None:
         """
         Each worker runs the worker module on the given interpreter, with
@@ -482,10 +504,11 @@ class CounterTests(SynchronousTestCase):
         """
         scenario = MasterScenario(self)
         first, second = scenario.start()
-        first.stats(5, connections=2, responses={"2xx": 5})
-        second.stats(7, connections=3, responses={"2xx": 6, "5xx": 1})
+        first.stats(5, connections=2, responses={"2xx": 5}, refused_per_client=1)
+        second.stats(7, connections=3, responses={"2xx": 6, "5xx": 1}, refused_per_client=2)
         snapshot = scenario.master.snapshot()
         self.assertEqual(snapshot.counters["requests"], 12)
+        self.assertEqual(snapshot.counters["refused_per_client"], 3)
         self.assertEqual(snapshot.counters["responses"], {"2xx": 11, "5xx": 1})
         self.assertEqual(
             [(w.pid, w.requests, w.connections) for w in snapshot.workers],
@@ -760,6 +783,20 @@ class ReloadTests(SynchronousTestCase):
         self.assertEqual(len(scenario.launcher.launched), 2)
         [event] = logged(events, "reload refused")
         self.assertEqual(event["problem"], "changing the listeners needs a restart")
+
+    def test_listen_backlog_change_refused(self) -> None:
+        """
+        Changing C{--listen-backlog} needs a restart (the sockets are
+        listening): the reload is refused.
+        """
+        events = log_events(self)
+        scenario = MasterScenario(self)
+        scenario.start()
+        scenario.next_values = {**BASE, "listen-backlog": "4096"}
+        self.assertFalse(self.successResultOf(scenario.master.reload()))
+        self.assertEqual(len(scenario.launcher.launched), 2)
+        [event] = logged(events, "reload refused")
+        self.assertEqual(event["problem"], "changing --listen-backlog needs a restart")
 
     def test_new_worker_not_started(self) -> None:
         """

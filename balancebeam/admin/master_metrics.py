@@ -65,6 +65,11 @@ SUMMED: tuple[tuple[str, str, str], ...] = (
         "client_connections_refused",
         "Client connections refused (503) over --max-client-connections",
     ),
+    (
+        "refused_per_client",
+        "client_connections_refused_per_client",
+        "Client connections refused (503) over --max-connections-per-client",
+    ),
     ("client_errors", "client_errors", "Malformed, over-limit or too slow requests"),
     ("rate_limited", "rate_limited_requests", "Requests answered 429 (rate limited)"),
     ("retries", "retries", "Requests sent again after an upstream failed"),

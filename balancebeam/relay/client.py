@@ -70,6 +70,10 @@ class ClientConnection(Protocol):
         L{ClientState.HEAD}; the exchange sets it while it owns the
         connection.
     @ivar client_ip: the TCP peer's address in normal form.
+    @ivar cap_key: the client address this connection counts against in
+        C{max_connections_per_client}
+        (L{balancebeam.relay.factory.RelayFactory.per_client}), or
+        C{None} when it is not counted.
     @ivar scheme: C{b"http"} or C{b"https"}.
     @ivar exchange: the request being served, or C{None} between requests.
     @ivar writes_paused: whether the client's send buffer is full.
@@ -88,6 +92,7 @@ class ClientConnection(Protocol):
         self.factory = factory
         self.deadline = math.inf
         self.client_ip = "-"
+        self.cap_key: str | None = None
         self.scheme = factory.scheme
         self.state = _IDLE
         self.exchange: Exchange | None = None
@@ -116,6 +121,8 @@ class ClientConnection(Protocol):
         enable_no_delay(transport)
         factory = self.factory
         factory.connections.add(self)
+        if self.cap_key is not None:
+            factory.count_client(self.cap_key)
         timeouts = factory.settings.timeouts
         wait = timeouts.client_idle
         if INegotiated.providedBy(transport):

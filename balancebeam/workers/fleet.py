@@ -35,7 +35,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from balancebeam.config import BalancerConfig, build_config
+from balancebeam.config import BalancerConfig, build_config, with_backlog
 from balancebeam.health.checker import Probe
 from balancebeam.registry import REMOVED, UpstreamRegistry
 from balancebeam.workers.accept import SeatTable
@@ -203,8 +203,12 @@ class WorkerFleet(Service):
         reuse = self.config.reuse_port
         listeners = [(d, False) for d in self.config.listen]
         listeners += [(d, True) for d in self.config.tls.listen]
+        backlog = self.config.listen_backlog
         for description, https in listeners:
-            spec = dataclasses.replace(inspect_listener(description), https=https)
+            # The spec keeps the description as configured; its backlog is
+            # --listen-backlog unless the description gives one.
+            inspected = inspect_listener(with_backlog(description, backlog))
+            spec = dataclasses.replace(inspected, description=description, https=https)
             if reuse and spec.inherited_fd is not None:
                 raise UnsupportedListener(
                     f"cannot give each worker its own socket (--reuse-port) for "
@@ -254,6 +258,8 @@ class WorkerFleet(Service):
             return "changing --reuse-port needs a restart"
         if config.admin_bind != self.config.admin_bind:
             return "changing --admin-bind needs a restart"
+        if config.listen_backlog != self.config.listen_backlog:
+            return "changing --listen-backlog needs a restart"
         if config.reuse_port and config.workers != self.config.workers:
             return "changing --workers with --reuse-port needs a restart (a socket per worker)"
         return None

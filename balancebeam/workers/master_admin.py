@@ -18,7 +18,7 @@ from twisted.internet.endpoints import serverFromString
 from balancebeam.admin.auth import AdminToken, read_token_file
 from balancebeam.admin.master_resource import AdminFleet, build_master_admin_site
 from balancebeam.admin.rate import RequestRate
-from balancebeam.config import BalancerConfig
+from balancebeam.config import BalancerConfig, with_backlog
 from balancebeam.listeners import ListenerService, ListenFailed, _AdminEndpoint, describe_port
 from balancebeam.workers.fleet import WorkerFleet
 
@@ -111,7 +111,7 @@ def master_admin_service(
     addresses: list[str] = []
     site = build_master_admin_site(fleet, admin_token, reactor, rate=rate, addresses=addresses)
     endpoint = _AdminEndpoint(
-        serverFromString(reactor, config.admin_bind),
+        serverFromString(reactor, with_backlog(config.admin_bind, config.listen_backlog)),
         f"--admin-bind ({config.admin_bind})",
         lambda port: addresses.append(describe_port(port)),
     )
