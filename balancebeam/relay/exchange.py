@@ -316,7 +316,8 @@ class Exchange(ExchangeEvents):
         self._chunked = chunked
         relay = self.relay
         head = response_head_for_client(
-            response, request.minor, keep_alive, chunked, relay.date.line()
+            response, request.minor, keep_alive, chunked,
+            b"" if response.has_date else relay.date.line(),
         )
         if self._extra:
             head = head[:-2] + self._extra + CRLF
