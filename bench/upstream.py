@@ -9,7 +9,8 @@ C{--delay-ms 50}. It speaks just enough HTTP/1.1 for a load balancer and wrk:
   - C{GET /} answers a 100-byte body, C{GET /16k} a 16 KiB body, C{GET /100m}
     a streamed body of C{--download-bytes} (100 MiB by default, written as
     the transport drains, never buffered whole), any other path a 404 with a
-    short body; C{HEAD} answers the head only;
+    short body; C{HEAD} answers the head only; every response has a C{Date},
+    as a real origin server's;
   - connections are kept alive unless the request says C{Connection: close}
     or is HTTP/1.0 without C{Connection: keep-alive};
   - pipelined requests are answered in order; a request body announced by
@@ -27,7 +28,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import time
 from collections import deque
+from email.utils import formatdate
 
 SMALL_BODY = (b"balancebeam benchmark upstream: a small response body of one hundred bytes." +
               b" " * 24 + b"\n")
@@ -35,6 +38,23 @@ BIG_BODY = b"x" * (16 * 1024 - 1) + b"\n"
 NOT_FOUND_BODY = b"not found\n"
 MAX_HEAD = 64 * 1024
 STREAM_CHUNK = b"z" * (256 * 1024)
+
+
+_date_cache: list[object] = [-1, b""]
+
+
+def date_field() -> bytes:
+    """
+    The C{Date} header value for now (every origin server sends one, RFC
+    9110 section 6.6.1), formatted once per second.
+    """
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = formatdate(now, usegmt=True).encode("ascii")
+    value = _date_cache[1]
+    assert isinstance(value, bytes)
+    return value
 
 
 def build_response(status: bytes, body: bytes, keep_alive: bool, head_only: bool,
@@ -50,7 +70,8 @@ def build_response(status: bytes, body: bytes, keep_alive: bool, head_only: bool
     @return: the bytes to write.
     """
     connection = b"keep-alive" if keep_alive else b"close"
-    head = (b"HTTP/1.1 " + status + b"\r\nServer: bench-upstream\r\nX-Upstream: " + name + b"\r\n"
+    head = (b"HTTP/1.1 " + status + b"\r\nServer: bench-upstream\r\nDate: " + date_field() +
+            b"\r\nX-Upstream: " + name + b"\r\n"
             b"Content-Type: text/plain\r\nContent-Length: " + str(len(body)).encode() +
             b"\r\nConnection: " + connection + b"\r\n\r\n")
     return head if head_only else head + body
