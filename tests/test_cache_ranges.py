@@ -35,12 +35,20 @@ class ParseRangeTests(SynchronousTestCase):
 
     def test_unsatisfiable(self) -> None:
         """
-        A first position at or past the end, a zero suffix, or an empty body are unsatisfiable.
+        A first position at or past the end, a zero suffix, or any first
+        position on an empty body are unsatisfiable.
         """
         self.assertIs(parse_range(b"bytes=100-", 100), UNSATISFIABLE)
         self.assertIs(parse_range(b"bytes=-0", 100), UNSATISFIABLE)
-        self.assertIs(parse_range(b"bytes=-5", 0), UNSATISFIABLE)
+        self.assertIs(parse_range(b"bytes=0-", 0), UNSATISFIABLE)
         self.assertIs(parse_range(b"bytes=99999999999999999999999-", 100), UNSATISFIABLE)
+
+    def test_suffix_of_an_empty_body(self) -> None:
+        """
+        A non-zero suffix on an empty body is satisfiable (RFC 9110 section
+        14.1.1) but has no Content-Range: the Range is ignored (200).
+        """
+        self.assertIsNone(parse_range(b"bytes=-5", 0))
 
     def test_pass_through(self) -> None:
         """

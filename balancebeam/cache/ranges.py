@@ -82,8 +82,13 @@ def parse_range(value: bytes, length: int) -> RangeResult:
     if not last_text:
         return None
     suffix = _number(last_text)
-    if suffix == 0 or length == 0:
+    if suffix == 0:
         return UNSATISFIABLE
+    if length == 0:
+        # Satisfiable (RFC 9110 section 14.1.1: a non-zero suffix-length),
+        # yet no Content-Range can name an empty range: the whole (empty)
+        # representation is sent, as a server may always ignore Range.
+        return None
     return max(0, length - suffix), length - 1
 
 
