@@ -515,6 +515,28 @@ class ReadBodyTests(SynchronousTestCase):
         _, upstream, _ = harness.accept()
         self.assertTrue(upstream.value().endswith(b"\r\n\r\n3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n"))
 
+    def test_trailers_of_an_inspected_body_are_dropped(self) -> None:
+        """
+        The trailers of a chunked body a filter read (which it does not
+        see) are not forwarded, within the limit or over it; the same
+        request without such a filter keeps them.
+        """
+        request = (b"POST /f HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   b"3\r\nabc\r\n0\r\nX-Smuggled: ' OR 1=1 --\r\n\r\n")
+        for limit in (100, 2):
+            reader = RecordingFilter("inspect")
+            reader.body_limit = limit
+            harness = Harness(filters=[reader])
+            client, _ = harness.client()
+            client.dataReceived(request)
+            _, upstream, _ = harness.accept()
+            self.assertTrue(upstream.value().endswith(b"\r\n\r\n3\r\nabc\r\n0\r\n\r\n"), limit)
+        harness = Harness()
+        client, _ = harness.client()
+        client.dataReceived(request)
+        _, upstream, _ = harness.accept()
+        self.assertTrue(upstream.value().endswith(b"0\r\nX-Smuggled: ' OR 1=1 --\r\n\r\n"))
+
     def test_announced_body_over_limit_is_none_at_once(self) -> None:
         """
         A Content-Length over the limit is known at once: C{None}, no wait.

@@ -30,6 +30,9 @@ class RequestBody:
         replay (only for idempotent requests, up to L{MAX_REPLAY_BODY}).
     @ivar complete: whether the whole body has been received.
     @ivar continue_sent: whether C{100 Continue} was sent to the client.
+    @ivar inspected: whether a filter asked for the whole body (the
+        firewall): then the trailers, which it does not see, are not
+        forwarded.
     """
 
     __slots__ = (
@@ -38,6 +41,7 @@ class RequestBody:
         "replayable",
         "complete",
         "continue_sent",
+        "inspected",
         "_held",
         "_replay",
         "_replay_size",
@@ -52,6 +56,7 @@ class RequestBody:
         self.replayable = replayable
         self.complete = False
         self.continue_sent = False
+        self.inspected = False
         self._held: list[bytes] = []
         self._replay: list[bytes] = []
         self._replay_size = 0
@@ -114,12 +119,15 @@ class RequestBody:
     def end(self) -> bytes:
         """
         The last chunk of a chunked body, with the trailers that may be
-        forwarded (C{b""} for a Content-Length body).
+        forwarded (none after a filter inspected the body: it did not see
+        them; C{b""} for a Content-Length body).
         """
         if not self.chunked:
             return b""
         trailers = self._trailers
-        return last_chunk(forwardable_trailers(trailers)) if trailers else LAST_CHUNK
+        if not trailers or self.inspected:
+            return LAST_CHUNK
+        return last_chunk(forwardable_trailers(trailers))
 
     def finished(self, trailers: bytes) -> None:
         """
@@ -139,6 +147,7 @@ class RequestBody:
 
         @param announced: the Content-Length, when the body has one.
         """
+        self.inspected = True
         if self.complete:
             return succeed(b"".join(self._held) if self.held_size <= limit else None)
         if (announced is not None and announced > limit) or self.held_size > limit:
