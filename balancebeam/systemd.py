@@ -17,6 +17,9 @@ C{NOTIFY_SOCKET} (see C{sd_notify(3)}). balancebeam sends:
 
 Without C{NOTIFY_SOCKET} (not under systemd) L{Notifier.from_environment}
 returns a notifier that sends nothing.
+
+With C{--workers N} the master sends the same messages through the same
+L{Notifier} (L{balancebeam.workers.notify}), and its workers none.
 """
 
 from __future__ import annotations

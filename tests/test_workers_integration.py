@@ -25,6 +25,7 @@ from twisted.trial.unittest import TestCase
 from balancebeam.workers.accept import SeatTable
 from balancebeam.workers.sockets import bind_listener, inspect_listener
 from tests.helpers import unused_port, wait_until
+from tests.test_operations_integration import NotifyListener
 from tests.test_twistd import REPO_ROOT, TWISTD, TwistdProcess
 from tests.test_workers_fakes import certificate_file
 from tests.upstreams import RawClient, _ClientFactory, start_upstream
@@ -328,6 +329,83 @@ class WorkersIntegrationTests(TestCase):
             reactor, lambda: not any(alive(pid) for pid in workers), "the workers to exit"
         )
         self.assertIn(b"stopping: draining 2 workers", process.output)
+        self.assertNotIn(b"Traceback", process.output)
+
+    async def test_systemd_notify(self) -> None:
+        """
+        Under a stand-in for systemd (C{NOTIFY_SOCKET}, C{WATCHDOG_USEC}),
+        the master sends C{READY=1} once both workers serve (a request is
+        answered at once), C{RELOADING=1} then C{READY=1} around a SIGHUP,
+        C{WATCHDOG=1} on time, and C{STOPPING=1} on SIGTERM; the workers
+        are started without systemd's variables and send nothing.
+        """
+        upstream = start_upstream(self, reactor, "up")
+        port = unused_port()
+        notify = NotifyListener(self)
+        environment = {
+            **os.environ,
+            "NOTIFY_SOCKET": notify.address,
+            "WATCHDOG_USEC": "400000",
+        }
+        process = self.spawn(
+            "--bind", f"127.0.0.1:{port}",
+            "--upstream", upstream.address,
+            "--workers", "2",
+            "--active-health-check-interval", "0",
+            env=environment,
+        )
+
+        def received(line: str) -> list[list[str]]:
+            return [m for m in notify.read() if line in m]
+
+        await wait_until(reactor, lambda: len(received("READY=1")) == 1, "READY=1", timeout=60)
+        # Served by the time systemd hears READY=1, with no wait.
+        self.assertEqual(await request(port, b"/after-ready"), "200")
+        [ready] = received("READY=1")
+        self.assertEqual(ready, ["READY=1", "STATUS=2 workers ready, generation 1"])
+        await wait_until(reactor, lambda: len(process.ready(1)) == 2, "both workers logged ready")
+        for pid in process.ready(1):
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                names = {entry.partition(b"=")[0] for entry in f.read().split(b"\0")}
+            self.assertFalse(
+                names & {b"NOTIFY_SOCKET", b"WATCHDOG_USEC", b"WATCHDOG_PID"}, (pid, names)
+            )
+            self.assertIn(b"PYTHONPATH", names)
+
+        assert process.transport is not None
+        process.transport.signalProcess("HUP")
+        await wait_until(
+            reactor, lambda: len(received("READY=1")) == 2, "READY=1 after SIGHUP", timeout=60
+        )
+        events = [m[0] for m in notify.read() if m[0] in ("READY=1", "RELOADING=1")]
+        self.assertEqual(events, ["READY=1", "RELOADING=1", "READY=1"])
+        [reloading] = received("RELOADING=1")
+        self.assertTrue(reloading[1].startswith("MONOTONIC_USEC="), reloading)
+        usec = int(reloading[1].partition("=")[2])
+        self.assertLess(abs(usec - time.monotonic_ns() // 1000), 60_000_000)
+        self.assertEqual(
+            received("READY=1")[1], ["READY=1", "STATUS=reloaded; 2 workers ready, generation 2"]
+        )
+        self.assertEqual(await request(port, b"/after-reload"), "200")
+        # WATCHDOG_USEC=400000: a WATCHDOG=1 every 0.2 s from the master.
+        watchdogs = len(received("WATCHDOG=1"))
+        await wait_until(
+            reactor, lambda: len(received("WATCHDOG=1")) >= watchdogs + 3, "three WATCHDOG=1"
+        )
+
+        process.transport.signalProcess("TERM")
+        code = await process.ended
+        self.assertIn(code, (0, -signal.SIGTERM), process.output.decode(errors="replace"))
+        [stopping] = received("STOPPING=1")
+        # The old generation may still be draining: 2 or 4 workers.
+        self.assertRegex(stopping[1], r"^STATUS=stopping: draining [24] workers$")
+        kinds = [m[0] for m in notify.read() if not m[0].startswith("STATUS=")]
+        self.assertEqual(kinds[-1], "STOPPING=1")
+        self.assertEqual(
+            [k for k in kinds if k != "WATCHDOG=1"],
+            ["READY=1", "RELOADING=1", "READY=1", "STOPPING=1"],
+        )
+        self.assertNotIn(b"cannot notify systemd", process.output)
         self.assertNotIn(b"Traceback", process.output)
 
     async def test_master_death_ends_workers(self) -> None:

@@ -58,7 +58,11 @@ BASE: Mapping[str, object] = {
 class MasterScenario:
     """
     A master on a memory reactor, its fake launcher, binder and probe.
+
+    @cvar environment: the workers' environment.
     """
+
+    environment: Mapping[str, str] = {"PATH": "/usr/bin"}
 
     def __init__(self, test: SynchronousTestCase, **values: object) -> None:
         self.reactor = MemoryReactorClock()
@@ -74,7 +78,7 @@ class MasterScenario:
             python="/usr/bin/python3",
             reactor_module="twisted.internet.epollreactor",
             logger="balancebeam.observers.json_stdout",
-            environment={"PATH": "/usr/bin"},
+            environment=self.environment,
             probe=self.probe,
             open_listener=self.binder,
             reload_values=lambda: self.next_values or self.values,

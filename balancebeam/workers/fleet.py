@@ -51,9 +51,11 @@ from balancebeam.workers.health import SharedHealth
 from balancebeam.workers.launch import (
     WorkerLauncher,
     spawn_launcher,
+    without_systemd,
     worker_environment,
     worker_values,
 )
+from balancebeam.workers.notify import MasterNotifications
 from balancebeam.workers.pending_reload import PendingReload
 from balancebeam.workers.processes import Generation, WorkerProcess
 from balancebeam.workers.sockets import (
@@ -87,6 +89,8 @@ class WorkerFleet(Service):
         apply once the new generation takes over (the admin token).
     @ivar started_at: clock time the master started, or C{None}.
     @ivar last_reload: how the last reload went.
+    @ivar systemd: what the master tells systemd (L{MasterNotifications});
+        by default nothing is sent.
     """
 
     log = Logger()
@@ -124,9 +128,11 @@ class WorkerFleet(Service):
         @param logfile: twistd's C{--logfile}, for the workers.
         @param reactor_module: the module whose C{install()} installs this
             reactor, for the workers.
-        @param environment: the workers' environment (default: ours,
-            without systemd's socket activation variables, with this
-            balancebeam first on C{PYTHONPATH}).
+        @param environment: the workers' environment (default: ours, with
+            this balancebeam first on C{PYTHONPATH}); either way without
+            systemd's socket activation, C{sd_notify} and watchdog
+            variables, which are the master's
+            (L{balancebeam.workers.launch.SYSTEMD_ENVIRONMENT}).
         @param probe: probes an upstream (tests; default an HTTP probe).
         @param open_listener: binds a socket (tests replace it).
         @param seat_table: makes the shared seat table (tests replace it).
@@ -146,7 +152,9 @@ class WorkerFleet(Service):
         self._logger = logger
         self._logfile = logfile
         self._reactor_module = reactor_module
-        self._environment = dict(environment) if environment is not None else worker_environment()
+        self._environment = without_systemd(
+            environment if environment is not None else worker_environment()
+        )
         self._probe = probe
         self._open_listener = open_listener
         self._seat_table = seat_table
@@ -177,6 +185,7 @@ class WorkerFleet(Service):
         self.reloads = 0
         self.reloads_failed = 0
         self.last_reload = LastReload()
+        self.systemd = MasterNotifications(reactor)
 
     # Sockets
 

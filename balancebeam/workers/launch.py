@@ -5,7 +5,8 @@ How the master starts a worker process
 is given (L{CONTROL_IN}, L{CONTROL_OUT}, then the seat table and the
 listening sockets from L{FIRST_SHARED_FD} on), how often it reports
 (L{STATS_INTERVAL}), the option values it builds its balancer from
-(L{worker_values}), its environment (L{worker_environment}), how it logs
+(L{worker_values}), its environment (L{worker_environment},
+L{without_systemd}), how it logs
 (L{twistd_log_options}), and the call that starts it (L{WorkerLauncher},
 L{spawn_launcher}).
 
@@ -36,8 +37,21 @@ CONTROL_OUT = 3
 FIRST_SHARED_FD = 4
 """The first worker descriptor given to the seat table and the sockets."""
 
-_LISTEN_ENVIRONMENT = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
-"""systemd's socket activation variables, meant for the master only."""
+SYSTEMD_ENVIRONMENT = (
+    "LISTEN_PID",
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+)
+"""
+systemd's variables meant for the master only: socket activation's (the
+master hands the sockets over itself), and C{sd_notify}'s and the
+watchdog's (the master alone notifies: a worker's C{READY=1} would be
+ignored under C{NotifyAccess=main} and logged by systemd as a warning, or,
+under C{NotifyAccess=all}, would say ready before the master is).
+"""
 
 
 def twistd_log_options(argv: Sequence[str]) -> tuple[str | None, str | None]:
@@ -131,13 +145,22 @@ def worker_values(
     return result
 
 
+def without_systemd(environment: Mapping[str, str]) -> dict[str, str]:
+    """
+    C{environment} without the variables systemd meant for the master
+    (L{SYSTEMD_ENVIRONMENT}).
+    """
+    return {k: v for k, v in environment.items() if k not in SYSTEMD_ENVIRONMENT}
+
+
 def worker_environment() -> dict[str, str]:
     """
-    The workers' environment: ours without systemd's socket activation
-    variables, with the directory this balancebeam was imported from first
-    on C{PYTHONPATH} (so a worker runs the master's code, from its path).
+    The workers' environment: ours without systemd's variables
+    (L{without_systemd}), with the directory this balancebeam was imported
+    from first on C{PYTHONPATH} (so a worker runs the master's code, from
+    its path).
     """
-    environment = {k: v for k, v in os.environ.items() if k not in _LISTEN_ENVIRONMENT}
+    environment = without_systemd(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(balancebeam.__file__)))
     paths = [root] + [p for p in environment.get("PYTHONPATH", "").split(os.pathsep) if p]
     environment["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))

@@ -24,6 +24,10 @@ and supervises the worker processes, and serves no request itself.
     workers (L{balancebeam.workers.health}).
   - B{Counters}: L{Master.snapshot} adds up those the workers report, with
     those of the workers gone; L{Master.collect} asks for fresh ones first.
+  - B{systemd}: C{READY=1} once every worker of the first generation is
+    ready; C{RELOADING=1} when a reload starts and C{READY=1} once no
+    generation starts and no reload waits; C{STOPPING=1}; the watchdog
+    (L{balancebeam.workers.notify}). The workers never notify.
 
 Here: the decisions (L{Master}) and the twistd service
 (L{make_master_service}). Beside it, and importable from here too:
@@ -31,6 +35,7 @@ L{balancebeam.workers.fleet} (what the master holds, and the mechanics:
 L{WorkerFleet}, the base of L{Master}), L{balancebeam.workers.counters},
 L{balancebeam.workers.processes} (L{WorkerProcess}, L{Generation}),
 L{balancebeam.workers.launch} (what a worker is started with),
+L{balancebeam.workers.notify} (what systemd is told),
 L{balancebeam.workers.supervision} (the timings, L{describe_exit}) and
 L{balancebeam.workers.spec} (L{WorkerSpec}).
 """
@@ -47,6 +52,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
 from balancebeam.config import build_config
+from balancebeam.systemd import Notifier, watchdog_interval
 from balancebeam.workers.control import DOWN, PURGED, READY, STATS, Message
 from balancebeam.workers.counters import MasterSnapshot, add_counters
 from balancebeam.workers.fleet import WorkerFleet
@@ -127,6 +133,8 @@ class Master(WorkerFleet):
             pid=os.getpid(),
             count=len(generation.workers),
         )
+        self.systemd.start()
+        self.systemd.status(f"starting {len(generation.workers)} workers (generation 1)")
         for slot in range(len(generation.workers)):
             self._spawn(generation, slot)
 
@@ -253,6 +261,8 @@ class Master(WorkerFleet):
         if pending is not None and worker.generation is pending:
             if all(w is not None and w.state == "ready" for w in pending.workers):
                 self._commit_reload()
+        elif worker.generation is self.generation:
+            self._settle(None)
 
     def worker_ended(self, worker: WorkerProcess, reason: Failure) -> None:
         """
@@ -359,7 +369,11 @@ class Master(WorkerFleet):
         if self._stopping or current is None:
             return succeed(False)
         if self._pending is not None:
-            return self._reload_later.ask(self._pending.number, values)
+            number = self._pending.number
+            self.systemd.status(
+                f"reloading: generation {number} is starting; one more reload runs after it"
+            )
+            return self._reload_later.ask(number, values)
         # A reload still due from the last start (its turn has not come
         # yet): this one reads the configuration now, so it stands for it.
         joined = self._reload_later.take()
@@ -372,6 +386,7 @@ class Master(WorkerFleet):
         Read the configuration and start its generation beside C{current}
         (L{reload}, when no generation is starting).
         """
+        self.systemd.reloading("reloading: reading the configuration")
         try:
             new_values = dict(self._reload_values() if values is None else values)
             config = build_config(new_values)
@@ -379,11 +394,13 @@ class Master(WorkerFleet):
         except ValueError as error:
             self.log.error("reload refused: {error}; the workers serve on", error=str(error))
             self._reload_ended(str(error))
+            self._settle(f"reload refused: {error}")
             return succeed(False)
         problem = self._needs_restart(config)
         if problem is not None:
             self.log.error("reload refused: {problem}; the workers serve on", problem=problem)
             self._reload_ended(problem)
+            self._settle(f"reload refused: {problem}")
             return succeed(False)
         generation = self._new_generation(config.workers, new_values)
         if generation.health is not current.health:
@@ -396,6 +413,10 @@ class Master(WorkerFleet):
             "reloading: starting {count} workers (generation {generation})",
             count=len(generation.workers),
             generation=generation.number,
+        )
+        self.systemd.status(
+            f"reloading: starting {len(generation.workers)} workers"
+            f" (generation {generation.number})"
         )
         for slot in range(len(generation.workers)):
             if self._pending is generation:
@@ -434,6 +455,7 @@ class Master(WorkerFleet):
         if reloaded is not None:
             reloaded.callback(True)
         self._reload_later.start_over(pending.number, "is ready", self.reload)
+        self._settle("reloaded")
 
     def _abort_reload(self, why: str) -> None:
         pending = self._pending
@@ -459,6 +481,39 @@ class Master(WorkerFleet):
             reloaded.callback(False)
         if not self._stopping:
             self._reload_later.start_over(pending.number, "failed", self.reload)
+        self._settle(f"reload failed, generation {pending.number} rolled back: {why}")
+
+    def _settle(self, outcome: str | None) -> None:
+        """
+        Tell systemd C{READY=1} (L{MasterNotifications.ready
+        <balancebeam.workers.notify.MasterNotifications.ready>}) once
+        nothing is starting or waiting: no generation starting beside the
+        serving one, no reload deferred, and, before the first C{READY=1},
+        every worker of the serving generation ready. Otherwise only say
+        C{outcome} (C{STATUS=}).
+
+        @param outcome: how a reload ended (C{"reloaded"}, C{"reload
+            failed, ..."}, C{"reload refused: ..."}), or C{None} when a
+            worker of the serving generation became ready.
+        """
+        generation = self.generation
+        if self._stopping or generation is None:
+            return
+        count = len(generation.workers)
+        ready = sum(1 for w in generation.workers if w is not None and w.state == "ready")
+        status = (
+            f"{ready} workers ready" if ready == count else f"{ready} of {count} workers ready"
+        ) + f", generation {generation.number}"
+        if outcome is not None:
+            status = f"{outcome}; {status}"
+        if self._pending is not None or self._reload_later.asks:
+            if outcome is not None:
+                self.systemd.status(f"{status}; the reload asked meanwhile runs next")
+        elif self.systemd.state == "starting" and ready < count:
+            if outcome is not None:
+                self.systemd.status(status)
+        else:
+            self.systemd.ready(status)
 
     # Stopping
 
@@ -473,6 +528,7 @@ class Master(WorkerFleet):
         if self._stopping:
             return succeed(None)
         self._stopping = True
+        self.systemd.stopping(f"stopping: draining {len(self.workers())} workers")
         self._reload_later.drop("the master is stopping")
         if self._pending is not None:
             self._abort_reload("the master is stopping")
@@ -507,6 +563,7 @@ def make_master_service(
     demo: bool = False,
     argv: Sequence[str] = (),
     reload_values: Callable[[], Mapping[str, object]] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> IService:
     """
     The service of a twistd process that is the master of C{--workers N}.
@@ -516,6 +573,8 @@ def make_master_service(
     @param argv: twistd's command line, to log in the workers as twistd
         does here (L{twistd_log_options}).
     @param reload_values: what SIGHUP reloads (by default C{values}).
+    @param environ: where systemd's C{NOTIFY_SOCKET} and C{WATCHDOG_USEC}
+        are read (by default C{os.environ}).
     @return: the L{Master}, or with C{demo} or C{--admin-bind} a service
         holding the demo upstreams, the master, then its admin listener
         (L{balancebeam.workers.master_admin}), which stops first.
@@ -538,6 +597,9 @@ def make_master_service(
         reactor_module=type(reactor).__module__,
         exit_on_listen_failure=True,
     )
+    environ = os.environ if environ is None else environ
+    master.systemd.notifier = Notifier.from_environment(environ)
+    master.systemd.watchdog_interval = watchdog_interval(environ)
     reactor.callWhenRunning(watch_reload_signal, reactor, master)
     from balancebeam.workers.master_admin import master_admin_service
 
