@@ -742,7 +742,8 @@ class RequestFramingTests(WireTestCase):
         as the balancer's C{X-Forwarded-Proto}.
         """
         for field in (b"X_Forwarded_Proto: https", b"x_forwarded_for: 6.6.6.6",
-                      b"X_FORWARDED_FOR: 6.6.6.6"):
+                      b"X_FORWARDED_FOR: 6.6.6.6", b"X-Forwarded_Proto: https",
+                      b"x_forwarded-for: 6.6.6.6"):
             self.assert_request_rejected(400, get(field))
         # Other names with underscores are forwarded as they are.
         request = parse(get(b"X_Custom: 1"))

@@ -32,11 +32,29 @@ _DIGITS = re.compile(rb"[0-9]{1,18}")
 # RFC 9110 section 7.2: uri-host [ ":" port ]; reg-name without the comma,
 # which some servers read as a list separator.
 _HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+;=%]*)(?::[0-9]*)?")
-# Names some upstreams (CGI/WSGI style) fold into the framing headers, and
-# into the forwarding headers the balancer vouches for (a client's
-# X_Forwarded_Proto would reach a WSGI application as X-Forwarded-Proto).
-_FRAMING_LOOKALIKES = frozenset({b"content_length", b"transfer_encoding"})
-_FORWARDING_LOOKALIKES = frozenset({b"x_forwarded_for", b"x_forwarded_proto"})
+
+
+def _underscore_spellings(*names: bytes) -> frozenset[bytes]:
+    """
+    Every spelling of C{names} (lower case) with one or more of their
+    hyphens written as underscores.
+    """
+    spellings = set()
+    for name in names:
+        parts = name.split(b"-")
+        for mask in range(1, 2 ** (len(parts) - 1)):
+            spelled = parts[0]
+            for index, part in enumerate(parts[1:]):
+                spelled += (b"_" if mask >> index & 1 else b"-") + part
+            spellings.add(spelled)
+    return frozenset(spellings)
+
+
+# Names CGI/WSGI-style upstreams fold into the framing headers, and into the
+# forwarding headers the balancer vouches for (a client's X_Forwarded_Proto,
+# or X-Forwarded_Proto, reaches a WSGI application as X-Forwarded-Proto).
+_FRAMING_LOOKALIKES = _underscore_spellings(b"content-length", b"transfer-encoding")
+_FORWARDING_LOOKALIKES = _underscore_spellings(b"x-forwarded-for", b"x-forwarded-proto")
 # A whole header block (each line preceded by CRLF) checked in one regex
 # call: a token, a colon, then only HTAB, visible ASCII, SP and obs-text.
 _FIELD_BLOCK = re.compile(rb"(?:\r\n" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*)*")
@@ -46,8 +64,8 @@ _HOP_NAMES += rb"|proxy-authenticate|proxy-authorization|content-length"
 # every other line is forwarded as it came, without being looked at again.
 _REQUEST_SPECIAL = re.compile(
     rb"\r\n(" + _HOP_NAMES + rb"|host|expect|via|x-forwarded-for|x-forwarded-proto"
-    rb"|idempotency-key|content_length|transfer_encoding|x_forwarded_for|x_forwarded_proto)"
-    rb":[ \t]*([^\r]*)"
+    rb"|idempotency-key|" + b"|".join(sorted(_FRAMING_LOOKALIKES | _FORWARDING_LOOKALIKES))
+    + rb"):[ \t]*([^\r]*)"
 )
 _RESPONSE_SPECIAL = re.compile(rb"\r\n(" + _HOP_NAMES + rb"):[ \t]*([^\r]*)")
 
