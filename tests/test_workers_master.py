@@ -871,13 +871,19 @@ class StopTests(SynchronousTestCase):
 
     def test_drains_then_stops(self) -> None:
         """
-        Every worker is asked to stop; the master's stop finishes once all
-        have exited, then the sockets close.
+        Every worker is asked to stop and the master closes its listening
+        sockets at once (so that, once the draining workers have closed
+        theirs, new connections are refused rather than queued for nobody);
+        the master's stop finishes once all have exited, then the seat
+        table closes.
         """
         scenario = MasterScenario(self)
         launched = scenario.start()
         stopped = scenario.master.stopService()
         self.assertEqual([w.process.signals for w in launched], [["TERM"], ["TERM"]])
+        self.assertTrue(scenario.binder.opened)
+        self.assertTrue(all(s.closed for s in scenario.binder.opened))
+        self.assertIsNotNone(scenario.master.table)
         launched[0].exit(0)
         self.assertNoResult(stopped)
         launched[1].exit(0)

@@ -243,6 +243,17 @@ class WorkerFleet(Service):
         if not reuse:
             self.table, self._table_fd = self._seat_table()
 
+    def _stop_listening(self) -> None:
+        """
+        Close the master's copies of the listening sockets (stopping): once
+        the draining workers have closed theirs, the kernel refuses new
+        connections at once instead of queueing them for nobody to accept.
+        """
+        for opened in self.sockets:
+            for listener in opened:
+                listener.close()
+        self.sockets = []
+
     def _close_sockets(self) -> None:
         for opened in self.sockets:
             for listener in opened:

@@ -519,8 +519,9 @@ class Master(WorkerFleet):
 
     def stopService(self) -> Deferred[None]:
         """
-        Drain every worker (each for up to its C{--shutdown-timeout}), then
-        stop probing and close the sockets.
+        Stop listening (the workers stop accepting as they start draining),
+        drain every worker (each for up to its C{--shutdown-timeout}), then
+        stop probing and close the seat table.
 
         @return: fires once every worker has exited.
         """
@@ -540,6 +541,7 @@ class Master(WorkerFleet):
         self._stopped = stopped
         for generation in self._generations():
             self._stop_workers(generation.live(), generation.config.shutdown_timeout)
+        self._stop_listening()
         self._forget_finished()
         return stopped
 
