@@ -111,6 +111,20 @@ def _next_waiter(waiters: deque[_Waiter]) -> _Waiter:
     return waiter
 
 
+def sweep_interval(idle_timeout: float, queue_timeout: float) -> float:
+    """
+    How often the pool expires idle connections and queued requests: a
+    quarter of the idle timeout and a tenth of the queue timeout, between
+    10 ms and 1 s, so that a queued request's 503 comes at most 10% late.
+    """
+    interval = 1.0
+    if idle_timeout:
+        interval = min(interval, idle_timeout / 4)
+    if queue_timeout:
+        interval = min(interval, queue_timeout / 10)
+    return max(0.01, interval)
+
+
 class UpstreamPool:
     """
     Owns every connection to every upstream.
@@ -169,8 +183,7 @@ class UpstreamPool:
         """
         Start expiring idle connections and warm every live upstream.
         """
-        interval = max(0.05, min(1.0, self._idle_timeout / 4)) if self._idle_timeout else 1.0
-        self._sweeper.start(interval, now=False)
+        self._sweeper.start(sweep_interval(self._idle_timeout, self._queue_timeout), now=False)
         for upstream in upstreams:
             self._top_up(upstream)
 
@@ -342,17 +355,17 @@ class UpstreamPool:
         self._max_idle = max_idle_per_upstream
         self._max_requests = max_requests_per_connection
         self._max_connections = max_connections_per_upstream
+        old_interval = sweep_interval(self._idle_timeout, self._queue_timeout)
         self._queue_timeout = queue_timeout
         if self._closing is None:
             self._warm = warm
-        if idle_timeout != self._idle_timeout:
-            self._idle_timeout = idle_timeout
-            if self._sweeper.running:
-                self._sweeper.stop()
-                interval = max(0.05, min(1.0, idle_timeout / 4))
-                self._sweeper = LoopingCall(self._sweep)
-                self._sweeper.clock = self._clock
-                self._sweeper.start(interval, now=False)
+        self._idle_timeout = idle_timeout
+        interval = sweep_interval(idle_timeout, queue_timeout)
+        if interval != old_interval and self._sweeper.running:
+            self._sweeper.stop()
+            self._sweeper = LoopingCall(self._sweep)
+            self._sweeper.clock = self._clock
+            self._sweeper.start(interval, now=False)
         for idle in self._idle.values():
             while len(idle) > self._max_idle:
                 idle.pop(0).close()

@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from balancebeam.config import UpstreamSpec
 from balancebeam.errors import QueueTimeout, UpstreamDown
-from balancebeam.pool import UpstreamPool
+from balancebeam.pool import UpstreamPool, sweep_interval
 from balancebeam.registry import UpstreamRegistry, UpstreamState
 from balancebeam.relay.upstream import UpstreamConnection
 
@@ -199,6 +199,23 @@ class CancelledWaiterTests(SynchronousTestCase):
         pool.reactor.advance(4)
         pool.assert_counts(self, open_=1, idle=0)
         self.assertEqual(pool.attempts(), 1)
+
+    def test_short_queue_timeout_is_kept(self) -> None:
+        """
+        A queued request fails within 10% of a short queue timeout (the
+        sweep runs often enough), also after a reload shortens it.
+        """
+        pool = _OneUpstream(max_connections_per_upstream=1, queue_timeout=0.2)
+        pool.held()
+        waiting = pool.waiter()
+        pool.reactor.advance(0.19)
+        self.assertNoResult(waiting)
+        pool.reactor.pump([0.01] * 3)
+        self.failureResultOf(waiting, QueueTimeout)
+        self.assertEqual(sweep_interval(60, 0.2), 0.02)
+        self.assertEqual(sweep_interval(0, 0), 1.0)
+        self.assertEqual(sweep_interval(0.1, 0), 0.025)
+        self.assertEqual(sweep_interval(60, 0.01), 0.01)
 
     def test_cancelled_waiter_frees_its_queue_place(self) -> None:
         """
