@@ -31,7 +31,7 @@ from twisted.internet.ssl import (
     trustRootFromCertificates,
 )
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, StringTransport
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel, capturedLogs, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -397,17 +397,23 @@ class ListenerTests(TLSBalancerTestCase):
 
     async def test_plain_http_to_the_https_port(self) -> None:
         """
-        A plain HTTP request sent to the HTTPS port gets a plain 400 saying
-        so, and the connection closes (as nginx answers); nothing reaches
-        the upstream.
+        A plain HTTP request sent to the HTTPS port gets a plain, dated 400
+        saying so, and the connection closes (as nginx answers); it is
+        logged as a bad request; nothing reaches the upstream.
         """
         upstream = self.start_upstream("plain-upstream")
         self.start_tls_balancer([upstream])
-        client = await connect_client(self, reactor, self.tls_port)
-        client.send(build_request(), b"GET")
-        await client.wait_for(lambda: client.is_closed, timeout=10)
+        with capturedLogs() as events:
+            client = await connect_client(self, reactor, self.tls_port)
+            client.send(build_request(), b"GET")
+            await client.wait_for(lambda: client.is_closed, timeout=10)
         self.assertEqual([r.status for r in client.responses], [400])
         self.assertIn(b"plain HTTP request was sent to an HTTPS port", client.responses[0].body)
+        self.assertEqual(len(client.responses[0].header_values(b"Date")), 1)
+        self.assertEqual(
+            [e["reason"] for e in events if e.get("log_format", "").startswith("bad request")],
+            ["a plain HTTP request was sent to an HTTPS port"],
+        )
         self.assertEqual(upstream.requests, [])
 
     async def test_plain_port_answers_client_hello(self) -> None:

@@ -160,13 +160,8 @@ class SendNowBelow:
         return getattr(self.below, name)
 
 
-_PLAIN_HTTP_BODY = b"400 Bad Request: a plain HTTP request was sent to an HTTPS port\n"
-PLAIN_HTTP_ANSWER = (
-    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
-    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
-    % (len(_PLAIN_HTTP_BODY), _PLAIN_HTTP_BODY)
-)
-"""The answer to a client that speaks plain HTTP to an HTTPS listener (as nginx's)."""
+PLAIN_HTTP_REASON = "a plain HTTP request was sent to an HTTPS port"
+"""Why a client that speaks plain HTTP to an HTTPS listener gets a 400 (as nginx's)."""
 
 _METHOD_START = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 """First bytes of an HTTP request line; a TLS record starts with 0x16 (0x80 for SSLv2)."""
@@ -175,7 +170,8 @@ _METHOD_START = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 class TwistedTLSProtocol(TLSMemoryBIOProtocol):
     """
     Twisted's TLS protocol, with its encrypted bytes sent by L{send_now},
-    answering a plain HTTP request with a plain C{400}.
+    answering a plain HTTP request with a plain C{400} (from its factory's
+    C{plain_http_answer}, on a server).
     """
 
     _first_read = True
@@ -189,18 +185,25 @@ class TwistedTLSProtocol(TLSMemoryBIOProtocol):
     def dataReceived(self, data: bytes) -> None:
         """
         On the first read of a server connection, a request line instead
-        of a TLS record gets L{PLAIN_HTTP_ANSWER} and the connection closes;
-        everything else is Twisted's.
+        of a TLS record gets a plain 400 (logged like any bad request) and
+        the connection closes; everything else is Twisted's.
         """
         if self._first_read and data:
             self._first_read = False
-            server = getattr(self.factory, "answers_plain_http", False)
-            if not server or data[0] not in _METHOD_START:
+            factory = self.factory
+            if not getattr(factory, "answers_plain_http", False) or data[0] not in _METHOD_START:
                 super().dataReceived(data)
                 return
             below = self.transport
             assert below is not None
-            below.write(PLAIN_HTTP_ANSWER)
+            peer = below.getPeer()
+            log.info(
+                "bad request from {client}: {status} {reason}",
+                client=getattr(peer, "host", "-"),
+                status=400,
+                reason=PLAIN_HTTP_REASON,
+            )
+            below.write(factory.plain_http_answer())  # type: ignore[attr-defined]  # DirectTLSFactory, as answers_plain_http says
             below.loseConnection()
             return
         super().dataReceived(data)

@@ -31,7 +31,9 @@ from twisted.internet.interfaces import (
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
-from balancebeam.tls.fast import DirectTLSProtocol
+from balancebeam.http1.dates import DateField
+from balancebeam.http1.rewrite import error_response
+from balancebeam.tls.fast import PLAIN_HTTP_REASON, DirectTLSProtocol
 
 
 class DirectTLSFactory(TLSMemoryBIOFactory):
@@ -53,6 +55,14 @@ class DirectTLSFactory(TLSMemoryBIOFactory):
         super().__init__(contextFactory, isClient, wrappedFactory, clock)
         #: A server answers a plain HTTP request with a plain 400.
         self.answers_plain_http = not isClient
+        self._date = DateField(clock.seconds) if clock is not None else None
+
+    def plain_http_answer(self) -> bytes:
+        """
+        A server's answer to a plain HTTP request: a dated 400 that closes.
+        """
+        date = self._date.line() if self._date is not None else b""
+        return error_response(400, PLAIN_HTTP_REASON, False, date=date)
 
 
 @implementer(IStreamServerEndpoint)
