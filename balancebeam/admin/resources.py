@@ -264,10 +264,16 @@ class AdminSite(Site):
 
     def getResourceFor(self, request: Request) -> Resource:
         """
-        The admin resource, or one answering 401 (no or a wrong token), 421
-        (no token is configured and the C{Host} is not a loopback one: DNS
-        rebinding) or 403 (a browser's post from another site).
+        The admin resource, or one answering 400 (an HTTP/1.1 request
+        without exactly one C{Host}, RFC 9112 section 3.2), 401 (no or a
+        wrong token), 421 (no token is configured and the C{Host} is not a
+        loopback one: DNS rebinding) or 403 (a browser's post from another
+        site).
         """
+        if request.clientproto == b"HTTP/1.1" and len(
+            request.requestHeaders.getRawHeaders(b"host", [])
+        ) != 1:
+            return _Refused(400, b"an HTTP/1.1 request needs one Host header\n", [])
         if self.token.required:
             if not self.token.allows(request):
                 return _Refused(401, b"a bearer token is required\n", _CHALLENGE)
