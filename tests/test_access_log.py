@@ -12,7 +12,7 @@ from typing import Any
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from balancebeam.config import Timeouts
+from balancebeam.config import Limits, Timeouts
 from balancebeam.relay.exchange_core import log_safe
 from balancebeam.stats import new_request_id_prefix
 from tests.helpers import Harness
@@ -20,8 +20,8 @@ from tests.helpers import Harness
 GET = b"GET /file HTTP/1.1\r\nHost: h\r\n\r\n"
 
 
-def _access_harness(timeouts: Timeouts = Timeouts()) -> Harness:
-    harness = Harness(timeouts=timeouts)
+def _access_harness(timeouts: Timeouts = Timeouts(), limits: Limits = Limits()) -> Harness:
+    harness = Harness(timeouts=timeouts, limits=limits)
     harness.factory.settings.access_log = True
     return harness
 
@@ -67,6 +67,25 @@ class AccessLogTests(SynchronousTestCase):
             upstream.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         self.assertEqual([e["request_id"] for e in events if "latency_ms" in e],
                          ["0a1b2c3d-1", "0a1b2c3d-2"])
+
+    def test_balancer_answers_to_client_errors(self) -> None:
+        """
+        The balancer's own answers to a client's errors get their line: with
+        the method, target and request id once the head was parsed (a body
+        over the limit), with C{- -} when it was not (a malformed head).
+        """
+        harness = _access_harness(limits=Limits(max_body_size=10))
+        with capturedLogs() as events:
+            client, transport = harness.client()
+            client.dataReceived(b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\n")
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 "))
+            client, transport = harness.client()
+            client.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "))
+        first, second = _access_lines(events)
+        self.assertRegex(first, r'^127\.0\.0\.1 "POST /up" 413 upstream=- [0-9.]+ms$')
+        self.assertEqual(second, '127.0.0.1 "- -" 400 upstream=- -')
+        self.assertEqual([e["request_id"] for e in events if "latency_ms" in e][1], None)
 
     def test_new_request_id_prefix(self) -> None:
         """

@@ -421,9 +421,23 @@ class ClientConnection(Protocol):
         exchange = self.exchange
         if exchange is not None:
             self.exchange = None
-            if exchange.abandon():
+            started = exchange.abandon()
+            exchange.log_client_error(error.status, started)
+            if started:
                 self.abort()
                 return
+        elif factory.settings.access_log:
+            # No head was parsed: the access log still gets its line.
+            Exchange.log.info(
+                '{client} "- -" {status} upstream=- -',
+                client=self.client_ip,
+                method="-",
+                path="-",
+                status=error.status,
+                upstream="-",
+                latency_ms=None,
+                request_id=None,
+            )
         self.log.info(
             "bad request from {client}: {status} {reason}",
             client=self.client_ip,

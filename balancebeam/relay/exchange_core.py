@@ -429,6 +429,21 @@ class ExchangeCore:
         response = self.response
         self._log(response.status if response is not None else 499, reason)
 
+    def log_client_error(self, status: int, started: bool) -> None:
+        """
+        Log this request in the access log once the client connection has
+        answered C{status} for an error of the client's own (a body too
+        large or too slow), or cut the response already C{started}.
+        """
+        if not started:
+            self._log(status)
+            return
+        response = self.response
+        self._log(
+            response.status if response is not None else status,
+            "the request was malformed or too slow",
+        )
+
     def _log(self, status: int, incomplete: str = "") -> None:
         relay = self.relay
         if not relay.access_log:
