@@ -19,10 +19,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from balancebeam import tap
 from balancebeam.demo import DemoUpstreamsService
 from balancebeam.service import BalancerService
-from balancebeam.workers.control import DOWN, HEALTH, REPORT
+from balancebeam.workers.control import DOWN, HEALTH, REPORT, STATS
 from balancebeam.workers.master import (
     KILL_GRACE,
     READY_TIMEOUT,
+    RESTART_BASE,
     RESTART_CAP,
     STABLE_AFTER,
     Master,
@@ -35,6 +36,7 @@ from balancebeam.workers.master import (
     worker_values,
 )
 from balancebeam.workers.sockets import ListenFailed
+from balancebeam.workers.supervision import SILENCE_TIMEOUT
 from tests.test_tap import PortAssigningReactor, parse
 from tests.test_workers_fakes import (
     FakeBinder,
@@ -95,6 +97,21 @@ class MasterScenario:
             for worker in self.launcher.launched:
                 worker.ready()
         return list(self.launcher.launched)
+
+    def advance(self, seconds: float) -> None:
+        """
+        Move the clock by C{seconds}, a second at a time, every ready worker
+        reporting each second as real workers do (a silent one is taken for
+        stuck after L{SILENCE_TIMEOUT}).
+        """
+        while seconds > 0:
+            step = min(1.0, seconds)
+            self.reactor.advance(step)
+            seconds -= step
+            ready = {w.pid for w in self.master.workers() if w.state == "ready"}
+            for worker in self.launcher.live():
+                if worker.pid in ready:
+                    worker.send({"type": STATS})
 
     def cleanup(self) -> None:
         """
@@ -372,6 +389,26 @@ class StartTests(SynchronousTestCase):
             states, [(launched[0].pid, 0, "starting"), (launched[1].pid, 1, "ready")]
         )
 
+    def test_stuck_worker_killed(self) -> None:
+        """
+        A ready worker that reports nothing for L{SILENCE_TIMEOUT} seconds
+        (its event loop stuck) is killed and replaced; one that reports
+        every second lives on.
+        """
+        events = log_events(self)
+        scenario = MasterScenario(self)
+        launched = scenario.start()
+        for _ in range(int(SILENCE_TIMEOUT) * 3):
+            scenario.reactor.advance(1)
+            launched[0].stats(0)
+        self.assertEqual(launched[0].process.signals, [])
+        self.assertEqual(launched[1].process.signals, ["KILL"])
+        self.assertEqual(len(logged(events, "worker {slot} of generation {generation} (pid {pid})"
+                                            " sent nothing")), 1)
+        launched[1].exit(None, signal.SIGKILL)
+        scenario.advance(RESTART_BASE)
+        self.assertEqual(len(scenario.launcher.launched), 3)
+
     def test_not_ready_killed(self) -> None:
         """
         A worker not ready within L{READY_TIMEOUT} seconds is killed, then
@@ -381,9 +418,9 @@ class StartTests(SynchronousTestCase):
         scenario = MasterScenario(self)
         launched = scenario.start(ready=False)
         launched[0].ready()
-        scenario.reactor.advance(READY_TIMEOUT - 0.1)
+        scenario.advance(READY_TIMEOUT - 0.1)
         self.assertEqual(launched[1].process.signals, [])
-        scenario.reactor.advance(0.1)
+        scenario.advance(0.1)
         self.assertEqual(launched[1].process.signals, ["KILL"])
         self.assertEqual(launched[0].process.signals, [])
         self.assertEqual(len(logged(events, "worker {slot} (pid {pid}) is not ready")), 1)

@@ -151,7 +151,7 @@ class PendingReloadTests(SynchronousTestCase):
         self.assertEqual(generations(scenario), [1, 1, 2, 2, 3, 3])
         scenario.launcher.launched[4].exit(1)
         for _ in range(10):
-            scenario.reactor.advance(READY_TIMEOUT)
+            scenario.advance(READY_TIMEOUT)
             for worker in scenario.launcher.live():
                 if worker.spec.generation > 1:
                     worker.exit(0)

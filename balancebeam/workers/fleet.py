@@ -66,7 +66,7 @@ from balancebeam.workers.sockets import (
     describe_socket,
     inspect_listener,
 )
-from balancebeam.workers.supervision import KILL_GRACE, READY_TIMEOUT
+from balancebeam.workers.supervision import KILL_GRACE, READY_TIMEOUT, SILENCE_TIMEOUT
 
 
 class WorkerFleet(Service):
@@ -347,6 +347,40 @@ class WorkerFleet(Service):
         """
         return [w for g in self._generations() for w in g.live()]
 
+    # Stuck workers
+
+    def _heard_from(self, worker: WorkerProcess) -> None:
+        """
+        A ready worker reported (or just became ready): give it another
+        L{SILENCE_TIMEOUT} before it is taken for stuck.
+        """
+        if worker.state != "ready":
+            return
+        timer = worker.timer
+        if timer is not None and timer.active():
+            timer.reset(SILENCE_TIMEOUT)
+        else:
+            worker.timer = self._reactor.callLater(SILENCE_TIMEOUT, self._silent, worker)
+
+    def _silent(self, worker: WorkerProcess) -> None:
+        """
+        A ready worker sent nothing for L{SILENCE_TIMEOUT}: its event loop
+        is stuck (an endless loop, a C{SIGSTOP}), and its connections
+        starve. Kill it; it is replaced like a crashed worker.
+        """
+        worker.timer = None
+        if worker.state != "ready":
+            return
+        self.log.error(
+            "worker {slot} of generation {generation} (pid {pid}) sent nothing for"
+            " {timeout} s: its event loop is stuck; killing it",
+            slot=worker.slot,
+            generation=worker.generation.number,
+            pid=worker.pid,
+            timeout=SILENCE_TIMEOUT,
+        )
+        worker.signal("KILL")
+
     # Stopping workers
 
     def _not_ready(self, worker: WorkerProcess) -> None:
@@ -457,6 +491,7 @@ class WorkerFleet(Service):
         return generation is not None and generation.config.cache.size > 0
 
     def _stats_received(self, worker: WorkerProcess, message: Message) -> None:
+        self._heard_from(worker)
         counters = message.get("counters")
         if isinstance(counters, dict):
             worker.counters = counters

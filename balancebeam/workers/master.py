@@ -251,6 +251,7 @@ class Master(WorkerFleet):
         worker.state = "ready"
         worker.ready_at = self._reactor.seconds()
         worker.cancel_timer()
+        self._heard_from(worker)
         self.log.info(
             "worker {slot} of generation {generation} is ready (pid {pid})",
             slot=worker.slot,

@@ -26,6 +26,14 @@ moment to exit after that.
 READY_TIMEOUT = 60.0
 """Seconds a new worker has to become ready before it is killed."""
 
+SILENCE_TIMEOUT = 10.0
+"""
+Seconds a ready worker may go without reporting (it reports every second)
+before the master takes its event loop for stuck, kills it and starts
+another: a worker in an endless loop, or stopped (C{SIGSTOP}), would
+otherwise starve its connections for good.
+"""
+
 STABLE_AFTER = 10.0
 """Seconds a worker must have run for its exit not to count as a crash loop."""
 
