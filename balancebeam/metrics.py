@@ -53,6 +53,12 @@ def _counter(name: str, documentation: str, labels: Iterable[str] = ()) -> Count
     return CounterMetricFamily(PREFIX + name, documentation, labels=list(labels))
 
 
+def _single_counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    counter = _counter(name, documentation)
+    counter.add_metric([], value)
+    return counter
+
+
 def _gauge(name: str, documentation: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
     return GaugeMetricFamily(PREFIX + name, documentation, labels=list(labels))
 
@@ -81,6 +87,43 @@ def process_families(started_at: float | None) -> Iterator[Metric]:
         started.add_metric([], started_at)
         yield started
 
+
+STATS_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("requests", "http_requests", "Client request heads received"),
+    ("client_connections", "client_connections", "Client connections accepted"),
+    (
+        "refused_connections",
+        "client_connections_refused",
+        "Client connections refused (503) over --max-client-connections",
+    ),
+    (
+        "refused_per_client",
+        "client_connections_refused_per_client",
+        "Client connections refused (503) over --max-connections-per-client",
+    ),
+    ("client_errors", "client_errors", "Malformed, over-limit or too slow requests"),
+    ("rate_limited", "rate_limited_requests", "Requests answered 429 (rate limited)"),
+    ("retries", "retries", "Requests sent again after an upstream failed"),
+    (
+        "reuse_retries",
+        "keepalive_race_retries",
+        "Retries after an upstream closed a reused connection as it was reused",
+    ),
+    ("no_upstream", "no_upstream", "Requests answered 503: no upstream available"),
+    ("upstream_timeouts", "requests_timed_out", "Requests answered 504"),
+    ("filter_errors", "filter_errors", "Request filters that raised or failed"),
+)
+"""The process's counters (L{Stats} attributes, and the keys of a worker's
+report): the attribute, the metric name (without the C{balancebeam_}
+prefix and C{_total}), its help. The single process and the master export
+them alike."""
+
+POOL_COUNTERS: tuple[tuple[str, str], ...] = (
+    ("pool_connections_opened", "Upstream connections opened"),
+    ("pool_connections_reused", "Requests sent on an idle pooled upstream connection"),
+)
+"""The pool's counters: the metric name (also the key of a worker's
+report), its help."""
 
 UPSTREAM_COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("connect_failures", "upstream_connection_errors", "Failed connects to the upstream"),
@@ -298,9 +341,8 @@ class BalancerCollector(Collector):
     def _requests(self) -> Iterator[Metric]:
         service = self._service
         stats = service.stats
-        requests = _counter("http_requests", "Client request heads received")
-        requests.add_metric([], stats.requests)
-        yield requests
+        for attribute, name, documentation in STATS_COUNTERS:
+            yield _single_counter(name, documentation, getattr(stats, attribute))
         responses = _counter(
             "http_responses", "Responses sent to clients, by status class", ["code"]
         )
@@ -310,39 +352,9 @@ class BalancerCollector(Collector):
         yield responses
         yield duration_family(stats.durations, stats.duration_sum)
         yield from load_gauges(requests_in_flight(service), client_connections_open(service))
-        for name, value, documentation in (
-            ("client_connections", stats.client_connections, "Client connections accepted"),
-            (
-                "client_connections_refused",
-                stats.refused_connections,
-                "Client connections refused (503) over --max-client-connections",
-            ),
-            (
-                "client_connections_refused_per_client",
-                stats.refused_per_client,
-                "Client connections refused (503) over --max-connections-per-client",
-            ),
-            ("client_errors", stats.client_errors, "Malformed, over-limit or too slow requests"),
-            ("rate_limited_requests", stats.rate_limited, "Requests answered 429 (rate limited)"),
-            ("retries", stats.retries, "Requests sent again after an upstream failed"),
-            (
-                "keepalive_race_retries",
-                stats.reuse_retries,
-                "Retries after an upstream closed a reused connection as it was reused",
-            ),
-            ("no_upstream", stats.no_upstream, "Requests answered 503: no upstream available"),
-            ("requests_timed_out", stats.upstream_timeouts, "Requests answered 504"),
-            ("filter_errors", stats.filter_errors, "Request filters that raised or failed"),
-            ("pool_connections_opened", service.pool.opened, "Upstream connections opened"),
-            (
-                "pool_connections_reused",
-                service.pool.reused,
-                "Requests sent on an idle pooled upstream connection",
-            ),
-        ):
-            counter = _counter(name, documentation)
-            counter.add_metric([], value)
-            yield counter
+        pool = service.pool
+        for (name, documentation), value in zip(POOL_COUNTERS, (pool.opened, pool.reused)):
+            yield _single_counter(name, documentation, value)
 
     def _upstreams(self) -> Iterator[Metric]:
         service = self._service

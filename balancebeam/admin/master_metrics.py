@@ -40,6 +40,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from balancebeam.admin.providers import NAME
 from balancebeam.admin.status import CLASSES
 from balancebeam.metrics import (
+    POOL_COUNTERS,
+    STATS_COUNTERS,
     UPSTREAM_COUNTERS,
     UpstreamMetrics,
     _counter,
@@ -58,35 +60,8 @@ from balancebeam.stats import DURATION_BOUNDS
 from balancebeam.workers.counters import MasterSnapshot, UpstreamStatus
 
 SUMMED: tuple[tuple[str, str, str], ...] = (
-    ("requests", "http_requests", "Client request heads received"),
-    ("client_connections", "client_connections", "Client connections accepted"),
-    (
-        "refused_connections",
-        "client_connections_refused",
-        "Client connections refused (503) over --max-client-connections",
-    ),
-    (
-        "refused_per_client",
-        "client_connections_refused_per_client",
-        "Client connections refused (503) over --max-connections-per-client",
-    ),
-    ("client_errors", "client_errors", "Malformed, over-limit or too slow requests"),
-    ("rate_limited", "rate_limited_requests", "Requests answered 429 (rate limited)"),
-    ("retries", "retries", "Requests sent again after an upstream failed"),
-    (
-        "reuse_retries",
-        "keepalive_race_retries",
-        "Retries after an upstream closed a reused connection as it was reused",
-    ),
-    ("no_upstream", "no_upstream", "Requests answered 503: no upstream available"),
-    ("upstream_timeouts", "requests_timed_out", "Requests answered 504"),
-    ("filter_errors", "filter_errors", "Request filters that raised or failed"),
-    ("pool_connections_opened", "pool_connections_opened", "Upstream connections opened"),
-    (
-        "pool_connections_reused",
-        "pool_connections_reused",
-        "Requests sent on an idle pooled upstream connection",
-    ),
+    *STATS_COUNTERS,
+    *((name, name, documentation) for name, documentation in POOL_COUNTERS),
     ("health_probes_sent", "health_checks", "Active health probes sent (by the master)"),
     ("health_probes_failed", "health_check_failures", "Active health probes that failed"),
     ("connect_failures", "connect_failures", "Failed connects to upstreams, all upstreams"),
