@@ -449,6 +449,26 @@ class FailoverTests(SynchronousTestCase):
         self.assertTrue(client_transport.value().startswith(b"HTTP/1.1 200 OK"))
         self.assertTrue(client_transport.value().endswith(b"\r\n\r\nok"))
 
+    def test_head_byte_by_byte(self) -> None:
+        """
+        A head arriving a byte at a time (an interim one, then the final
+        one) is relayed once whole; a bare LF in a late piece is still a 502.
+        """
+        harness = Harness()
+        client, client_transport = harness.client()
+        client.dataReceived(GET)
+        first, _, _ = harness.accept()
+        for byte in b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + response(b"ok"):
+            first.dataReceived(bytes([byte]))
+        value = client_transport.value()
+        self.assertTrue(value.startswith(b"HTTP/1.1 103 Early Hints\r\n"), value)
+        self.assertTrue(value.endswith(b"\r\n\r\nok"), value)
+        client_transport.clear()
+        client.dataReceived(GET)
+        for byte in b"HTTP/1.1 200 OK\r\nX-A: 1\r\nX-B: 2\n":
+            first.dataReceived(bytes([byte]))
+        self.assertTrue(client_transport.value().startswith(b"HTTP/1.1 502 Bad Gateway"))
+
     def test_interim_responses_bounded(self) -> None:
         """
         Interim responses are relayed and counted, up to 32 for one request;

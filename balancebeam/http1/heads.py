@@ -435,6 +435,19 @@ _TOKEN_BYTES: Final = frozenset(
 )
 
 
+def has_bare_lf(data: bytes, start: int) -> bool:
+    """
+    Whether C{data} has, from C{start} on, an LF line ending without its CR
+    (a head that would never end with CRLF CRLF).
+    """
+    newline = data.find(b"\n", start)
+    while newline != -1:
+        if newline == 0 or data[newline - 1] != 13:
+            return True
+        newline = data.find(b"\n", newline + 1)
+    return False
+
+
 def check_partial_request_head(data: bytes, checked: int) -> None:
     """
     Reject an incomplete request head as soon as it can never become a valid
@@ -448,11 +461,8 @@ def check_partial_request_head(data: bytes, checked: int) -> None:
     """
     if checked == 0 and data[0] not in _TOKEN_BYTES:
         raise HTTPError(400, "not an HTTP/1.x request")
-    newline = data.find(b"\n", max(checked - 1, 0))
-    while newline != -1:
-        if data[newline - 1] != 13:
-            raise HTTPError(400, "bare LF in request head")
-        newline = data.find(b"\n", newline + 1)
+    if has_bare_lf(data, max(checked - 1, 0)):
+        raise HTTPError(400, "bare LF in request head")
     first_line_end = data.find(CRLF)
     if first_line_end != -1 and first_line_end + 2 > checked:
         request_line = _REQUEST_LINE.fullmatch(data, 0, first_line_end)

@@ -433,16 +433,13 @@ class ExchangeCore:
         """
         Log this request in the access log once the client connection has
         answered C{status} for an error of the client's own (a body too
-        large or too slow), or cut the response already C{started}.
+        large or too slow), or, when a response had C{started}, cut it
+        (logged as any response cut, L{_log_incomplete}).
         """
-        if not started:
+        if started:
+            self._log_incomplete("the request was malformed or too slow")
+        else:
             self._log(status)
-            return
-        response = self.response
-        self._log(
-            response.status if response is not None else status,
-            "the request was malformed or too slow",
-        )
 
     def _log(self, status: int, incomplete: str = "") -> None:
         relay = self.relay

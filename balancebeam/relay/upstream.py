@@ -25,6 +25,7 @@ from balancebeam.http1.heads import (
     BODY_UNTIL_CLOSE,
     HEAD_END,
     HTTPError,
+    has_bare_lf,
     parse_response_head,
 )
 from balancebeam.relay.interfaces import IResponseSink
@@ -93,6 +94,7 @@ class UpstreamConnection(Protocol):
         self._listener = listener
         self._method = b"GET"
         self._buffer = b""
+        self._scanned = 0
         self._reader: BodyReader | None = None
         self._interim = 0
 
@@ -114,6 +116,7 @@ class UpstreamConnection(Protocol):
         self._method = method
         self.state = _HEAD
         self._buffer = b""
+        self._scanned = 0
         self._reader = None
         self._interim = 0
         self.received_any = False
@@ -217,17 +220,22 @@ class UpstreamConnection(Protocol):
 
     def _parse_heads(self) -> None:
         while self.state == _HEAD:
-            end = self._buffer.find(HEAD_END)
+            buffer = self._buffer
+            # Only the bytes not yet looked at (a head arriving in pieces is
+            # scanned once in all, not once per piece).
+            scanned = self._scanned
+            end = buffer.find(HEAD_END, max(scanned - 3, 0))
             if end == -1:
-                buffer = self._buffer
                 if len(buffer) > MAX_RESPONSE_HEAD:
                     self._fail(HTTPError(502, "response head from upstream too large"))
-                elif buffer.count(b"\n") != buffer.count(b"\r\n"):
-                    # A bare LF line ending: the head would never end
-                    # with CRLF CRLF; answer now rather than at the timeout.
+                elif has_bare_lf(buffer, max(scanned - 1, 0)):
+                    # The head would never end with CRLF CRLF: answer now
+                    # rather than at the timeout.
                     self._fail(HTTPError(502, "bare LF in the response head from upstream"))
+                self._scanned = len(buffer)
                 return
-            head, self._buffer = self._buffer[:end], self._buffer[end + 4 :]
+            self._scanned = 0
+            head, self._buffer = buffer[:end], buffer[end + 4 :]
             try:
                 response = parse_response_head(head, self._method)
             except HTTPError as error:
